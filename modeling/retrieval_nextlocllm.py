@@ -1,0 +1,181 @@
+"""Post-prediction retrieval: a city's candidate cells, its normalization statistics and a KD-tree over them.
+
+A regressed point becomes a ranked list of cells by nearest-neighbour search in projected metres. Retrievers are
+saved as safetensors (arrays) + JSON (names, statistics) beside the model weights; a KD-tree is never pickled but
+rebuilt from the saved coordinates on first use (milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+RETRIEVERS_WEIGHTS_NAME = "retrievers.safetensors"
+RETRIEVERS_CONFIG_NAME = "retrievers.json"
+RETRIEVERS_FORMAT_VERSION = 1
+
+
+@dataclass(eq=False)
+class CityRetriever:
+    """Candidate cells of one city plus the per-city coordinate statistics the model normalizes with."""
+
+    name: str
+    cell_ids: np.ndarray  # (N,) int64
+    xy: np.ndarray  # (N, 2) cell centroids, Web Mercator metres
+    latlon: np.ndarray  # (N, 2) cell centroids, WGS84 degrees
+    poi_frequency: np.ndarray  # (N, C) POI frequency vector of each cell
+    coordinate_mean: np.ndarray  # (2,) per-axis mean of the city's projected record coordinates
+    coordinate_std: np.ndarray  # (2,) per-axis standard deviation of the same
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cell_ids = np.asarray(self.cell_ids, dtype=np.int64).reshape(-1)
+        self.xy = np.asarray(self.xy, dtype=np.float64)
+        self.latlon = np.asarray(self.latlon, dtype=np.float64)
+        self.poi_frequency = np.asarray(self.poi_frequency, dtype=np.float32)
+        self.coordinate_mean = np.asarray(self.coordinate_mean, dtype=np.float64).reshape(-1)
+        self.coordinate_std = np.asarray(self.coordinate_std, dtype=np.float64).reshape(-1)
+        n = len(self.cell_ids)
+        where = f"city {self.name!r}"
+        if n == 0:
+            raise ValueError(f"{where}: cell_ids is empty; a retriever needs at least one candidate cell")
+        for field_name, expected in (("xy", (n, 2)), ("latlon", (n, 2))):
+            if getattr(self, field_name).shape != expected:
+                raise ValueError(f"{where}: {field_name} has shape {getattr(self, field_name).shape}, expected {expected}")
+        if self.poi_frequency.ndim != 2 or self.poi_frequency.shape[0] != n:
+            raise ValueError(f"{where}: poi_frequency has shape {self.poi_frequency.shape}, expected ({n}, C)")
+        if not np.isfinite(self.xy).all():
+            raise ValueError(f"{where}: xy holds non-finite cell coordinates")
+        if len(np.unique(self.cell_ids)) != n:
+            raise ValueError(f"{where}: cell_ids are not unique")
+        if self.coordinate_mean.shape != (2,) or not np.isfinite(self.coordinate_mean).all():
+            raise ValueError(f"{where}: coordinate_mean={self.coordinate_mean.tolist()} must be 2 finite numbers")
+        if self.coordinate_std.shape != (2,) or not (self.coordinate_std > 0).all():
+            raise ValueError(f"{where}: coordinate_std={self.coordinate_std.tolist()} must be 2 positive numbers")
+
+    @classmethod
+    def from_cells(
+        cls,
+        name: str,
+        cells: Any,
+        coordinate_mean: Sequence[float],
+        coordinate_std: Sequence[float],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> "CityRetriever":
+        """Build from a candidate-cell table with columns `cell_id, lat, lon, x, y, poi_frequency`."""
+        missing = [c for c in ("cell_id", "lat", "lon", "x", "y", "poi_frequency") if c not in cells.columns]
+        if missing:
+            raise ValueError(f"city {name!r}: candidate cells lack columns {missing}")
+        return cls(
+            name=name,
+            cell_ids=cells["cell_id"].to_numpy(),
+            xy=cells[["x", "y"]].to_numpy(dtype=np.float64),
+            latlon=cells[["lat", "lon"]].to_numpy(dtype=np.float64),
+            poi_frequency=np.stack([np.asarray(v, dtype=np.float32) for v in cells["poi_frequency"]]),
+            coordinate_mean=coordinate_mean,
+            coordinate_std=coordinate_std,
+            metadata=dict(metadata or {}),
+        )
+
+    @property
+    def num_cells(self) -> int:
+        return len(self.cell_ids)
+
+    @cached_property
+    def tree(self) -> cKDTree:
+        return cKDTree(self.xy)
+
+    def query(self, points: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k cells nearest to each projected point: `(cell_ids (M, k), distances in metres (M, k))`."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k={k!r}: expected a positive integer")
+        if k > self.num_cells:
+            raise ValueError(f"k={k} is larger than the {self.num_cells} candidate cells of city {self.name!r}")
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(points).all():
+            raise ValueError(f"points for city {self.name!r} hold NaN or inf coordinates")
+        distances, rows = self.tree.query(points, k=int(k))
+        rows = np.asarray(rows).reshape(len(points), int(k))
+        distances = np.asarray(distances).reshape(len(points), int(k))
+        return self.cell_ids[rows], distances
+
+    def to_tensors(self, prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}.cell_ids": self.cell_ids,
+            f"{prefix}.xy": self.xy,
+            f"{prefix}.latlon": self.latlon,
+            f"{prefix}.poi_frequency": self.poi_frequency,
+        }
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "num_cells": self.num_cells,
+            "coordinate_mean": self.coordinate_mean.tolist(),
+            "coordinate_std": self.coordinate_std.tolist(),
+            "metadata": self.metadata,
+        }
+
+
+def save_retrievers(retrievers: Mapping[str, CityRetriever], save_directory: str | os.PathLike) -> None:
+    """Write every city's arrays into one safetensors file and their names and statistics into one JSON file."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(save_directory, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    cities = []
+    for index, retriever in enumerate(retrievers.values()):
+        arrays.update(retriever.to_tensors(f"cities.{index}"))
+        cities.append(retriever.to_json_dict())
+    index_json = {"format_version": RETRIEVERS_FORMAT_VERSION, "cities": cities}
+    with open(os.path.join(save_directory, RETRIEVERS_CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(index_json, f, indent=2)
+    if arrays:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, os.path.join(save_directory, RETRIEVERS_WEIGHTS_NAME))
+
+
+def load_retrievers(config_file: str, weights_file: str | None) -> dict[str, CityRetriever]:
+    """Read retrievers written by `save_retrievers`; a damaged file raises a `ValueError` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            index_json = json.load(f)
+        cities = index_json["cities"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{config_file}: not a valid {RETRIEVERS_CONFIG_NAME} ({error})") from error
+    if not cities:
+        return {}
+    if weights_file is None:
+        raise ValueError(f"{RETRIEVERS_CONFIG_NAME} lists {len(cities)} cities but {RETRIEVERS_WEIGHTS_NAME} is missing")
+    try:
+        arrays = load_file(weights_file)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{weights_file}: cannot read retriever arrays ({error})") from error
+    retrievers = {}
+    for index, city in enumerate(cities):
+        prefix = f"cities.{index}"
+        try:
+            retrievers[city["name"]] = CityRetriever(
+                name=city["name"],
+                cell_ids=arrays[f"{prefix}.cell_ids"],
+                xy=arrays[f"{prefix}.xy"],
+                latlon=arrays[f"{prefix}.latlon"],
+                poi_frequency=arrays[f"{prefix}.poi_frequency"],
+                coordinate_mean=city["coordinate_mean"],
+                coordinate_std=city["coordinate_std"],
+                metadata=city.get("metadata", {}),
+            )
+        except KeyError as error:
+            raise ValueError(f"{weights_file}: missing array {error} of city {city.get('name')!r}") from error
+    return retrievers
+
+
+__all__ = ["CityRetriever", "save_retrievers", "load_retrievers", "RETRIEVERS_CONFIG_NAME", "RETRIEVERS_WEIGHTS_NAME"]

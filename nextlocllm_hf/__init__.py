@@ -1,0 +1,30 @@
+"""nextlocllm-hf: NextLocLLM next-location prediction as a Hugging Face-native model.
+
+Importing the package registers `NextLocLLMConfig` / `NextLocLLMForCoordinateRegression` with `AutoConfig` and
+`AutoModel`, and marks them for auto classes so that `save_pretrained` ships the flat modeling code and `auto_map`
+(loading then also works with `trust_remote_code=True` where this package is not installed).
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .modeling.backbone_nextlocllm import EMBEDDED_BACKBONES, resolve_backbone
+from .modeling.configuration_nextlocllm import NextLocLLMConfig
+from .modeling.modeling_nextlocllm import MODEL_INPUT_NAMES, NextLocLLMForCoordinateRegression, NextLocLLMOutput
+from .modeling.retrieval_nextlocllm import CityRetriever
+
+AutoConfig.register(NextLocLLMConfig.model_type, NextLocLLMConfig, exist_ok=True)
+AutoModel.register(NextLocLLMConfig, NextLocLLMForCoordinateRegression, exist_ok=True)
+NextLocLLMConfig.register_for_auto_class()
+NextLocLLMForCoordinateRegression.register_for_auto_class("AutoModel")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NextLocLLMConfig",
+    "NextLocLLMForCoordinateRegression",
+    "NextLocLLMOutput",
+    "CityRetriever",
+    "MODEL_INPUT_NAMES",
+    "EMBEDDED_BACKBONES",
+    "resolve_backbone",
+]

@@ -1,0 +1,158 @@
+"""Forward pass of NextLocLLMForCoordinateRegression: outputs, loss, and that every config switch matters."""
+
+import pytest
+import torch
+from conftest import build_model, make_batch, make_retriever
+
+from nextlocllm_hf import NextLocLLMConfig, NextLocLLMForCoordinateRegression
+
+
+def differs(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Outputs differ beyond float32 rounding (compare normalized outputs: metres near 1e7 hide small changes)."""
+    return not torch.allclose(first, second, rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def city():
+    return make_retriever("nyc", num_cells=40)
+
+
+def test_outputs_have_documented_shapes(tiny_backbone, city):
+    model = build_model(tiny_backbone).eval()
+    model.add_city(city)
+    batch = make_batch(model.config, city, batch_size=4)
+    out = model(**batch, city="nyc", top_k=6, output_hidden_states=True)
+    assert out.coordinates.shape == (4, 2) and out.coordinates.dtype == torch.float64
+    assert out.normalized_coordinates.shape == (4, 2)
+    assert out.top_k_cells.shape == (4, 6) and out.top_k_distances.shape == (4, 6)
+    assert torch.all(out.top_k_distances[:, 1:] >= out.top_k_distances[:, :-1])
+    assert out.loss.ndim == 0 and out.duration is None
+    expected_tokens = model.config.prompt_length + model.config.history_length + model.config.current_length
+    assert out.hidden_states[-1].shape == (4, expected_tokens, model.config.hidden_size)
+    # De-normalization uses the city's statistics.
+    expected = out.normalized_coordinates.double() * torch.tensor(city.coordinate_std) + torch.tensor(city.coordinate_mean)
+    torch.testing.assert_close(out.coordinates, expected)
+
+
+def test_loss_is_mean_euclidean_distance_in_metres(tiny_backbone, city):
+    model = build_model(tiny_backbone)
+    model.add_city(city)
+    batch = make_batch(model.config, city, batch_size=2)
+    with torch.no_grad():
+        model.regression_head.weight.zero_()  # prediction = the city's mean position exactly
+    mean = torch.tensor(city.coordinate_mean)
+    batch["labels"] = torch.stack([mean + torch.tensor([3.0, 4.0]), mean + torch.tensor([-6.0, 8.0])])
+    out = model(**batch, city="nyc")
+    # distances 5 m and 10 m -> mean 7.5 m
+    assert out.loss.item() == pytest.approx(7.5, abs=1e-6)
+
+
+def test_explicit_statistics_equal_city_statistics(tiny_backbone, city):
+    model = build_model(tiny_backbone).eval()
+    model.add_city(city)
+    batch = make_batch(model.config, city)
+    by_city = model(**batch, city="nyc")
+    by_tensors = model(
+        **batch, coordinate_mean=torch.tensor(city.coordinate_mean), coordinate_std=torch.tensor(city.coordinate_std)
+    )
+    torch.testing.assert_close(by_city.coordinates, by_tensors.coordinates, rtol=0, atol=0)
+
+
+def test_duration_head_adds_weighted_log_duration_mse(tiny_backbone, city):
+    model = build_model(tiny_backbone, use_duration_head=True, duration_loss_weight=0.5)
+    model.add_city(city)
+    batch = make_batch(model.config, city)
+    distance_only = model(**batch, city="nyc")
+    batch["duration_labels"] = torch.tensor([0.5, 2.0, 7.0])
+    with_duration = model(**batch, city="nyc")
+    log_prediction = torch.log1p(with_duration.duration)
+    expected = distance_only.loss + 0.5 * torch.mean((log_prediction - torch.log1p(batch["duration_labels"])) ** 2)
+    torch.testing.assert_close(with_duration.loss, expected, rtol=1e-5, atol=1e-4)
+    assert with_duration.duration.shape == (3,) and bool(torch.all(with_duration.duration >= 0))
+
+
+def test_target_time_query_reads_the_target_time(tiny_backbone, city):
+    model = build_model(tiny_backbone, use_target_time_query=True).eval()
+    model.add_city(city)
+    batch = make_batch(model.config, city)
+    first = model(**batch, city="nyc").normalized_coordinates
+    batch["target_hour"] = (batch["target_hour"] + 6) % 24
+    assert differs(first, model(**batch, city="nyc").normalized_coordinates)
+    plain = build_model(tiny_backbone).eval()
+    plain.add_city(city)
+    ignored = plain(**batch, city="nyc").coordinates
+    batch["target_hour"] = (batch["target_hour"] + 6) % 24
+    torch.testing.assert_close(ignored, plain(**batch, city="nyc").coordinates, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "overrides, attribute",
+    [
+        ({"use_prompt": False}, None),
+        ({"use_llm_poi": False}, "poi_embedding"),
+        ({"poi_text_encoding": "hidden_states"}, None),
+    ],
+)
+def test_switches_change_the_model(tiny_backbone, city, overrides, attribute):
+    torch.manual_seed(0)
+    reference = build_model(tiny_backbone).eval()
+    torch.manual_seed(0)
+    variant = build_model(tiny_backbone, **overrides).eval()
+    for model in (reference, variant):
+        model.add_city(city)
+    batch = make_batch(reference.config, city)
+    assert differs(
+        reference(**batch, city="nyc").normalized_coordinates, variant(**batch, city="nyc").normalized_coordinates
+    )
+    if attribute:
+        assert hasattr(variant, attribute) and not hasattr(reference, attribute)
+    if overrides.get("use_prompt") is False:
+        assert variant.config.prompt_length == 0 and variant.prompt_token_ids.numel() == 0
+    if "poi_text_encoding" in overrides:
+        assert differs(reference.poi_text_embeddings, variant.poi_text_embeddings)
+
+
+def test_poi_frequencies_drive_the_llm_poi_embedding(tiny_backbone, city):
+    model = build_model(tiny_backbone).eval()
+    model.add_city(city)
+    batch = make_batch(model.config, city)
+    first = model(**batch, city="nyc").normalized_coordinates
+    batch["current_poi"] = batch["current_poi"].flip(-1)
+    assert differs(first, model(**batch, city="nyc").normalized_coordinates)
+
+
+def test_dummy_inputs_are_a_valid_batch(tiny_backbone):
+    model = build_model(tiny_backbone, use_target_time_query=True)
+    out = model(**model.dummy_inputs)
+    assert out.coordinates.shape == (2, 2)
+
+
+def test_model_from_bare_config_refuses_to_run_without_text_features(tiny_backbone):
+    config = build_model(tiny_backbone).config
+    model = NextLocLLMForCoordinateRegression(config)
+    with pytest.raises(ValueError, match="encode_text_features"):
+        model(**model.dummy_inputs)
+
+
+def test_predict_returns_top_k_of_the_named_city(tiny_backbone, city):
+    model = build_model(tiny_backbone).eval()
+    model.add_city(city)
+    other = make_retriever("calgary", num_cells=30, seed=3, centre=(-12_710_000.0, 6_610_000.0))
+    model.add_city(other)
+    batch = make_batch(model.config, city)
+    batch["user_id"] = ["a", "b", "c"]  # extra columns are ignored
+    result = model.predict(batch, city="calgary", k=4)
+    assert set(result.top_k_cells.flatten().tolist()) <= set(other.cell_ids.tolist())
+    mixed = model.predict(batch, city=["nyc", "calgary", "nyc"], k=4)
+    assert set(mixed.top_k_cells[1].tolist()) <= set(other.cell_ids.tolist())
+    assert set(mixed.top_k_cells[0].tolist()) <= set(city.cell_ids.tolist())
+
+
+def test_config_rejects_bad_fields():
+    with pytest.raises(ValueError, match="adaptation='partial'"):
+        NextLocLLMConfig(adaptation="partial")
+    with pytest.raises(ValueError, match="poi_class_descriptions"):
+        NextLocLLMConfig(poi_class_names=["A", "B"], poi_class_descriptions=["only one"])
+    with pytest.raises(ValueError, match="history_length=0"):
+        NextLocLLMConfig(history_length=0)
+    assert NextLocLLMConfig(num_backbone_layers=3).llm_config.num_hidden_layers == 3

@@ -1,0 +1,85 @@
+"""The KD-tree retriever against a brute-force ranking, and its safetensors + JSON round trip."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_retriever, random_cells
+
+from nextlocllm_hf import CityRetriever
+from nextlocllm_hf.modeling.retrieval_nextlocllm import (
+    RETRIEVERS_CONFIG_NAME,
+    RETRIEVERS_WEIGHTS_NAME,
+    load_retrievers,
+    save_retrievers,
+)
+
+
+def brute_force_top_k(xy: np.ndarray, cell_ids: np.ndarray, points: np.ndarray, k: int):
+    distances = np.linalg.norm(points[:, None, :] - xy[None, :, :], axis=-1)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return cell_ids[order], np.take_along_axis(distances, order, axis=1)
+
+
+@pytest.mark.parametrize("k", [1, 5, 10, 37])
+def test_top_k_equals_brute_force_on_random_cells(k):
+    rng = np.random.default_rng(k)
+    # Continuous random centroids and shuffled non-contiguous ids: no distance ties, no id/row coincidence.
+    xy = rng.uniform([-8.3e6, 4.9e6], [-8.2e6, 5.0e6], size=(400, 2))
+    cell_ids = rng.permutation(10_000)[:400]
+    retriever = CityRetriever("rand", cell_ids, xy, np.zeros((400, 2)), rng.random((400, 5)), xy.mean(0), xy.std(0))
+    points = rng.uniform([-8.31e6, 4.89e6], [-8.19e6, 5.01e6], size=(300, 2))
+    ids, distances = retriever.query(points, k)
+    expected_ids, expected_distances = brute_force_top_k(xy, cell_ids, points, k)
+    assert ids.shape == (300, k) and distances.shape == (300, k)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(distances, expected_distances, rtol=1e-12)
+
+
+def test_query_rejects_k_larger_than_city_and_bad_points():
+    retriever = make_retriever("tiny", num_cells=7)
+    with pytest.raises(ValueError, match=r"k=8 .*7 candidate cells.*'tiny'"):
+        retriever.query(np.zeros((1, 2)), 8)
+    with pytest.raises(ValueError, match="k=0"):
+        retriever.query(np.zeros((1, 2)), 0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        retriever.query(np.array([[np.nan, 0.0]]), 1)
+
+
+def test_constructor_names_bad_fields():
+    cells = random_cells(5)
+    with pytest.raises(ValueError, match="coordinate_std"):
+        CityRetriever.from_cells("c", cells, [0.0, 0.0], [1.0, 0.0])
+    with pytest.raises(ValueError, match=r"lack columns \['poi_frequency'\]"):
+        CityRetriever.from_cells("c", cells.drop(columns="poi_frequency"), [0.0, 0.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="not unique"):
+        CityRetriever.from_cells("c", cells.assign(cell_id=0), [0.0, 0.0], [1.0, 1.0])
+
+
+def test_several_cities_round_trip(tmp_path):
+    cities = {
+        "nyc": make_retriever("nyc", 60, seed=1),
+        "calgary": make_retriever("calgary", 25, seed=2, centre=(-12_710_000.0, 6_610_000.0)),
+    }
+    save_retrievers(cities, tmp_path)
+    loaded = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
+    assert list(loaded) == ["nyc", "calgary"]
+    points = np.random.default_rng(0).normal(cities["calgary"].xy.mean(0), 2000, size=(20, 2))
+    for name, original in cities.items():
+        restored = loaded[name]
+        for field in ("cell_ids", "xy", "latlon", "poi_frequency", "coordinate_mean", "coordinate_std"):
+            np.testing.assert_array_equal(getattr(restored, field), getattr(original, field))
+        np.testing.assert_array_equal(restored.query(points, 5)[0], original.query(points, 5)[0])
+
+
+def test_damaged_retriever_files_give_clear_errors(tmp_path):
+    save_retrievers({"nyc": make_retriever("nyc")}, tmp_path)
+    weights = tmp_path / RETRIEVERS_WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read retriever arrays"):
+        load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(weights))
+    with pytest.raises(ValueError, match="is missing"):
+        load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), None)
+    (tmp_path / RETRIEVERS_CONFIG_NAME).write_text(json.dumps({"nothing": []}))
+    with pytest.raises(ValueError, match="not a valid retrievers.json"):
+        load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(weights))
