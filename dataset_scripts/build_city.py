@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Build a NextLocLLM city dataset folder from raw check-ins / trajectories.
+
+    python dataset_scripts/build_city.py --format foursquare --input nyc_checkins.csv \
+        --pois nyc_pois.csv --city nyc --output data/nyc
+
+See dataset_scripts/README.md for the formats, the output and every choice.  The logic lives in
+``nextlocllm_hf.data.build``; this script only parses arguments and prints the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+try:
+    import nextlocllm_hf.data  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nextlocllm_hf.data.build import BuildConfig, build_and_save  # noqa: E402
+from nextlocllm_hf.data.cells import CANDIDATE_RULES, POI_NORMALIZATIONS  # noqa: E402
+from nextlocllm_hf.data.formats import READERS, parse_mapping  # noqa: E402
+
+
+def _floats(text: str, n: int, what: str):
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"error: {what} must be {n} comma-separated numbers, got {text!r}")
+    if len(vals) != n:
+        raise SystemExit(f"error: {what} must be {n} comma-separated numbers, got {text!r}")
+    return vals
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("input")
+    g.add_argument("--format", required=True, choices=sorted(READERS))
+    g.add_argument("--input", help="input file (or folder for geolife); not used by synthetic")
+    g.add_argument("--pois", help="POI file: Foursquare POI CSV, raw TIST2015 POIs, or CSV/Parquet with lat/lon and "
+                                  "category names, poi_class or OSM tags")
+    g.add_argument("--city", required=True, help="city name (stored in every row)")
+    g.add_argument("--output", required=True, help="output folder")
+    g.add_argument("--columns", help="column mapping for csv/foursquare, e.g. user=uid,time=ts,lat=lat,lon=lng "
+                                     "(fields: user,time,lat,lon,venue,category,root_category,tz_offset_min,"
+                                     "local_time,poi_class; for yjmob: user,d,t,x,y)")
+    g.add_argument("--poi-columns", help="column mapping for the POI file (fields: lat,lon,venue,category,"
+                                         "root_category,poi_class)")
+    g.add_argument("--time-format", help="strftime format of the time column (default ISO 8601, then mixed)")
+    g.add_argument("--time-unit", help="unit of numeric epoch times: s, ms, us, ns")
+    g.add_argument("--timezone", help="IANA zone for local day/hour when the input has only UTC times")
+    g.add_argument("--category-map", help="JSON category map extending/replacing the shipped Foursquare mapping "
+                                          "(or an OSM mapping for OSM POIs)")
+    g.add_argument("--bbox", help="lat_min,lon_min,lat_max,lon_max: keep records inside; also fixes the grid")
+    g.add_argument("--max-invalid-fraction", type=float, default=0.05,
+                   help="above this fraction of unparseable times / invalid coordinates, stop with an error "
+                        "(below it, drop and count) [0.05]")
+    g = p.add_argument_group("processing")
+    g.add_argument("--cell-size-m", type=float, default=500.0, help="ground size of a square cell [500]")
+    g.add_argument("--history", type=int, default=40, help="history length H [40]")
+    g.add_argument("--current", type=int, default=5, help="current length L [5]")
+    g.add_argument("--stride", type=int, default=3, help="window stride [3]")
+    g.add_argument("--split", choices=["user", "time"], default="user", help="user-disjoint or temporal [user]")
+    g.add_argument("--split-fractions", default="0.7,0.1,0.2", help="train,validation,test [0.7,0.1,0.2]")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--candidates", choices=CANDIDATE_RULES, default="poi",
+                   help="candidate cells: poi = visited or holding a POI (default), visited, all-in-bbox")
+    g.add_argument("--poi-normalization", choices=POI_NORMALIZATIONS, default="max",
+                   help="max = count / city-wide class max (paper, default), sum, log-max, none")
+    g.add_argument("--max-gap-hours", type=float, default=None,
+                   help="cut a user's sequence where the gap exceeds this (default: no cut; yjmob 24)")
+    g.add_argument("--max-duration-hours", type=float, default=24.0, help="clip durations; 0 = no clip [24]")
+    g.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicate records (same user, time, place)")
+    g.add_argument("--stay-distance-m", type=float, default=200.0, help="geolife stay-point radius [200]")
+    g.add_argument("--stay-min-minutes", type=float, default=20.0, help="geolife stay-point minimum stay [20]")
+    g = p.add_argument_group("synthetic")
+    g.add_argument("--users", type=int, default=100, help="synthetic: number of users [100]")
+    g.add_argument("--records-per-user", type=int, default=150, help="synthetic: mean records per user [150]")
+    g.add_argument("--n-pois", type=int, default=None, help="synthetic: POIs (default drawn per city)")
+    g.add_argument("--extent-km", type=float, default=None, help="synthetic: side of the city square (default drawn)")
+    g.add_argument("--center", help="synthetic: lat,lon of the centre (default drawn)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def config_from_args(a) -> BuildConfig:
+    syn = {"n_users": a.users, "records_per_user": a.records_per_user, "n_pois": a.n_pois, "extent_km": a.extent_km}
+    if a.center:
+        syn["center_lat"], syn["center_lon"] = _floats(a.center, 2, "--center")
+    return BuildConfig(
+        city=a.city, format=a.format, input=a.input, pois=a.pois, output=a.output, cell_size_m=a.cell_size_m,
+        history=a.history, current=a.current, stride=a.stride, split=a.split,
+        split_fractions=_floats(a.split_fractions, 3, "--split-fractions"), seed=a.seed, candidates=a.candidates,
+        poi_normalization=a.poi_normalization, max_gap_hours=a.max_gap_hours,
+        max_duration_hours=a.max_duration_hours, drop_duplicates=not a.keep_duplicates,
+        bbox=_floats(a.bbox, 4, "--bbox") if a.bbox else None, columns=parse_mapping(a.columns),
+        poi_columns=parse_mapping(a.poi_columns), time_format=a.time_format, time_unit=a.time_unit,
+        timezone=a.timezone, category_map=a.category_map, max_invalid_fraction=a.max_invalid_fraction,
+        stay_distance_m=a.stay_distance_m, stay_min_minutes=a.stay_min_minutes, synthetic=syn,
+        show_progress=not a.no_progress,
+    )
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        res = build_and_save(config_from_args(a))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(res.report.render())
+    print(f"wrote {a.output} (train/validation/test.parquet, cells.parquet, city.json) "
+          f"in {time.perf_counter() - t0:.1f} s total")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,423 @@
+"""Build a city dataset folder from raw input: the logic behind ``dataset_scripts/build_city.py``.
+
+Pipeline (vectorized pandas/numpy; no per-record Python loop): read (format reader) -> clean
+(missing users, invalid/zero coordinates, bbox, exact duplicates) -> project to Web Mercator ->
+grid -> POIs (classify, count per cell) -> candidate cells and POI frequencies -> segments,
+durations -> sliding windows -> split -> train-only statistics -> parquet + city.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .cells import CANDIDATE_RULES, POI_NORMALIZATIONS, build_cells, count_pois
+from .features import cell_features, city_features
+from .formats import READERS, ReadOptions
+from .formats.pois import OSM_KEYS
+from .grid import Grid
+from .projection import lonlat_to_mercator, valid_lonlat_mask
+from .report import BuildReport
+from .samples import (assemble_samples, record_durations, segment_bounds, split_by_time, split_by_user,
+                      window_index)
+from .taxonomy import DEFAULT_POI_CLASSES, CategoryMapping, OsmMapping, class_index
+
+FORMAT_VERSION = 1
+SPLIT_NAMES = ("train", "validation", "test")
+DEFAULT_MAX_GAP_HOURS = {"yjmob": 24.0}
+
+
+@dataclass
+class BuildConfig:
+    city: str
+    format: str = "csv"
+    input: str | None = None
+    pois: str | None = None
+    output: str | None = None
+    cell_size_m: float = 500.0
+    history: int = 40
+    current: int = 5
+    stride: int = 3
+    split: str = "user"
+    split_fractions: tuple = (0.7, 0.1, 0.2)
+    seed: int = 0
+    candidates: str = "poi"
+    poi_normalization: str = "max"
+    max_gap_hours: float | None = None  # None: the format's default (no cut, YJMob 24 h)
+    max_duration_hours: float = 24.0
+    drop_duplicates: bool = True
+    bbox: tuple | None = None  # (lat_min, lon_min, lat_max, lon_max)
+    columns: dict | None = None
+    poi_columns: dict | None = None
+    time_format: str | None = None
+    time_unit: str | None = None
+    timezone: str | None = None
+    category_map: str | None = None
+    max_invalid_fraction: float = 0.05
+    stay_distance_m: float = 200.0
+    stay_min_minutes: float = 20.0
+    synthetic: dict = field(default_factory=dict)
+    show_progress: bool = True
+
+    def validate(self) -> None:
+        if self.format not in READERS:
+            raise ValueError(f"unknown format {self.format!r}; choose from {sorted(READERS)}")
+        if self.format != "synthetic" and not self.input:
+            raise ValueError(f"--input is required for --format {self.format}")
+        if not self.city or any(c in self.city for c in "/\\"):
+            raise ValueError(f"invalid city name {self.city!r}")
+        if self.history < 1 or self.current < 1:
+            raise ValueError(f"history and current lengths must be >= 1 (got {self.history}, {self.current})")
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.cell_size_m <= 0:
+            raise ValueError(f"cell size must be > 0, got {self.cell_size_m}")
+        if self.split not in ("user", "time"):
+            raise ValueError(f"split must be 'user' or 'time', got {self.split!r}")
+        f = np.asarray(self.split_fractions, dtype=np.float64)
+        if f.shape != (3,) or (f < 0).any() or abs(f.sum() - 1.0) > 1e-6 or f[0] <= 0:
+            raise ValueError(f"split fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
+        if self.candidates not in CANDIDATE_RULES:
+            raise ValueError(f"unknown candidates rule {self.candidates!r}; choose from {CANDIDATE_RULES}")
+        if self.poi_normalization not in POI_NORMALIZATIONS:
+            raise ValueError(f"unknown POI normalization {self.poi_normalization!r}; choose from {POI_NORMALIZATIONS}")
+
+
+@dataclass
+class BuildResult:
+    splits: dict  # split name -> pyarrow Table
+    cells: pd.DataFrame
+    statistics: dict
+    report: BuildReport
+
+    def save(self, output, show_progress: bool = True) -> Path:
+        """Write ``train/validation/test.parquet``, ``cells.parquet`` (with HF Features) and ``city.json``."""
+        import datasets
+        from datasets import Dataset, DatasetInfo
+
+        was_disabled = datasets.utils.are_progress_bars_disabled()
+        if not show_progress:
+            datasets.disable_progress_bars()
+        try:
+            return self._save(Path(output), Dataset, DatasetInfo)
+        finally:
+            if not show_progress and not was_disabled:
+                datasets.enable_progress_bars()
+
+    def _save(self, out: Path, Dataset, DatasetInfo) -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        H, L = self.statistics["history_length"], self.statistics["current_length"]
+        C = len(self.statistics["poi_classes"])
+        feats = city_features(H, L, C)
+        for name, table in self.splits.items():
+            Dataset(table, info=DatasetInfo(features=feats)).to_parquet(str(out / f"{name}.parquet"))
+        cf = cell_features(C)
+        Dataset.from_pandas(self.cells, features=cf, preserve_index=False).to_parquet(str(out / "cells.parquet"))
+        with open(out / "city.json", "w", encoding="utf-8") as f:
+            json.dump(self.statistics, f, indent=1, ensure_ascii=False, default=_json_default)
+        return out
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o)}")
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def _clean(recs: pd.DataFrame, cfg: BuildConfig, report: BuildReport):
+    """Drop invalid rows (counted), project, sort by (user, time); returns ``(records, user names)``."""
+    u = recs["user_id"]
+    miss = (u.isna() | (u.astype("string").str.strip() == "")).to_numpy()
+    report.drop("missing_user", int(miss.sum()))
+    recs = recs[~miss]
+    if "x" not in recs.columns:
+        lat, lon = recs["lat"].to_numpy(), recs["lon"].to_numpy()
+        bad = ~valid_lonlat_mask(lon, lat)
+        if bad.any():
+            report.check_fraction("invalid_coordinates", int(bad.sum()), len(recs), "latitude/longitude",
+                                  (float(lat[bad][0]), float(lon[bad][0])), cfg.max_invalid_fraction)
+            recs = recs[~bad]
+        zero = ((recs["lat"] == 0) & (recs["lon"] == 0)).to_numpy()
+        report.drop("zero_coordinates", int(zero.sum()))
+        recs = recs[~zero]
+    if cfg.bbox:
+        la0, lo0, la1, lo1 = cfg.bbox
+        inside = recs["lat"].between(la0, la1) & recs["lon"].between(lo0, lo1)
+        report.drop("outside_bbox", int((~inside).sum()))
+        recs = recs[inside.to_numpy()]
+    if len(recs) == 0:
+        raise ValueError(f"nothing left after filtering the input records; drops: {dict(report.drops)}")
+    recs = recs.copy()
+    if "x" not in recs.columns:
+        recs["x"], recs["y"] = lonlat_to_mercator(recs["lon"].to_numpy(), recs["lat"].to_numpy())
+    codes, names = pd.factorize(recs["user_id"].astype("string"), sort=True)
+    order = np.lexsort((np.arange(len(recs)), recs["ts"].to_numpy(), codes))
+    recs = recs.iloc[order].reset_index(drop=True)
+    recs["ucode"] = codes[order]
+    if cfg.drop_duplicates:
+        dup = recs.duplicated(["ucode", "ts", "lat", "lon"]).to_numpy()
+        report.drop("duplicate_record", int(dup.sum()))
+        recs = recs[~dup].reset_index(drop=True)
+    return recs, np.asarray(names, dtype=object)
+
+
+def _poi_table(raw, recs: pd.DataFrame, report: BuildReport):
+    if raw.pois is not None:
+        return raw.pois, raw.poi_source or "POI file"
+    if "category" in recs.columns or "poi_class" in recs.columns:
+        catcol = "poi_class" if "poi_class" in recs.columns else "category"
+        key = ["venue_id"] if "venue_id" in recs.columns else ["lat", "lon"]
+        cols = list(dict.fromkeys(key + ["lat", "lon", catcol] + (["root_category"] if "root_category" in recs else [])))
+        v = recs[cols].copy()
+        v[catcol] = v[catcol].astype("string").fillna("")
+        if key == ["venue_id"]:  # a missing venue id: the coordinate identifies the venue
+            vid = v["venue_id"].astype("string")
+            miss = vid.isna() | (vid.str.strip() == "")
+            v["venue_id"] = vid.where(~miss, "@" + v["lat"].astype("string") + "," + v["lon"].astype("string"))
+        # most frequent category of each venue, first seen coordinate
+        freq = v.groupby(key + [catcol], sort=False, dropna=False).size().rename("n").reset_index()
+        best = freq.sort_values("n", ascending=False, kind="stable").drop_duplicates(key)
+        first = v.drop_duplicates(key)[list(dict.fromkeys(key + ["lat", "lon"] +
+                                                          (["root_category"] if "root_category" in v else [])))]
+        pois = first.merge(best[key + [catcol]], on=key, how="left")
+        return pois, "distinct venues of the check-ins"
+    report.note("no POI information (no --pois and no categories in the input): POI vectors are zero")
+    return None, "none"
+
+
+def _classify_pois(pois: pd.DataFrame, classes, cfg: BuildConfig, report: BuildReport) -> tuple[np.ndarray, int]:
+    if "poi_class" in pois.columns:
+        cls = class_index(pois["poi_class"], classes)
+        bad = cls < 0
+        if bad.any():
+            report.unmapped_categories.update(pois["poi_class"][bad].astype("string").fillna("<missing>").value_counts().to_dict())
+        return cls, 0
+    if "category" in pois.columns:
+        mapping = CategoryMapping.foursquare()
+        if cfg.category_map:
+            user = CategoryMapping.from_json(cfg.category_map)
+            mapping = user if tuple(user.classes) != tuple(mapping.classes) else mapping.extended(user)
+        if tuple(mapping.classes) != tuple(classes):
+            raise ValueError(f"category map classes {list(mapping.classes)} differ from the taxonomy {list(classes)}")
+        cls, st = mapping.map(pois["category"], pois["root_category"] if "root_category" in pois.columns else None)
+        report.unmapped_categories.update(st["unmapped"])
+        return cls, st["via_root"]
+    if any(k in pois.columns for k in OSM_KEYS):
+        cls, st = OsmMapping.from_json(cfg.category_map).map(pois)
+        report.unmapped_categories.update(st["unmapped"])
+        return cls, 0
+    raise ValueError("POI table has no category, poi_class or OSM tag column")
+
+
+def build_city(cfg: BuildConfig) -> BuildResult:
+    """Run the whole pipeline; returns the tables, cells, statistics and report (nothing written)."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    report = BuildReport(city=cfg.city, format=cfg.format)
+    classes = DEFAULT_POI_CLASSES
+    C = len(classes)
+    H, L = cfg.history, cfg.current
+    W = H + L + 1
+    steps = tqdm(total=6, desc=f"build {cfg.city}", disable=not cfg.show_progress)
+
+    def step(name):
+        steps.set_postfix_str(name)
+        steps.update(1)
+
+    opts = ReadOptions(columns=cfg.columns, poi_columns=cfg.poi_columns, time_format=cfg.time_format,
+                       time_unit=cfg.time_unit, timezone=cfg.timezone, max_invalid_fraction=cfg.max_invalid_fraction,
+                       stay_distance_m=cfg.stay_distance_m, stay_min_minutes=cfg.stay_min_minutes,
+                       show_progress=cfg.show_progress,
+                       extra={"synthetic": {"city": cfg.city, "seed": cfg.seed, **(cfg.synthetic or {})}})
+    raw = READERS[cfg.format](cfg.input, cfg.pois, report, opts)
+    report.input_users = int(raw.records["user_id"].nunique())
+    step("read")
+
+    # ---------------------------------------------------------------- clean, project, grid
+    recs, user_names = _clean(raw.records, cfg, report)
+    if raw.grid is not None:
+        grid = raw.grid
+    elif cfg.bbox:
+        la0, lo0, la1, lo1 = cfg.bbox
+        (x0, x1), (y0, y1) = lonlat_to_mercator([lo0, lo1], [la0, la1])
+        grid = Grid.from_extent(x0, y0, x1, y1, cfg.cell_size_m, 0.5 * (la0 + la1))
+    else:
+        grid = Grid.fit(recs["x"], recs["y"], recs["lat"], cfg.cell_size_m)
+    row, col, inside = grid.locate(recs["x"].to_numpy(), recs["y"].to_numpy())
+    if (~inside).any():
+        report.drop("outside_grid", int((~inside).sum()))
+        recs = recs[inside].reset_index(drop=True)
+        row, col = row[inside], col[inside]
+    rkeys = grid.key(row, col)
+    report.info["records_clean"] = len(recs)
+    step("clean")
+
+    # ---------------------------------------------------------------- POIs and cells
+    pois, poi_source = _poi_table(raw, recs, report)
+    poi_info = {"source": poi_source, "read": 0, "in_area": 0, "classified": 0, "via_root": 0,
+                "per_class": {c: 0 for c in classes}}
+    pkeys = np.zeros(0, dtype=np.int64)
+    pcounts = np.zeros((0, C), dtype=np.int64)
+    if pois is not None and len(pois):
+        poi_info["read"] = len(pois)
+        plat = pd.to_numeric(pois["lat"], errors="coerce").to_numpy(dtype=np.float64)
+        plon = pd.to_numeric(pois["lon"], errors="coerce").to_numpy(dtype=np.float64)
+        ok = valid_lonlat_mask(plon, plat)
+        report.drop("poi_invalid_coordinates", int((~ok).sum()), kind="pois")
+        pois = pois[ok].reset_index(drop=True)
+        if grid.kind == "virtual":
+            raise ValueError("POIs with coordinates cannot be placed on the virtual YJMob grid")
+        px, py = lonlat_to_mercator(plon[ok], plat[ok])
+        prow, pcol, pin = grid.locate(px, py)
+        report.drop("poi_outside_area", int((~pin).sum()), kind="pois")
+        pois = pois[pin].reset_index(drop=True)
+        poi_info["in_area"] = len(pois)
+        pcls, via_root = _classify_pois(pois, classes, cfg, report)
+        poi_info["classified"] = int((pcls >= 0).sum())
+        poi_info["via_root"] = via_root
+        poi_info["per_class"] = {c: int((pcls == i).sum()) for i, c in enumerate(classes)}
+        pkeys, pcounts = count_pois(grid.key(prow[pin], pcol[pin]), pcls, C)
+    if poi_info["classified"] == 0 and pois is not None:
+        report.note("no POI could be classified: POI vectors are zero")
+    cells, ckeys, counts, freq, city_max = build_cells(grid, rkeys, pkeys, pcounts, C, cfg.candidates,
+                                                        cfg.poi_normalization)
+    rcell = np.searchsorted(ckeys, rkeys)
+    report.info["pois"] = poi_info
+    report.info["grid"] = grid.to_dict()
+    report.info["candidates_rule"] = cfg.candidates
+    report.info["cells"] = {"candidates": len(cells), "visited": int(np.unique(rkeys).size),
+                            "with_pois": int(pkeys.size), "grid_cells": grid.n_cells}
+    step("cells")
+
+    # ---------------------------------------------------------------- segments, durations, windows
+    max_gap = cfg.max_gap_hours if cfg.max_gap_hours is not None else DEFAULT_MAX_GAP_HOURS.get(cfg.format)
+    ts = recs["ts"].to_numpy(dtype=np.int64)
+    ucode = recs["ucode"].to_numpy()
+    seg_s, seg_n = segment_bounds(ucode, ts, max_gap * 3600.0 if max_gap else None)
+    dur, clipped = record_durations(ts, seg_s, seg_n, cfg.max_duration_hours or None)
+    long_seg = seg_n >= W
+    report.drop("segment_too_short", int(seg_n[~long_seg].sum()))
+    users_all = np.unique(ucode)
+    users_kept = np.unique(ucode[seg_s[long_seg]]) if long_seg.any() else np.zeros(0, dtype=ucode.dtype)
+    report.drop("user_too_short", int(users_all.size - users_kept.size), kind="users")
+    if not long_seg.any():
+        raise ValueError(f"no user has a segment of at least H + L + 1 = {W} records (longest: {int(seg_n.max())}); "
+                         f"lower --history/--current or check --max-gap-hours")
+    idx = window_index(seg_s, seg_n, W, cfg.stride)
+    in_samples = np.zeros(len(recs), dtype=bool)
+    in_samples[idx.ravel()] = True
+    kept_mask = np.repeat(long_seg, seg_n)
+    report.info.update({"records_kept": int(kept_mask.sum()), "users_kept": int(users_kept.size),
+                        "segments_kept": int(long_seg.sum()), "records_in_samples": int(in_samples.sum()),
+                        "records_window_tail": int((kept_mask & ~in_samples).sum())})
+    step("windows")
+
+    # ---------------------------------------------------------------- split
+    sample_users = ucode[idx[:, 0]]
+    if cfg.split == "user":
+        labels = split_by_user(sample_users, user_names, cfg.split_fractions, cfg.seed)
+        boundaries = None
+    else:
+        labels, b = split_by_time(ts[idx[:, -1]], cfg.split_fractions)
+        boundaries = {"validation_from": pd.Timestamp(b[0], unit="s").isoformat(),
+                      "test_from": pd.Timestamp(b[1], unit="s").isoformat()}
+    split_idx = {name: idx[labels == i] for i, name in enumerate(SPLIT_NAMES)}
+    if len(split_idx["train"]) == 0:
+        raise ValueError("the training split is empty")
+    step("split")
+
+    # ---------------------------------------------------------------- statistics (train only)
+    train_recs = np.unique(split_idx["train"].ravel())
+    xy = recs[["x", "y"]].to_numpy()[train_recs]
+    mean = xy.mean(axis=0)
+    std = xy.std(axis=0)
+    if (std == 0).any():
+        report.note("a coordinate axis has zero spread in train: its std is set to 1")
+        std = np.where(std == 0, 1.0, std)
+
+    local = recs["local_ts"].to_numpy(dtype=np.int64)
+    days = np.floor_divide(local, 86400)
+    rec_arrays = {
+        "user": np.asarray(user_names, dtype=object)[ucode], "x": recs["x"].to_numpy(), "y": recs["y"].to_numpy(),
+        "day": (days + 3) % 7, "hour": np.floor_divide(local - days * 86400, 3600), "duration": dur, "ts": ts,
+        "cell": rcell.astype(np.int64), "poi": freq[rcell],
+    }
+    feats = city_features(H, L, C)
+    tables, unknown, train_dur = {}, 0, None
+    for name in SPLIT_NAMES:
+        table, extra = assemble_samples(split_idx[name], cfg.city, rec_arrays, H, L, feats)
+        tables[name] = table
+        unknown += extra["target_duration_unknown"]
+        if name == "train":
+            train_dur = extra["input_durations"]
+    report.info["durations"] = {"cap_hours": cfg.max_duration_hours or None, "clipped": clipped,
+                                "target_unknown": unknown}
+    report.info["samples"] = {n: len(split_idx[n]) for n in SPLIT_NAMES}
+    report.info["split_users"] = {n: int(np.unique(sample_users[labels == i]).size) for i, n in enumerate(SPLIT_NAMES)}
+    step("samples")
+
+    seconds = time.perf_counter() - t0
+    report.info["seconds"] = seconds
+    stats = {
+        "city": cfg.city,
+        "format_version": FORMAT_VERSION,
+        "coordinate_mean": [float(mean[0]), float(mean[1])],
+        "coordinate_std": [float(std[0]), float(std[1])],
+        "duration_min_hours": float(np.min(train_dur)),
+        "duration_max_hours": float(np.max(train_dur)),
+        "statistics_from": "train split only: every record used by a train sample (inputs and targets)",
+        "cell_size_m": float(cfg.cell_size_m),
+        "grid": grid.to_dict(),
+        "candidates": cfg.candidates,
+        "poi_classes": list(classes),
+        "poi_normalization": cfg.poi_normalization,
+        "poi_city_max": [int(v) for v in city_max],
+        "history_length": H,
+        "current_length": L,
+        "stride": cfg.stride,
+        "split": cfg.split,
+        "split_fractions": [float(v) for v in cfg.split_fractions],
+        "split_boundaries": boundaries,
+        "seed": cfg.seed,
+        "max_gap_hours": max_gap,
+        "max_duration_hours": cfg.max_duration_hours or None,
+        "duration_definition": "hours to the same user's next record (clipped); the last current record of a "
+                               "sample gets the median of the sample's other input durations; target_time_gap = "
+                               "hours from the last current record to the target",
+        "counts": {
+            "users": {"input": report.input_users, "kept": int(users_kept.size), **report.info["split_users"]},
+            "records": {"input_rows": report.input_rows, "clean": report.info["records_clean"],
+                        "kept": report.info["records_kept"], "in_samples": report.info["records_in_samples"]},
+            "cells": report.info["cells"],
+            "pois": poi_info,
+            "samples": report.info["samples"],
+            "drops": {"records": dict(report.drops), "users": dict(report.user_drops), "pois": dict(report.poi_drops)},
+        },
+        "source": {**raw.source, "pois": poi_source, "build": {k: v for k, v in asdict(cfg).items()
+                                                               if k not in ("show_progress",)}},
+        "report": report.to_dict(),
+    }
+    steps.close()
+    return BuildResult(tables, cells, stats, report)
+
+
+def build_and_save(cfg: BuildConfig) -> BuildResult:
+    """Build and write ``cfg.output``; the report is available as ``result.report.format()``."""
+    if not cfg.output:
+        raise ValueError("an output folder is required")
+    res = build_city(cfg)
+    t = time.perf_counter()
+    res.save(cfg.output, show_progress=cfg.show_progress)
+    res.report.info["write_seconds"] = time.perf_counter() - t
+    return res

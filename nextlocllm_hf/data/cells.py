@@ -1,0 +1,81 @@
+"""Candidate cells and POI frequency vectors.
+
+* POI counts: each classified POI inside the grid adds one to its cell's count of its class.
+* Frequencies (``poi_normalization``):
+  ``max`` (default, the paper's): count / the city-wide maximum count of that class over all cells
+  (a class absent from the city gives 0); ``sum``: count / the cell's total (a distribution);
+  ``log-max``: log1p(count) / log1p(city-wide max); ``none``: raw counts as floats.
+* Candidates (``--candidates``): ``poi`` (default) = every cell holding a POI or a record of the
+  city; ``visited`` = cells holding a record; ``all-in-bbox`` = every cell of the grid (the paper's
+  choice, all cells of the city's area).  Cell ids are dense 0..N-1 in row-major grid order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+POI_NORMALIZATIONS = ("max", "sum", "log-max", "none")
+CANDIDATE_RULES = ("poi", "visited", "all-in-bbox")
+
+
+def count_pois(keys: np.ndarray, classes: np.ndarray, num_classes: int):
+    """Per-cell class counts: returns ``(unique_keys, counts[len(unique_keys), C])`` for classified POIs."""
+    ok = classes >= 0
+    uk, inv = np.unique(keys[ok], return_inverse=True)
+    counts = np.zeros((uk.size, num_classes), dtype=np.int64)
+    np.add.at(counts, (inv, classes[ok]), 1)
+    return uk, counts
+
+
+def normalize_counts(counts: np.ndarray, method: str = "max", city_max: np.ndarray | None = None) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    if method == "max":
+        m = counts.max(axis=0) if city_max is None else np.asarray(city_max, dtype=np.float64)
+        out = np.divide(counts, m, out=np.zeros_like(counts), where=m > 0)
+    elif method == "sum":
+        s = counts.sum(axis=1, keepdims=True)
+        out = np.divide(counts, s, out=np.zeros_like(counts), where=s > 0)
+    elif method == "log-max":
+        m = counts.max(axis=0) if city_max is None else np.asarray(city_max, dtype=np.float64)
+        lm = np.log1p(m)
+        out = np.divide(np.log1p(counts), lm, out=np.zeros_like(counts), where=lm > 0)
+    elif method == "none":
+        out = counts
+    else:
+        raise ValueError(f"unknown poi_normalization {method!r}; choose from {POI_NORMALIZATIONS}")
+    return out.astype(np.float32)
+
+
+def build_cells(grid, record_keys: np.ndarray, poi_keys: np.ndarray, poi_counts: np.ndarray, num_classes: int,
+                candidates: str = "poi", normalization: str = "max"):
+    """Candidate-cell table.
+
+    Returns ``(cells DataFrame, sorted candidate keys, counts, frequencies, city-wide max per class)``.
+    """
+    if candidates not in CANDIDATE_RULES:
+        raise ValueError(f"unknown candidates rule {candidates!r}; choose from {CANDIDATE_RULES}")
+    visited, n_rec = np.unique(record_keys, return_counts=True)
+    if candidates == "visited":
+        keys = visited
+    elif candidates == "poi":
+        keys = np.union1d(visited, poi_keys)
+    else:
+        keys = np.arange(grid.n_cells, dtype=np.int64)
+    counts = np.zeros((keys.size, num_classes), dtype=np.int64)
+    pos = np.searchsorted(keys, poi_keys)
+    inside = (pos < keys.size) & (keys[np.minimum(pos, keys.size - 1)] == poi_keys) if keys.size else np.zeros(0, bool)
+    counts[pos[inside]] = poi_counts[inside]
+    city_max = poi_counts.max(axis=0) if poi_counts.size else np.zeros(num_classes, dtype=np.int64)
+    freq = normalize_counts(counts, normalization, city_max)
+    nrec = np.zeros(keys.size, dtype=np.int64)
+    rpos = np.searchsorted(keys, visited)
+    nrec[rpos] = n_rec
+    row, col = grid.unkey(keys)
+    x, y, lat, lon = grid.centroid(row, col)
+    cells = pd.DataFrame({
+        "cell_id": np.arange(keys.size, dtype=np.int64), "row": row, "col": col,
+        "lat": lat, "lon": lon, "x": x, "y": y,
+        "poi_counts": list(counts), "poi_frequency": list(freq), "n_records": nrec,
+    })
+    return cells, keys, counts, freq, city_max

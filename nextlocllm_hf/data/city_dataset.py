@@ -1,0 +1,166 @@
+"""Loading built city folders: :func:`load_city_splits` and :func:`load_cities`.
+
+A city folder (output of ``dataset_scripts/build_city.py``) holds ``train/validation/test.parquet``,
+``cells.parquet`` and ``city.json``.  A folder of city folders (one sub-folder per city) is a
+multi-city collection; ``city=NAME`` picks one.  A Hub dataset repo id is fetched with
+``huggingface_hub.snapshot_download`` (offline-friendly: honours ``HF_HUB_OFFLINE``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+SPLITS = ("train", "validation", "test")
+CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS))
+
+
+@dataclass(frozen=True)
+class CityDataset:
+    """One city: its sample splits, candidate cells and statistics."""
+
+    name: str
+    splits: object  # datasets.DatasetDict
+    cells: pd.DataFrame
+    statistics: dict
+    path: str = ""
+
+    @property
+    def poi_classes(self) -> list:
+        return list(self.statistics["poi_classes"])
+
+    @property
+    def coordinate_mean(self) -> list:
+        return list(self.statistics["coordinate_mean"])
+
+    @property
+    def coordinate_std(self) -> list:
+        return list(self.statistics["coordinate_std"])
+
+    def retriever(self):
+        """``CityRetriever.from_cells(name, cells, coordinate_mean, coordinate_std)`` for this city."""
+        from nextlocllm_hf.modeling.retrieval_nextlocllm import CityRetriever
+
+        return CityRetriever.from_cells(self.name, self.cells, self.coordinate_mean, self.coordinate_std)
+
+
+@dataclass(frozen=True)
+class MultiCityDataset:
+    """Several cities: ``splits`` concatenates their splits (each row carries its ``city``)."""
+
+    cities: dict  # name -> CityDataset
+    splits: object  # datasets.DatasetDict
+
+    def retrievers(self) -> dict:
+        return {name: c.retriever() for name, c in self.cities.items()}
+
+    def __getitem__(self, name: str) -> CityDataset:
+        return self.cities[name]
+
+
+def _is_city_dir(p: Path) -> bool:
+    return (p / "city.json").is_file()
+
+
+def _resolve_dir(path_or_repo_id, city: str | None, revision: str | None = None) -> Path:
+    p = Path(str(path_or_repo_id)).expanduser()
+    if not p.exists():
+        if str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") > 1:
+            raise FileNotFoundError(f"city dataset folder not found: {path_or_repo_id}")
+        from huggingface_hub import snapshot_download
+
+        patterns = [f"{city}/*", "*.json", "*.md"] if city else None
+        p = Path(snapshot_download(str(path_or_repo_id), repo_type="dataset", revision=revision,
+                                   allow_patterns=patterns))
+    if _is_city_dir(p):
+        if city is not None:
+            with open(p / "city.json", encoding="utf-8") as f:
+                found = json.load(f).get("city")
+            if found != city:
+                raise ValueError(f"{p} holds city {found!r}, not {city!r}")
+        return p
+    subs = sorted(d for d in p.iterdir() if d.is_dir() and _is_city_dir(d))
+    if not subs:
+        raise FileNotFoundError(f"{p} is not a city dataset folder (no city.json) and holds none")
+    if city is None:
+        if len(subs) == 1:
+            return subs[0]
+        raise ValueError(f"{p} holds several cities {[d.name for d in subs]}: pass city=NAME")
+    for d in subs:
+        if d.name == city:
+            return d
+    raise ValueError(f"city {city!r} not found in {p}; available: {[d.name for d in subs]}")
+
+
+def _read_split(path: Path):
+    import pyarrow.parquet as pq
+    from datasets import Dataset, DatasetInfo, Features
+
+    table = pq.read_table(path)
+    features = Features.from_arrow_schema(table.schema)
+    return Dataset(table, info=DatasetInfo(features=features))
+
+
+def load_city_splits(path_or_repo_id, city: str | None = None, revision: str | None = None) -> CityDataset:
+    """Load a built city (local folder, folder of cities, or Hub dataset repo id).
+
+    Returns a :class:`CityDataset` with ``.splits`` (``DatasetDict`` train/validation/test with the
+    explicit Features of :func:`nextlocllm_hf.data.features.city_features`), ``.cells`` (pandas),
+    ``.statistics`` (``city.json``) and ``.retriever()``.
+    """
+    from datasets import DatasetDict
+
+    d = _resolve_dir(path_or_repo_id, city, revision)
+    missing = [f for f in CITY_FILES if not (d / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{d}: missing {missing}")
+    with open(d / "city.json", encoding="utf-8") as f:
+        stats = json.load(f)
+    splits = DatasetDict({s: _read_split(d / f"{s}.parquet") for s in SPLITS})
+    cells = pd.read_parquet(d / "cells.parquet")
+    return CityDataset(stats["city"], splits, cells, stats, str(d))
+
+
+def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
+    """Load several cities and concatenate their splits for multi-city training.
+
+    ``paths_or_repo_ids``: a list of city folders / repo ids, or one folder (or repo id) holding
+    several cities together with ``cities=[names]`` (default: every city in it).  All cities must
+    share history/current lengths and POI classes.
+    """
+    from datasets import DatasetDict, concatenate_datasets
+
+    if isinstance(paths_or_repo_ids, (str, Path)):
+        root = Path(str(paths_or_repo_ids))
+        if cities is None and root.is_dir() and not _is_city_dir(root):
+            cities = sorted(d.name for d in root.iterdir() if d.is_dir() and _is_city_dir(d))
+        items = [(paths_or_repo_ids, c) for c in (cities or [None])]
+    else:
+        if cities is not None and len(cities) != len(paths_or_repo_ids):
+            raise ValueError("cities must give one name per path")
+        items = []
+        for p, c in zip(paths_or_repo_ids, cities or [None] * len(paths_or_repo_ids)):
+            root = Path(str(p))
+            if c is None and root.is_dir() and not _is_city_dir(root):  # a folder of cities: all of them
+                items += [(p, d.name) for d in sorted(root.iterdir()) if d.is_dir() and _is_city_dir(d)]
+            else:
+                items.append((p, c))
+    loaded: dict = {}
+    for p, c in items:
+        ds = load_city_splits(p, c)
+        if ds.name in loaded:
+            raise ValueError(f"city {ds.name!r} given twice")
+        loaded[ds.name] = ds
+    if not loaded:
+        raise ValueError("no city to load")
+    first = next(iter(loaded.values()))
+    for ds in loaded.values():
+        for key in ("history_length", "current_length", "poi_classes"):
+            if ds.statistics[key] != first.statistics[key]:
+                raise ValueError(f"cities {first.name!r} and {ds.name!r} differ in {key}: "
+                                 f"{first.statistics[key]!r} vs {ds.statistics[key]!r}")
+    splits = DatasetDict({s: concatenate_datasets([ds.splits[s] for ds in loaded.values()]) for s in SPLITS})
+    return MultiCityDataset(loaded, splits)

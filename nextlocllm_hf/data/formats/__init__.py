@@ -1,0 +1,35 @@
+"""Input readers, one per format; each returns a :class:`~.common.RawInput`."""
+
+from __future__ import annotations
+
+from ..report import BuildReport
+from .common import RawInput, ReadOptions, parse_mapping
+from .foursquare import read_foursquare
+from .generic import read_generic
+from .geolife import read_geolife
+from .gowalla import read_gowalla
+from .yjmob import read_yjmob
+
+
+def read_synthetic(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
+    from ..synthetic import SyntheticCityParams, generate_synthetic_city
+
+    params = SyntheticCityParams(**opts.extra.get("synthetic", {}))
+    records, pois, info = generate_synthetic_city(params, show_progress=opts.show_progress)
+    report.input_rows = len(records)
+    report.info["local_time_from"] = "synthetic local clock"
+    return RawInput(records, pois, source={"format": "synthetic", "model": "EPR (Song et al. 2010) + home/work rhythm",
+                                           "params": info}, poi_source="synthetic POI layout")
+
+
+READERS = {
+    "foursquare": read_foursquare,
+    "gowalla": read_gowalla,
+    "brightkite": read_gowalla,
+    "geolife": read_geolife,
+    "yjmob": read_yjmob,
+    "csv": read_generic,
+    "synthetic": read_synthetic,
+}
+
+__all__ = ["READERS", "RawInput", "ReadOptions", "parse_mapping"]

@@ -1,0 +1,112 @@
+"""Build report: what was read, what was kept, and every drop counted by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BuildReport:
+    city: str = ""
+    format: str = ""
+    input_rows: int = 0
+    input_users: int = 0
+    drops: Counter = field(default_factory=Counter)  # records dropped, by reason
+    user_drops: Counter = field(default_factory=Counter)  # whole users dropped, by reason
+    poi_drops: Counter = field(default_factory=Counter)  # POIs dropped, by reason
+    examples: dict = field(default_factory=dict)  # reason -> an example offending value
+    unmapped_categories: Counter = field(default_factory=Counter)  # name -> POIs without a class
+    notes: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int, example=None, kind: str = "records") -> None:
+        if n <= 0:
+            return
+        {"records": self.drops, "users": self.user_drops, "pois": self.poi_drops}[kind][reason] += int(n)
+        if example is not None and reason not in self.examples:
+            self.examples[reason] = repr(example)
+
+    def check_fraction(self, reason: str, n_bad: int, n_total: int, field_name: str, example, max_fraction: float) -> None:
+        """Raise a ``ValueError`` naming the field when too many rows are invalid, else count a drop."""
+        if n_bad <= 0:
+            return
+        if n_total == 0 or n_bad / n_total > max_fraction:
+            raise ValueError(
+                f"{reason}: {n_bad} of {n_total} rows have an invalid {field_name!r} (e.g. {example!r}); "
+                f"more than the allowed fraction {max_fraction:g} (--max-invalid-fraction). Check the column "
+                f"mapping / format options."
+            )
+        self.drop(reason, n_bad, example)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def to_dict(self) -> dict:
+        return {
+            "input_rows": self.input_rows,
+            "input_users": self.input_users,
+            "dropped_records": dict(self.drops),
+            "dropped_users": dict(self.user_drops),
+            "dropped_pois": dict(self.poi_drops),
+            "drop_examples": dict(self.examples),
+            "unmapped_categories": dict(self.unmapped_categories.most_common()),
+            "notes": list(self.notes),
+            **self.info,
+        }
+
+    def render(self) -> str:
+        i = self.info
+        L = []
+        L.append(f"== city {self.city!r} (format {self.format}) ==")
+        L.append(f"input: {self.input_rows:,} rows, {self.input_users:,} users")
+        for k in ("raw_points", "stay_points"):
+            if k in i:
+                L.append(f"  {k.replace('_', ' ')}: {i[k]:,}")
+        L.append(f"records kept: {i.get('records_kept', 0):,} of {i.get('records_clean', 0):,} valid "
+                 f"({i.get('users_kept', 0):,} users, {i.get('segments_kept', 0):,} segments); "
+                 f"records in samples: {i.get('records_in_samples', 0):,}")
+        if self.drops:
+            L.append("dropped records: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.drops.items())))
+        else:
+            L.append("dropped records: none")
+        if self.user_drops:
+            L.append("dropped users: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.user_drops.items())))
+        if i.get("records_window_tail"):
+            L.append(f"not in any sample (kept, after a user's last window): {i['records_window_tail']:,} records")
+        for k, v in self.examples.items():
+            L.append(f"  e.g. {k}: {v}")
+        g = i.get("grid", {})
+        if g:
+            L.append(f"grid: {g.get('cell_size_m')} m ground = {g.get('cell_size_projected', 0):.1f} m projected "
+                     f"(ref lat {g.get('reference_lat', 0):.4f}), {g.get('n_rows')} rows x {g.get('n_cols')} cols")
+        c = i.get("cells", {})
+        if c:
+            L.append(f"cells: {c.get('candidates', 0):,} candidates ({i.get('candidates_rule')}); visited {c.get('visited', 0):,}, "
+                     f"with POIs {c.get('with_pois', 0):,}")
+        p = i.get("pois", {})
+        if p:
+            per = ", ".join(f"{k} {v:,}" for k, v in p.get("per_class", {}).items())
+            L.append(f"POIs: {p.get('read', 0):,} read ({p.get('source')}), {p.get('in_area', 0):,} in area, "
+                     f"{p.get('classified', 0):,} classified [{per}], {p.get('via_root', 0):,} via root category")
+        if self.poi_drops:
+            L.append("dropped POIs: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.poi_drops.items())))
+        if self.unmapped_categories:
+            top = self.unmapped_categories.most_common()
+            shown = ", ".join(f"{k!r} {v:,}" for k, v in top[:15])
+            more = f" (+{len(top) - 15} more names, see city.json)" if len(top) > 15 else ""
+            L.append(f"unmapped categories ({sum(self.unmapped_categories.values()):,} POIs, no class): {shown}{more}")
+        d = i.get("durations", {})
+        if d:
+            L.append(f"durations (h): cap {d.get('cap_hours')}, clipped {d.get('clipped', 0):,}; "
+                     f"target duration unknown (segment end) {d.get('target_unknown', 0):,}")
+        s = i.get("samples", {})
+        if s:
+            L.append("samples: " + " / ".join(f"{k} {v:,}" for k, v in s.items())
+                     + "   users: " + " / ".join(f"{k} {v:,}" for k, v in i.get("split_users", {}).items()))
+        for n in self.notes:
+            L.append(f"note: {n}")
+        if "seconds" in i:
+            L.append(f"built in {i['seconds']:.1f} s")
+        return "\n".join(L)
