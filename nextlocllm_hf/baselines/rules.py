@@ -1,0 +1,483 @@
+"""Rule baselines: rank a city's candidate cells for each sample from its own records (one rule: training data).
+
+Every rule sees a sample's record sequence ``s = history_cell + current_cell`` (``T = H + L`` records, oldest first;
+``s[T-1]`` is the **last** record, "position" ``t`` means ``s[t]``) and returns, for ``rank(rows, k)``, an
+``(N, k)`` int64 array of **k distinct cell ids**, best first, built in two steps:
+
+1. the rule's own candidates, ordered by the rule's score (higher first); ties are broken by **recency** (the larger
+   position of the cell's latest supporting record first) and then by **smaller cell id**; at most k are kept;
+2. **padding**: the k cells whose centroids are nearest to the sample's last point ``current_coordinates[-1]``
+   (``CityRetriever.query``, nearest first, equal distances in the KD-tree's order), skipping cells already listed,
+   fill the remaining places. Padding always succeeds because the k nearest cells are k distinct cells.
+
+The rules (``RULE_BASELINES`` maps these names to classes):
+
+``last_location``
+    the single candidate ``s[T-1]``.
+``most_frequent``
+    every cell visited in ``s``, scored by its visit count; ties: most recent visit, then cell id.
+``markov_within_sample``
+    first-order transitions inside ``s``: the candidates are the cells ``s[t+1]`` for every ``t < T-1`` with
+    ``s[t] == s[T-1]`` (self-transitions count), scored by how often each follows the last cell; ties: most recent such
+    transition (larger ``t+1``), then cell id. No transition out of the last cell -> no candidates (nearest cells only).
+``markov_train_users``
+    first-order transition counts learned by ``fit`` from the training split: in every training sample, each
+    consecutive pair of ``s`` plus the pair ``(s[T-1], target_cell)``. Training windows overlap (stride < window), so a
+    transition is counted once per training sample that contains it, a nearly uniform weight. Candidates are the
+    successors of the sample's last cell by count; ties: smaller cell id (global counts carry no recency). If the last
+    cell never starts a training transition, the sample's ``most_frequent`` candidates are used instead.
+``markov_frequency_mixture``
+    every cell visited in ``s`` scored ``alpha * P(c | last) + (1 - alpha) * visits(c) / T`` where ``P(c | last)`` is
+    the within-sample transition share (count of ``last -> c`` over all transitions out of the last cell; 0 when there
+    are none) and ``alpha = MIXTURE_ALPHA = 0.5``, fixed a priori (not tuned on any split). Scores equal to 12 decimals
+    tie; ties: most recent visit, then cell id.
+``nearest_cells``
+    no candidates: the k cells nearest to the last point (the padding alone).
+
+Cell ids must be non-negative and belong to the retriever's candidate cells; ``rows`` may be a ``datasets.Dataset``
+or a mapping of columns (numpy arrays or lists, e.g. ``ds.with_format("numpy")[:]``). When both the rows and the
+retriever name a city and they differ, ranking raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..columns import rows_to_arrays
+from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics
+from ..modeling.retrieval_nextlocllm import CityRetriever
+
+#: Weight of the within-sample transition share in ``markov_frequency_mixture`` (fixed, not tuned).
+MIXTURE_ALPHA = 0.5
+#: Score precision for ties in ``markov_frequency_mixture`` (decimals).
+_SCORE_DECIMALS = 12
+
+#: Name given to a retriever built from a bare cell table; such a retriever is not checked against the rows' city.
+UNNAMED_CITY = "<unnamed cells>"
+
+CELL_COLUMNS = ("history_cell", "current_cell")
+RANK_COLUMNS = (*CELL_COLUMNS, "current_coordinates")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# reading rows
+
+
+def _num_rows(rows: Any) -> int:
+    if hasattr(rows, "num_rows"):
+        return int(rows.num_rows)
+    first = next(iter(rows.values()), None)
+    return 0 if first is None else len(first)
+
+
+def _cities(rows: Any) -> set[str]:
+    """Distinct values of the ``city`` column, or an empty set when there is none."""
+    has = ("city" in rows.column_names) if hasattr(rows, "column_names") else ("city" in rows)
+    if not has or _num_rows(rows) == 0:
+        return set()
+    return {str(c) for c in np.unique(rows_to_arrays(rows, ["city"])["city"].astype(str))}
+
+
+def record_cells(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``(N, H + L)`` int64 cell ids of the history then current records, oldest first."""
+    history = np.asarray(arrays["history_cell"])
+    current = np.asarray(arrays["current_cell"])
+    if history.ndim != 2 or current.ndim != 2 or len(history) != len(current):
+        raise ValueError(f"history_cell {history.shape} and current_cell {current.shape} must be (N, H) and (N, L)")
+    if current.shape[1] == 0:
+        raise ValueError("current_cell has no records: the last record is needed")
+    seq = np.concatenate([history, current], axis=1)
+    if not np.issubdtype(seq.dtype, np.integer):
+        raise ValueError(f"history_cell/current_cell must hold integer cell ids, got dtype {seq.dtype}")
+    return seq.astype(np.int64, copy=False)
+
+
+def last_points(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``(N, 2)`` float64 projected position of each sample's last current record."""
+    coords = np.asarray(arrays["current_coordinates"], dtype=np.float64)
+    if coords.ndim != 3 or coords.shape[2] != 2:
+        raise ValueError(f"current_coordinates must have shape (N, L, 2), got {coords.shape}")
+    return coords[:, -1, :]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# cells
+
+
+def as_retriever(cells_or_retriever: Any, name: str | None = None) -> CityRetriever:
+    """A ``CityRetriever`` as given, or one built from a candidate-cell DataFrame (``cell_id, lat, lon, x, y,
+    poi_frequency``) under ``name`` (default: unnamed, then rows are not checked against its city); the coordinate
+    statistics of a DataFrame-built retriever are unused by the baselines."""
+    if isinstance(cells_or_retriever, CityRetriever):
+        retriever = cells_or_retriever
+    elif hasattr(cells_or_retriever, "columns"):
+        cells = cells_or_retriever
+        xy = cells[["x", "y"]].to_numpy(dtype=np.float64)
+        std = np.where(xy.std(axis=0) > 0, xy.std(axis=0), 1.0) if len(xy) else np.ones(2)
+        retriever = CityRetriever.from_cells(name or UNNAMED_CITY, cells, xy.mean(axis=0) if len(xy) else [0, 0], std)
+    else:
+        kind = type(cells_or_retriever).__name__
+        raise TypeError(f"expected a CityRetriever or a candidate-cell DataFrame, got {kind}")
+    if (retriever.cell_ids < 0).any():
+        raise ValueError(f"city {retriever.name!r}: cell ids must be non-negative")
+    return retriever
+
+
+class CellIndex:
+    """Maps cell ids to rows of a retriever's arrays (ids in any order), validating membership."""
+
+    def __init__(self, retriever: CityRetriever):
+        self.retriever = retriever
+        self.order = np.argsort(retriever.cell_ids, kind="stable")
+        self.sorted_ids = retriever.cell_ids[self.order]
+
+    def __len__(self) -> int:
+        return len(self.sorted_ids)
+
+    def positions(self, ids: np.ndarray, what: str = "cell ids") -> np.ndarray:
+        """Position of each id in ascending id order (so ``sorted_ids[positions(ids)] == ids``)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self.sorted_ids, ids)
+        pos_c = np.minimum(pos, len(self.sorted_ids) - 1)
+        bad = self.sorted_ids[pos_c] != ids
+        if bad.any():
+            raise ValueError(
+                f"{what} {np.unique(ids[bad])[:5].tolist()} are not candidate cells of city {self.retriever.name!r} "
+                f"({len(self.sorted_ids)} cells)"
+            )
+        return pos_c
+
+    def rows(self, ids: np.ndarray, what: str = "cell ids") -> np.ndarray:
+        """Row of each id in the retriever's arrays (``retriever.xy[rows(ids)]``)."""
+        return self.order[self.positions(ids, what)]
+
+
+def top1_centroid_xy(ranked_cells: np.ndarray, retriever: CityRetriever) -> np.ndarray:
+    """``(N, 2)`` Web Mercator centroid of each sample's top-1 cell: the predicted position of a cell ranking."""
+    ranked = np.asarray(ranked_cells)
+    if ranked.ndim != 2 or ranked.shape[1] == 0:
+        raise ValueError(f"ranked_cells must have shape (N, K) with K >= 1, got {ranked.shape}")
+    return retriever.xy[CellIndex(retriever).rows(ranked[:, 0], "ranked cell ids")]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# vectorized ranking helpers
+
+
+def _group(sample: np.ndarray, cell: np.ndarray, position: np.ndarray):
+    """Unique ``(sample, cell)`` pairs with their number of occurrences and largest position."""
+    if len(sample) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    order = np.lexsort((position, cell, sample))
+    s, c, p = sample[order], cell[order], position[order]
+    new = np.ones(len(s), dtype=bool)
+    new[1:] = (s[1:] != s[:-1]) | (c[1:] != c[:-1])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(s))
+    return s[starts], c[starts], (ends - starts).astype(np.int64), p[ends - 1]
+
+
+def _select_top(sample, cell, score, recency, n: int, k: int) -> np.ndarray:
+    """``(n, k)`` best candidates per sample by score desc, recency desc, cell id asc; -1 where fewer than k."""
+    out = np.full((n, k), -1, dtype=np.int64)
+    if len(sample) == 0:
+        return out
+    order = np.lexsort((cell, -np.asarray(recency), -np.asarray(score, dtype=np.float64), sample))
+    s = sample[order]
+    first = np.searchsorted(s, np.arange(n))
+    rank = np.arange(len(s)) - first[s]
+    keep = rank < k
+    out[s[keep], rank[keep]] = cell[order][keep]
+    return out
+
+
+def pad_with_nearest(candidates: np.ndarray, points: np.ndarray, retriever: CityRetriever, k: int) -> np.ndarray:
+    """Fill the ``-1`` places of ``candidates`` (N, k), candidates first in order, then the cells nearest to
+    ``points`` (N, 2) that are not already listed; returns ``(N, k)`` distinct cell ids."""
+    n = len(candidates)
+    if n == 0:
+        return np.zeros((0, k), dtype=np.int64)
+    nearest, _ = retriever.query(points, k)
+    valid_candidate = candidates >= 0
+    duplicate = ((nearest[:, :, None] == candidates[:, None, :]) & valid_candidate[:, None, :]).any(axis=2)
+    combined = np.concatenate([candidates, nearest], axis=1)
+    valid = np.concatenate([valid_candidate, ~duplicate], axis=1)
+    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+    if not np.take_along_axis(valid, order, axis=1).all():  # pragma: no cover - k nearest always suffice
+        raise RuntimeError("padding failed to find k distinct cells")
+    return np.take_along_axis(combined, order, axis=1).astype(np.int64)
+
+
+def _frequency_candidates(seq: np.ndarray, k: int) -> np.ndarray:
+    n, t = seq.shape
+    s, c, count, last = _group(np.repeat(np.arange(n), t), seq.ravel(), np.tile(np.arange(t), n))
+    return _select_top(s, c, count, last, n, k)
+
+
+def _within_transitions(seq: np.ndarray):
+    """Transitions out of each sample's last cell: grouped (sample, next cell, count, latest position) and the
+    number of such transitions per sample."""
+    last = seq[:, -1]
+    mask = seq[:, :-1] == last[:, None]
+    s, t = np.nonzero(mask)
+    grouped = _group(s.astype(np.int64), seq[s, t + 1], (t + 1).astype(np.int64))
+    return grouped, mask.sum(axis=1)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the rules
+
+
+class RuleBaseline:
+    """Common interface: ``fit(train_rows, cells_or_retriever)`` then ``rank(rows, k) -> (N, k)`` int64 cell ids."""
+
+    name = "rule"
+
+    def __init__(self) -> None:
+        self.retriever: CityRetriever | None = None
+        self.index: CellIndex | None = None
+
+    def fit(self, train_rows: Any, cells_or_retriever: Any) -> "RuleBaseline":
+        """Keep the city's candidate cells; rules that learn from training data override ``_fit``."""
+        self.retriever = as_retriever(cells_or_retriever)
+        self.index = CellIndex(self.retriever)
+        self._fit(train_rows)
+        return self
+
+    def _fit(self, train_rows: Any) -> None:
+        pass
+
+    def _check_city(self, rows: Any, what: str) -> None:
+        if self.retriever is None or self.retriever.name == UNNAMED_CITY:
+            return
+        cities = _cities(rows)
+        if cities and cities != {self.retriever.name}:
+            raise ValueError(
+                f"{self.name}: {what} come from cities {sorted(cities)} but the candidate cells are those of city "
+                f"{self.retriever.name!r}; rank each city's samples with that city's cells"
+            )
+
+    def rank(self, rows: Any, k: int) -> np.ndarray:
+        """``(N, k)`` distinct cell ids per sample, best first (see the module docstring for each rule)."""
+        if self.retriever is None:
+            raise RuntimeError(f"{self.name}: call fit(train_rows, cells) before rank()")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k={k!r}: expected a positive integer")
+        if k > self.retriever.num_cells:
+            raise ValueError(
+                f"k={k} is larger than the {self.retriever.num_cells} candidate cells of city {self.retriever.name!r}"
+            )
+        k = int(k)
+        self._check_city(rows, "rows")
+        arrays = rows_to_arrays(rows, RANK_COLUMNS)
+        seq = record_cells(arrays)
+        points = last_points(arrays)
+        if len(points) != len(seq):
+            raise ValueError(f"current_coordinates has {len(points)} rows but the cell columns have {len(seq)}")
+        if len(seq) == 0:
+            return np.zeros((0, k), dtype=np.int64)
+        self.index.positions(seq, "record cell ids")
+        return pad_with_nearest(self._candidates(seq, k), points, self.retriever, k)
+
+    def _candidates(self, seq: np.ndarray, k: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class LastLocation(RuleBaseline):
+    """The last record's cell, then the nearest cells."""
+
+    name = "last_location"
+
+    def _candidates(self, seq, k):
+        out = np.full((len(seq), k), -1, dtype=np.int64)
+        out[:, 0] = seq[:, -1]
+        return out
+
+
+class MostFrequent(RuleBaseline):
+    """Cells by visit count over history + current; ties: most recent visit, then cell id."""
+
+    name = "most_frequent"
+
+    def _candidates(self, seq, k):
+        return _frequency_candidates(seq, k)
+
+
+class MarkovWithinSample(RuleBaseline):
+    """Successors of the last cell inside the sample by count; ties: most recent transition, then cell id."""
+
+    name = "markov_within_sample"
+
+    def _candidates(self, seq, k):
+        (s, c, count, last), _ = _within_transitions(seq)
+        return _select_top(s, c, count, last, len(seq), k)
+
+
+class MarkovTrainUsers(RuleBaseline):
+    """Successors of the last cell by transition counts of the training split; ties: cell id. Unseen last cell:
+    the sample's most-frequent cells."""
+
+    name = "markov_train_users"
+
+    def _fit(self, train_rows):
+        from scipy.sparse import csr_matrix
+
+        if train_rows is None:
+            raise ValueError(f"{self.name} learns from the training split: pass train_rows to fit()")
+        self._check_city(train_rows, "train_rows")
+        arrays = rows_to_arrays(train_rows, (*CELL_COLUMNS, "target_cell"))
+        seq = record_cells(arrays)
+        target = np.asarray(arrays["target_cell"], dtype=np.int64).reshape(-1)
+        full = np.concatenate([seq, target[:, None]], axis=1)
+        src = self.index.positions(full[:, :-1].ravel(), "training cell ids")
+        dst = self.index.positions(full[:, 1:].ravel(), "training cell ids")
+        n = len(self.index)
+        self.transition_counts = csr_matrix((np.ones(len(src), dtype=np.int64), (src, dst)), shape=(n, n))
+        self.transition_counts.sum_duplicates()
+
+    def successors(self, cell: int, k: int) -> np.ndarray:
+        """Up to k successor cell ids of ``cell`` by training count (desc), ties by cell id (asc)."""
+        row = self.transition_counts[int(self.index.positions(np.array([cell]))[0])]
+        order = np.lexsort((row.indices, -row.data))[:k]
+        return self.index.sorted_ids[row.indices[order]]
+
+    def _candidates(self, seq, k):
+        out = np.full((len(seq), k), -1, dtype=np.int64)
+        last = seq[:, -1]
+        unique_last, inverse = np.unique(last, return_inverse=True)
+        table = np.full((len(unique_last), k), -1, dtype=np.int64)
+        seen = np.zeros(len(unique_last), dtype=bool)
+        for i, cell in enumerate(unique_last):
+            succ = self.successors(cell, k)
+            table[i, : len(succ)] = succ
+            seen[i] = len(succ) > 0
+        out[:] = table[inverse]
+        unseen = ~seen[inverse]
+        if unseen.any():
+            out[unseen] = _frequency_candidates(seq[unseen], k)
+        return out
+
+
+class MarkovFrequencyMixture(RuleBaseline):
+    """alpha * within-sample transition share + (1 - alpha) * visit share; ties: most recent visit, then cell id."""
+
+    name = "markov_frequency_mixture"
+
+    def __init__(self, alpha: float = MIXTURE_ALPHA) -> None:
+        super().__init__()
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha={alpha!r} must lie in [0, 1]")
+        self.alpha = float(alpha)
+
+    def _candidates(self, seq, k):
+        n, t = seq.shape
+        vs, vc, visits, last = _group(np.repeat(np.arange(n), t), seq.ravel(), np.tile(np.arange(t), n))
+        (ts, tc, tcount, _), n_out = _within_transitions(seq)
+        base = int(seq.max()) + 1
+        visit_key = vs * base + vc
+        trans_key = ts * base + tc  # sorted, a subset of visit_key (every successor is visited)
+        share = np.zeros(len(vs))
+        where = np.searchsorted(visit_key, trans_key)
+        share[where] = tcount / np.maximum(n_out[ts], 1)
+        score = self.alpha * share + (1.0 - self.alpha) * visits / t
+        return _select_top(vs, vc, np.round(score, _SCORE_DECIMALS), last, n, k)
+
+
+class NearestCells(RuleBaseline):
+    """The k cells nearest to the last point."""
+
+    name = "nearest_cells"
+
+    def _candidates(self, seq, k):
+        return np.full((len(seq), k), -1, dtype=np.int64)
+
+
+RULE_BASELINES: dict[str, type[RuleBaseline]] = {
+    cls.name: cls
+    for cls in (LastLocation, MostFrequent, MarkovWithinSample, MarkovTrainUsers, MarkovFrequencyMixture, NearestCells)
+}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# running several
+
+
+def rank_rule_baselines(
+    train_rows: Any,
+    rows: Any,
+    cells_or_retriever: Any,
+    k: int = 20,
+    names: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """``{name: (N, k) ranking}`` of each rule (all of ``RULE_BASELINES`` by default), fitted on ``train_rows``."""
+    names = list(RULE_BASELINES) if names is None else list(names)
+    unknown = [n for n in names if n not in RULE_BASELINES]
+    if unknown:
+        raise ValueError(f"unknown rule baselines {unknown}; known: {list(RULE_BASELINES)}")
+    retriever = as_retriever(cells_or_retriever)
+    return {name: RULE_BASELINES[name]().fit(train_rows, retriever).rank(rows, k) for name in names}
+
+
+def metrics_for_rankings(
+    rankings: Mapping[str, np.ndarray],
+    rows: Any,
+    cells_or_retriever: Any,
+    ks: Sequence[int] = DEFAULT_KS,
+    ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
+) -> dict[str, dict[str, float]]:
+    """``{name: compute_metrics(...)}`` for cell rankings of ``rows``; the predicted position of a ranking is the
+    centroid of its top-1 cell (:func:`top1_centroid_xy`), the true one ``target_coordinates``."""
+    retriever = as_retriever(cells_or_retriever)
+    arrays = rows_to_arrays(rows, ("target_cell", "target_coordinates"))
+    target_cells = np.asarray(arrays["target_cell"]).reshape(-1)
+    target_xy = np.asarray(arrays["target_coordinates"], dtype=np.float64)
+    return {
+        name: compute_metrics(
+            ranked, target_cells, top1_centroid_xy(ranked, retriever), target_xy, ks=ks, ndcg_ks=ndcg_ks
+        )
+        for name, ranked in rankings.items()
+    }
+
+
+def evaluate_rule_baselines(
+    train_rows: Any,
+    rows: Any,
+    cells_or_retriever: Any,
+    k: int = 20,
+    names: Sequence[str] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
+) -> dict[str, dict[str, float]]:
+    """``{name: metrics}`` of each rule on ``rows``: :func:`rank_rule_baselines` then :func:`metrics_for_rankings`.
+
+    ``k`` must be at least ``max(ks + ndcg_ks)`` (20 by default). ``rows`` also need ``target_cell`` and
+    ``target_coordinates``; ``train_rows`` are used by ``markov_train_users`` only.
+    """
+    rankings = rank_rule_baselines(train_rows, rows, cells_or_retriever, k=k, names=names)
+    return metrics_for_rankings(rankings, rows, cells_or_retriever, ks=ks, ndcg_ks=ndcg_ks)
+
+
+__all__ = [
+    "MIXTURE_ALPHA",
+    "RULE_BASELINES",
+    "RuleBaseline",
+    "LastLocation",
+    "MostFrequent",
+    "MarkovWithinSample",
+    "MarkovTrainUsers",
+    "MarkovFrequencyMixture",
+    "NearestCells",
+    "rank_rule_baselines",
+    "evaluate_rule_baselines",
+    "metrics_for_rankings",
+    "top1_centroid_xy",
+    "pad_with_nearest",
+    "rows_to_arrays",
+    "record_cells",
+    "last_points",
+    "as_retriever",
+    "CellIndex",
+]

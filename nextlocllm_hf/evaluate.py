@@ -1,0 +1,122 @@
+"""Scoring a model (and the baselines) on a city split: `python -m nextlocllm_hf.evaluate --model DIR --dataset DIR`.
+
+Predictions are gathered across processes with `gather_for_metrics` (every sample exactly once), then ranked with
+the city's KD-tree retriever and scored with `nextlocllm_hf.metrics`. A city the model never saw is evaluated
+zero-shot: its retriever (cells + statistics) is added to the model first.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .batching import CitySamples, collate_batch, model_inputs
+from .metrics import compute_metrics, format_table
+
+MAX_RANK = 20  # deepest cut-off any reported metric needs (Hit@20)
+
+
+@torch.no_grad()
+def predict(model, dataloader, accelerator=None, description: str = "predict") -> dict[str, np.ndarray]:
+    """Predicted positions of every sample, with targets, gathered from all processes in dataset order."""
+    model.eval()
+    show = accelerator is None or accelerator.is_local_main_process
+    chunks: dict[str, list[np.ndarray]] = defaultdict(list)
+    for batch in tqdm(dataloader, desc=description, disable=not show, leave=False):
+        outputs = model(**model_inputs(batch))
+        values = {
+            "coordinates": outputs.coordinates,
+            "labels": batch["labels"],
+            "target_cell": batch["target_cell"],
+            "city_index": batch["city_index"],
+        }
+        if accelerator is not None:
+            values = accelerator.gather_for_metrics(values)
+        for name, value in values.items():
+            chunks[name].append(value.detach().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+ALL_CITIES = "all"
+
+
+def score_predictions(
+    predictions: Mapping[str, np.ndarray], city_names: Sequence[str], retrievers: Mapping
+) -> dict[str, dict[str, float]]:
+    """Metrics per city, each city's samples ranked against its own cells, and over all samples (key "all")."""
+    ranked = np.zeros((len(predictions["city_index"]), MAX_RANK), dtype=np.int64)
+    scores = {}
+    for index, name in enumerate(city_names):
+        rows = predictions["city_index"] == index
+        if not rows.any():
+            continue
+        ranked[rows], _ = retrievers[name].query(predictions["coordinates"][rows], MAX_RANK)
+        scores[name] = compute_metrics(
+            ranked[rows], predictions["target_cell"][rows], predictions["coordinates"][rows], predictions["labels"][rows]
+        )
+    scores[ALL_CITIES] = compute_metrics(
+        ranked, predictions["target_cell"], predictions["coordinates"], predictions["labels"]
+    )
+    return scores
+
+
+def evaluate_model(model, samples: CitySamples, batch_size: int = 64, accelerator=None, description="evaluate"):
+    """Predict and score a split; returns (metrics per city, raw predictions)."""
+    loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
+    if accelerator is not None:
+        loader = accelerator.prepare(loader)
+    predictions = predict(model, loader, accelerator, description)
+    base_model = accelerator.unwrap_model(model) if accelerator is not None else model
+    retrievers = {name: base_model.retriever(name) for name in samples.city_names}
+    return score_predictions(predictions, samples.city_names, retrievers), predictions
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from transformers import AutoModel
+
+    from .baselines import evaluate_rule_baselines
+    from .data import load_city_splits
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a saved model folder or Hub id")
+    parser.add_argument("--dataset", required=True, help="a built city folder or Hub dataset id")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--baselines", action="store_true", help="also score the rule baselines on the same samples")
+    args = parser.parse_args(argv)
+
+    model = AutoModel.from_pretrained(args.model)
+    city = load_city_splits(args.dataset)
+    check_compatible(model.config, city.statistics, args.dataset)
+    if city.name not in model.cities:
+        print(f"city {city.name!r} is new to this model: evaluating zero-shot with its own cells and statistics")
+        model.add_city(city.retriever())
+    samples = CitySamples(city.splits[args.split], {city.name: city.statistics})
+    scores, _ = evaluate_model(model, samples, args.batch_size)
+    rows = {"NextLocLLM": scores[city.name]}
+    if args.baselines:
+        rows.update(evaluate_rule_baselines(city.splits["train"], city.splits[args.split], city.retriever()))
+    print(f"{city.name} / {args.split} ({len(samples)} samples)")
+    print(format_table(rows))
+
+
+def check_compatible(config, statistics: Mapping, where: str) -> None:
+    """A model and a city dataset must agree on sequence lengths and POI classes; say which field differs."""
+    pairs = {
+        "history_length": (config.history_length, statistics["history_length"]),
+        "current_length": (config.current_length, statistics["current_length"]),
+        "poi_classes": (list(config.poi_class_names), list(statistics["poi_classes"])),
+    }
+    for field, (model_value, data_value) in pairs.items():
+        if model_value != data_value:
+            raise ValueError(f"{where}: {field}={data_value!r} in the data but {model_value!r} in the model")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Metrics against hand-computed values, input validation, the text table and the offline `evaluate` module."""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+from nextlocllm_hf.metrics import (
+    compute_metrics,
+    format_table,
+    haversine_m,
+    hit_rate_at_k,
+    mercator_to_lonlat,
+    mrr,
+    ndcg_at_k,
+    target_ranks,
+)
+
+R_MERCATOR = 6378137.0
+R_MEAN = 6371008.8
+
+# Four samples whose targets sit at ranks 1, 3, absent and 2.
+RANKED = np.array([[3, 1, 2], [5, 4, 6], [7, 8, 9], [1, 2, 3]])
+TARGETS = np.array([3, 6, 0, 2])
+
+
+def forward_mercator(lon_deg, lat_deg):
+    """The forward Web Mercator formula, written out independently of the package."""
+    return R_MERCATOR * math.radians(lon_deg), R_MERCATOR * math.log(math.tan(math.pi / 4 + math.radians(lat_deg) / 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ranking metrics
+
+
+def test_target_ranks():
+    assert target_ranks(RANKED, TARGETS).tolist() == [1, 3, 0, 2]
+
+
+def test_hit_rate_hand_example():
+    assert hit_rate_at_k(RANKED, TARGETS, 1) == pytest.approx(1 / 4)
+    assert hit_rate_at_k(RANKED, TARGETS, 2) == pytest.approx(2 / 4)
+    assert hit_rate_at_k(RANKED, TARGETS, 3) == pytest.approx(3 / 4)
+    # the three-sample example of the brief: ranks 1, 3, absent -> hit@1 = 1/3
+    assert hit_rate_at_k(RANKED[:3], TARGETS[:3], 1) == pytest.approx(1 / 3)
+
+
+def test_mrr_hand_example_and_truncation():
+    assert mrr(RANKED, TARGETS) == pytest.approx((1 + 1 / 3 + 0 + 1 / 2) / 4)
+    # truncated at K = 2 the rank-3 target no longer counts
+    assert mrr(RANKED[:, :2], TARGETS) == pytest.approx((1 + 0 + 0 + 1 / 2) / 4)
+
+
+def test_ndcg_hand_example():
+    assert ndcg_at_k(RANKED, TARGETS, 3) == pytest.approx((1 + 0.5 + 0 + 1 / math.log2(3)) / 4)
+    assert ndcg_at_k(RANKED, TARGETS, 2) == pytest.approx((1 + 0 + 0 + 1 / math.log2(3)) / 4)
+    assert ndcg_at_k(RANKED, TARGETS, 1) == pytest.approx(hit_rate_at_k(RANKED, TARGETS, 1))
+
+
+def test_ranking_metric_validation():
+    with pytest.raises(ValueError, match="fewer than k=5"):
+        hit_rate_at_k(RANKED, TARGETS, 5)
+    with pytest.raises(ValueError, match="positive integer"):
+        ndcg_at_k(RANKED, TARGETS, 0)
+    with pytest.raises(ValueError, match="target_cells must have shape"):
+        mrr(RANKED, TARGETS[:3])
+    with pytest.raises(ValueError, match="ranked_cells must have shape"):
+        mrr(RANKED[0], TARGETS)
+    with pytest.raises(ValueError, match="repeats a cell id"):
+        mrr(np.array([[1, 1, 2]]), np.array([1]))
+    with pytest.raises(ValueError, match="NaN"):
+        mrr(np.array([[1.0, np.nan]]), np.array([1]))
+    with pytest.raises(ValueError, match="empty"):
+        mrr(np.zeros((0, 3), dtype=int), np.zeros(0, dtype=int))
+    # integral floats are accepted as ids
+    assert mrr(RANKED.astype(float), TARGETS) == pytest.approx(mrr(RANKED, TARGETS))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# geometry
+
+
+def test_haversine_known_distances():
+    one_degree = R_MEAN * math.pi / 180  # 111 195.08 m
+    assert one_degree == pytest.approx(111195.08, abs=0.01)
+    assert haversine_m(0.0, 0.0, 1.0, 0.0) == pytest.approx(one_degree, rel=1e-12)
+    assert haversine_m(10.0, 20.0, 11.0, 20.0) == pytest.approx(one_degree, rel=1e-12)  # along a meridian
+    assert haversine_m(0.0, 0.0, 0.0, 90.0) == pytest.approx(R_MEAN * math.pi / 2, rel=1e-12)
+    assert haversine_m(40.0, -74.0, 40.0, -74.0) == 0.0
+    assert isinstance(haversine_m(0.0, 0.0, 1.0, 0.0), float)
+    d = haversine_m(np.array([0.0, 0.0]), np.array([0.0, 0.0]), np.array([1.0, 0.0]), np.array([0.0, 1.0]))
+    assert d.shape == (2,) and np.allclose(d, one_degree)
+
+
+def test_inverse_mercator_of_known_forward_values():
+    # EPSG:3857 reference values: lon 180 -> x = 20 037 508.342789244, lat 45 -> y = 5 621 521.486192066
+    lonlat = mercator_to_lonlat(np.array([[20037508.342789244, 5621521.486192066], [0.0, 0.0]]))
+    assert lonlat == pytest.approx(np.array([[180.0, 45.0], [0.0, 0.0]]), abs=1e-9)
+    x, y = forward_mercator(108.88, 34.166)  # Xi'an, about (1.2120e7, 4.0508e6)
+    assert mercator_to_lonlat([x, y]) == pytest.approx([108.88, 34.166], abs=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        mercator_to_lonlat(np.zeros((3, 3)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compute_metrics
+
+
+def _three_samples():
+    """Ranks 1, 3, absent; errors: 1 degree north of the equator, none, 1 degree east on the equator."""
+    ranked = np.arange(60).reshape(3, 20)  # distinct ids
+    targets = np.array([0, 22, 99])
+    _, y1 = forward_mercator(0.0, 1.0)
+    x1, _ = forward_mercator(1.0, 0.0)
+    predicted = np.array([[0.0, 0.0], [500.0, 600.0], [x1, 0.0]])
+    true = np.array([[0.0, y1], [500.0, 600.0], [0.0, 0.0]])
+    return ranked, targets, predicted, true, x1, y1
+
+
+def test_compute_metrics_hand_example():
+    ranked, targets, predicted, true, x1, y1 = _three_samples()
+    out = compute_metrics(ranked, targets, predicted, true)
+    assert list(out) == [
+        "hit@1", "hit@5", "hit@10", "hit@20", "mrr", "ndcg@5", "ndcg@10",
+        "mean_error_m", "median_error_m", "mean_projected_error_m", "count",
+    ]
+    assert out["hit@1"] == pytest.approx(1 / 3)
+    assert out["hit@5"] == out["hit@10"] == out["hit@20"] == pytest.approx(2 / 3)
+    assert out["mrr"] == pytest.approx((1 + 1 / 3) / 3)
+    assert out["ndcg@5"] == out["ndcg@10"] == pytest.approx((1 + 0.5) / 3)
+    one_degree = R_MEAN * math.pi / 180
+    assert out["mean_error_m"] == pytest.approx(2 * one_degree / 3, rel=1e-9)
+    assert out["median_error_m"] == pytest.approx(one_degree, rel=1e-9)
+    assert y1 == pytest.approx(111325.14, abs=0.01) and x1 == pytest.approx(111319.49, abs=0.01)
+    assert out["mean_projected_error_m"] == pytest.approx((y1 + x1) / 3, rel=1e-12)
+    assert out["count"] == 3.0
+    assert all(isinstance(v, float) for v in out.values())
+
+
+def test_compute_metrics_matches_the_single_functions_and_truncates_mrr():
+    rng = np.random.default_rng(0)
+    ranked = np.stack([rng.permutation(100)[:30] for _ in range(50)])
+    targets = rng.integers(0, 100, 50)
+    xy = rng.normal(0, 1000, (50, 2))
+    out = compute_metrics(ranked, targets, xy, xy + 10, ks=(1, 3, 25), ndcg_ks=(4,))
+    for k in (1, 3, 25):
+        assert out[f"hit@{k}"] == pytest.approx(hit_rate_at_k(ranked, targets, k))
+    assert out["ndcg@4"] == pytest.approx(ndcg_at_k(ranked, targets, 4))
+    assert out["mrr"] == pytest.approx(mrr(ranked[:, :25], targets))  # MRR@max(ks), not @30
+    assert out["mean_projected_error_m"] == pytest.approx(math.hypot(10, 10))
+
+
+def test_compute_metrics_validation():
+    ranked, targets, predicted, true, *_ = _three_samples()
+    with pytest.raises(ValueError, match=r"ranked_cells has K=10 columns.*20"):
+        compute_metrics(ranked[:, :10], targets, predicted, true)
+    with pytest.raises(ValueError, match="predicted_xy contains NaN"):
+        compute_metrics(ranked, targets, np.where(predicted == 0, np.nan, predicted), true)
+    with pytest.raises(ValueError, match="target_xy contains infinite"):
+        compute_metrics(ranked, targets, predicted, np.where(true == 0, np.inf, true))
+    with pytest.raises(ValueError, match=r"target_xy must have shape \(3, 2\)"):
+        compute_metrics(ranked, targets, predicted, true[:2])
+    with pytest.raises(ValueError, match=r"target_cells must have shape \(3,\)"):
+        compute_metrics(ranked, targets[:, None], predicted, true)
+    with pytest.raises(ValueError, match="ks holds 0"):
+        compute_metrics(ranked, targets, predicted, true, ks=(0, 5))
+    with pytest.raises(ValueError, match="repeats a cell id"):
+        compute_metrics(np.zeros((3, 20), dtype=int), targets, predicted, true)
+
+
+def test_format_table():
+    ranked, targets, predicted, true, *_ = _three_samples()
+    rows = {"model": compute_metrics(ranked, targets, predicted, true), "rule": {"hit@1": 0.5, "count": 2}}
+    text = format_table(rows, title="Test split")
+    lines = text.splitlines()
+    assert lines[0] == "Test split"
+    assert lines[1].split()[:3] == ["Method", "Hit@1", "%"]
+    assert "Mean err m" in lines[1] and "Proj. err m" in lines[1]
+    assert set(lines[2]) == {"-"}
+    model_line, rule_line = lines[3].split(), lines[4].split()
+    assert model_line[:3] == ["model", "33.33", "66.67"]
+    assert model_line[-1] == "3" and f"{2 * R_MEAN * math.pi / 180 / 3:.1f}" in model_line
+    assert rule_line[:3] == ["rule", "50.00", "-"] and rule_line[-1] == "2"
+    assert len({len(line) for line in lines[1:3]}) == 1  # header and rule aligned
+    narrow = format_table(rows, columns=("hit@1", "unknown_metric"))
+    assert "unknown_metric" not in narrow and "Hit@1 %" in narrow
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the local `evaluate` module
+
+
+@pytest.fixture(scope="module")
+def metric_inputs():
+    rng = np.random.default_rng(1)
+    n, k = 40, 20
+    ranked = np.stack([rng.permutation(60)[:k] for _ in range(n)])
+    targets = np.where(rng.random(n) < 0.6, ranked[np.arange(n), rng.integers(0, k, n)], 59 - rng.integers(0, 5, n))
+    pred = rng.normal(0, 2000, (n, 2)) + [-8_235_000.0, 4_970_000.0]
+    true = pred + rng.normal(0, 300, (n, 2))
+    predictions = [{"ranked_cells": r.tolist(), "predicted_xy": p.tolist()} for r, p in zip(ranked, pred)]
+    references = [{"target_cell": int(t), "target_xy": x.tolist()} for t, x in zip(targets, true)]
+    return predictions, references, compute_metrics(ranked, targets, pred, true)
+
+
+def test_evaluate_module_loads_offline_and_matches(metric_inputs):
+    import evaluate
+
+    from nextlocllm_hf.evaluate_metric import METRIC_DIR, METRIC_PATH, NextLocMetric, load_metric
+
+    predictions, references, expected = metric_inputs
+    assert os.path.isfile(os.path.join(METRIC_DIR, "README.md"))
+    for metric in (evaluate.load(METRIC_PATH), evaluate.load(METRIC_DIR), load_metric(), NextLocMetric()):
+        got = metric.compute(predictions=predictions, references=references)
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key] == pytest.approx(expected[key], rel=1e-12), key
+    metric = NextLocMetric()
+    metric.add_batch(predictions=predictions[:15], references=references[:15])
+    metric.add_batch(predictions=predictions[15:], references=references[15:])
+    assert metric.compute()["mrr"] == pytest.approx(expected["mrr"])
+    small = NextLocMetric().compute(predictions=predictions, references=references, ks=(1, 2), ndcg_ks=(2,))
+    assert set(small) == {"hit@1", "hit@2", "mrr", "ndcg@2", "mean_error_m", "median_error_m",
+                          "mean_projected_error_m", "count"}
+    with pytest.raises(ValueError, match="ranked_cells has K=20"):
+        NextLocMetric().compute(predictions=predictions, references=references, ks=(1, 50))
+
+
+def test_evaluate_module_has_one_import_per_line():
+    from nextlocllm_hf.evaluate_metric import METRIC_PATH
+
+    with open(METRIC_PATH, encoding="utf-8") as f:
+        import_lines = [line for line in f if line.startswith(("import ", "from "))]
+    assert import_lines and not any("," in line for line in import_lines)

@@ -1,0 +1,359 @@
+"""Train NextLocLLM on one or more cities with Accelerate, on one process or many.
+
+    python train.py --dataset data/nyc --output_dir runs/nyc
+    accelerate launch --multi_gpu --num_processes 4 train.py --dataset data/nyc data/tokyo --output_dir runs/two
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py ...   # two CPU processes (gloo)
+
+What it guarantees, unlike the authors' script: the loss goes through the prepared (DDP) model so gradients are
+synchronized; evaluation gathers every sample once; the best checkpoint is the one with the best *validation* score
+(Hit@1 by default, higher is better); the test split is scored once, at the end, on that checkpoint; and a run
+resumes mid-epoch from `--resume_from_checkpoint` to the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import nextlocllm_hf
+from nextlocllm_hf.baselines import (
+    RULE_BASELINES,
+    evaluate_rule_baselines,
+    metrics_for_rankings,
+    rank_with_id_classifier,
+    train_id_classifier,
+)
+from nextlocllm_hf.batching import CitySamples, collate_batch, model_inputs
+from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker, higher_is_better
+from nextlocllm_hf.data import load_cities, load_city_splits
+from nextlocllm_hf.evaluate import ALL_CITIES, MAX_RANK, check_compatible, evaluate_model
+from nextlocllm_hf.metrics import format_table
+from nextlocllm_hf.model_card import build_model_card
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train NextLocLLM with Accelerate.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", nargs="+", required=True, help="city folders (or Hub ids) to train on")
+    data.add_argument("--zero_shot_dataset", nargs="*", default=[], help="cities to evaluate zero-shot at the end")
+    data.add_argument("--max_eval_samples", type=int, default=None, help="cap the validation samples per evaluation")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", default="smollm2-135m", help="Hub id, local folder, or smollm2-135m (embedded)")
+    model.add_argument("--init_model", default=None, help="continue from a saved NextLocLLM folder instead")
+    model.add_argument("--num_backbone_layers", type=int, default=6)
+    model.add_argument("--adaptation", default="norms", choices=["norms", "lora", "full", "frozen"])
+    model.add_argument("--no_prompt", action="store_true", help="drop the natural-language prompt prefix")
+    model.add_argument("--no_llm_poi", action="store_true", help="use a linear POI embedding instead")
+    model.add_argument("--duration_head", action="store_true", help="also predict the next stay duration")
+    model.add_argument("--target_time_query", action="store_true", help="feed the target's day and hour")
+
+    train = parser.add_argument_group("optimization")
+    train.add_argument("--output_dir", required=True)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--max_steps", type=int, default=None, help="optimizer steps; overrides --epochs")
+    train.add_argument("--per_device_batch_size", type=int, default=32)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=64)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    train.add_argument("--learning_rate", type=float, default=2e-4, help="paper: Adam 2e-4")
+    train.add_argument("--weight_decay", type=float, default=0.01, help="paper: 0.01 (Adam, coupled)")
+    train.add_argument("--lr_scheduler", default="plateau", choices=["plateau", "constant"])
+    train.add_argument("--plateau_factor", type=float, default=0.5, help="paper: halve the learning rate")
+    train.add_argument("--plateau_patience", type=int, default=2, help="evaluations without improvement")
+    train.add_argument("--max_grad_norm", type=float, default=None, help="clip gradients (paper: no clipping)")
+    train.add_argument("--seed", type=int, default=0)
+
+    loop = parser.add_argument_group("evaluation and checkpoints")
+    loop.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (default: each epoch)")
+    loop.add_argument("--metric_for_best_model", default="hit@1")
+    loop.add_argument("--early_stopping_patience", type=int, default=0, help="evaluations; 0 disables")
+    loop.add_argument("--checkpointing_steps", type=int, default=None, help="save resumable state every N steps")
+    loop.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N folder, or 'latest'")
+    loop.add_argument("--report_to", default="none", choices=["none", "tensorboard"])
+    loop.add_argument("--id_baseline_epochs", type=int, default=0, help="also train the ID-classification baseline")
+    loop.add_argument("--hub_model_id", default=None, help="ORG/NAME the exported model is meant for (model card)")
+    return parser.parse_args(argv)
+
+
+def check_world_size(accelerator: Accelerator) -> None:
+    """On CPU, wrong launcher flags silently give one process or unsynchronized copies: refuse both."""
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected:
+        raise RuntimeError(
+            f"launcher started {expected} processes but Accelerate sees {accelerator.num_processes}; on CPU use "
+            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N train.py ...`"
+        )
+
+
+def build_model(args: argparse.Namespace, statistics: dict):
+    if args.init_model:
+        model = nextlocllm_hf.NextLocLLMForCoordinateRegression.from_pretrained(args.init_model)
+        check_compatible(model.config, statistics, args.init_model)
+        return model
+    return nextlocllm_hf.NextLocLLMForCoordinateRegression.from_backbone(
+        args.backbone,
+        num_backbone_layers=args.num_backbone_layers,
+        history_length=statistics["history_length"],
+        current_length=statistics["current_length"],
+        poi_class_names=list(statistics["poi_classes"]),
+        adaptation=args.adaptation,
+        use_prompt=not args.no_prompt,
+        use_llm_poi=not args.no_llm_poi,
+        use_duration_head=args.duration_head,
+        use_target_time_query=args.target_time_query,
+    )
+
+
+def latest_checkpoint(output_dir: Path) -> Path:
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
+        raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {output_dir}")
+    return checkpoints[-1]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    return train(parse_args(argv)).results
+
+
+@dataclass
+class TrainingRun:
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by Accelerate (DDP-wrapped on several processes)
+    results: dict
+
+
+def train(args: argparse.Namespace) -> TrainingRun:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=str(output_dir),
+        # One seeded sampler shared by every process, re-seeded per epoch: resumable and identical across ranks.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    check_world_size(accelerator)
+    set_seed(args.seed)
+
+    # Data first: every inconsistency must surface before a single step.
+    cities = load_cities(args.dataset)
+    statistics = {name: city.statistics for name, city in cities.cities.items()}
+    first = next(iter(statistics.values()))
+    zero_shot = [load_city_splits(path) for path in args.zero_shot_dataset]
+    for city in zero_shot:
+        check_compatible_statistics(first, city.statistics, city.path)
+    model = build_model(args, first)
+    for name, city in cities.cities.items():
+        check_compatible(model.config, city.statistics, city.path)
+        model.add_city(city.retriever())
+
+    train_samples = CitySamples(cities.splits["train"], statistics)
+    validation_split = cities.splits["validation"]
+    if args.max_eval_samples and len(validation_split) > args.max_eval_samples:
+        validation_split = validation_split.shuffle(seed=args.seed).select(range(args.max_eval_samples))
+    validation_samples = CitySamples(validation_split, statistics)
+    if len(train_samples) == 0 or len(validation_samples) == 0:
+        raise ValueError(f"{args.dataset}: empty train ({len(train_samples)}) or validation split")
+
+    train_loader = DataLoader(
+        train_samples,
+        batch_size=args.per_device_batch_size,
+        shuffle=True,
+        collate_fn=collate_batch,
+        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG (dropout) untouched by iterators
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = None
+    if args.lr_scheduler == "plateau":
+        # Stepped on the validation distance error at every evaluation (not on one mini-batch's loss).
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience
+        )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    tracker = BestCheckpointTracker(metric=args.metric_for_best_model, patience=args.early_stopping_patience)
+    accelerator.register_for_checkpointing(tracker)
+    if scheduler is not None:
+        accelerator.register_for_checkpointing(scheduler)
+
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_steps = args.max_steps or args.epochs * steps_per_epoch
+    eval_steps = args.eval_steps or steps_per_epoch
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if args.report_to != "none":
+        accelerator.init_trackers("nextlocllm", config={k: str(v) for k, v in vars(args).items()})
+
+    start_epoch, batches_to_skip = 0, 0
+    if args.resume_from_checkpoint:
+        checkpoint = (
+            latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+        )
+        accelerator.load_state(str(checkpoint))
+        start_epoch, step_in_epoch = divmod(tracker.completed_steps, steps_per_epoch)
+        batches_to_skip = step_in_epoch * args.gradient_accumulation_steps
+        accelerator.print(f"resumed from {checkpoint} at step {tracker.completed_steps}")
+
+    accelerator.print(
+        f"training on {list(statistics)}: {len(train_samples)} samples, {steps_per_epoch} steps/epoch, {max_steps} "
+        f"steps, {accelerator.num_processes} process(es), trainable parameters "
+        f"{sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in model.parameters()):,}"
+    )
+    best_dir = output_dir / "best"
+    validation_history = []
+    progress = tqdm(total=max_steps, initial=tracker.completed_steps, disable=not accelerator.is_local_main_process)
+    started = time.perf_counter()
+    epoch = start_epoch
+    while tracker.completed_steps < max_steps and not tracker.should_stop:
+        model.train()
+        train_loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(train_loader, batches_to_skip) if batches_to_skip else train_loader
+        batches_to_skip = 0
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**model_inputs(batch)).loss
+                accelerator.backward(loss)
+                if args.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            tracker.completed_steps += 1
+            step = tracker.completed_steps
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.0f} m", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+            accelerator.log({"train/loss_m": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]}, step=step)
+            if step % eval_steps == 0 or step == max_steps:
+                scores, _ = evaluate_model(
+                    model, validation_samples, args.per_device_eval_batch_size, accelerator, "validation"
+                )
+                overall = scores[ALL_CITIES]
+                validation_history.append({"step": step, **overall})
+                accelerator.log({f"validation/{k}": v for k, v in overall.items()}, step=step)
+                if scheduler is not None:
+                    scheduler.step(overall["mean_error_m"])
+                if tracker.update(overall[tracker.metric], step):
+                    save_model(accelerator, model, best_dir)
+                accelerator.print(
+                    f"step {step}: validation {tracker.metric}={overall[tracker.metric]:.4f} "
+                    f"mean error {overall['mean_error_m']:.0f} m (best {tracker.best_value:.4f} at step {tracker.best_step})"
+                )
+                model.train()
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
+            if step >= max_steps or tracker.should_stop:
+                break
+        epoch += 1
+    progress.close()
+    training_seconds = time.perf_counter() - started
+    accelerator.end_training()
+    results = {
+        "best_step": tracker.best_step,
+        "best_validation": {tracker.metric: tracker.best_value},
+        "validation_history": validation_history,
+        "training_seconds": training_seconds,
+    }
+    finish(args, accelerator, model, cities, zero_shot, best_dir, results)
+    return TrainingRun(accelerator, model, results)
+
+
+def finish(args, accelerator, model, cities, zero_shot, best_dir: Path, results: dict) -> None:
+    """Load the best validation checkpoint, score the test split once (and the baselines), zero-shot cities, export."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=True)
+    statistics = {name: city.statistics for name, city in cities.cities.items()}
+    test_samples = CitySamples(cities.splits["test"], statistics)
+    test_scores, _ = evaluate_model(model, test_samples, args.per_device_eval_batch_size, accelerator, "test")
+    results["test"] = single_city_view(test_scores)
+    for city in zero_shot:
+        unwrapped.add_city(city.retriever())
+        samples = CitySamples(city.splits["test"], {city.name: city.statistics})
+        scores, _ = evaluate_model(model, samples, args.per_device_eval_batch_size, accelerator, f"zero-shot {city.name}")
+        results.setdefault("zero_shot", {})[city.name] = scores[city.name]
+    if accelerator.is_main_process:
+        results["baselines"] = score_baselines(args, cities, zero_shot)
+        export(args, unwrapped, cities, results)
+    accelerator.wait_for_everyone()
+
+
+def single_city_view(scores: dict) -> dict:
+    """Per-city scores; the "all" entry only when several cities share the split."""
+    return {k: v for k, v in scores.items() if k != ALL_CITIES or len(scores) > 2}
+
+
+def score_baselines(args, cities, zero_shot) -> dict:
+    """The rule baselines (and optionally the ID classifier) on the very samples the model was tested on."""
+    baselines = {}
+    for name, city in cities.cities.items():
+        retriever = city.retriever()
+        rows = {
+            f"{rule} / {name}": scores
+            for rule, scores in evaluate_rule_baselines(city.splits["train"], city.splits["test"], retriever).items()
+        }
+        if args.id_baseline_epochs:
+            classifier, _ = train_id_classifier(
+                city.splits["train"], city.splits["validation"], retriever.num_cells,
+                epochs=args.id_baseline_epochs, seed=args.seed,
+            )
+            ranked = rank_with_id_classifier(classifier, city.splits["test"], MAX_RANK, num_cells=retriever.num_cells)
+            rows[f"id_lstm / {name}"] = metrics_for_rankings({"id_lstm": ranked}, city.splits["test"], retriever)["id_lstm"]
+        baselines.update(rows)
+    for city in zero_shot:
+        # Zero-shot: no rule may learn from the new city's training split.
+        rules = [rule for rule in RULE_BASELINES if rule != "markov_train_users"]
+        scores = evaluate_rule_baselines(None, city.splits["test"], city.retriever(), names=rules)
+        baselines.update({f"{rule} / {city.name} (zero-shot)": s for rule, s in scores.items()})
+    return baselines
+
+
+def export(args, model, cities, results: dict) -> None:
+    """The best model with every city's retriever, its card, and the results as JSON; then the table."""
+    output_dir = Path(args.output_dir)
+    export_dir = output_dir / "model"
+    model.save_pretrained(export_dir)
+    card = build_model_card(
+        model, results, repo_id=args.hub_model_id or export_dir.name, train_cities=list(cities.cities),
+        metric_for_best_model=args.metric_for_best_model,
+    )
+    card.save(export_dir / "README.md")
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    rows = {f"NextLocLLM / {city}": scores for city, scores in results["test"].items()}
+    rows.update({f"NextLocLLM / {city} (zero-shot)": s for city, s in results.get("zero_shot", {}).items()})
+    rows.update(results["baselines"])
+    print(format_table(rows))
+    print(f"best validation {args.metric_for_best_model} at step {results['best_step']}; model exported to {export_dir}")
+
+
+def save_model(accelerator: Accelerator, model, folder: Path) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(folder)
+    accelerator.wait_for_everyone()
+
+
+def check_compatible_statistics(reference: dict, other: dict, where: str) -> None:
+    for field in ("history_length", "current_length", "poi_classes"):
+        if reference[field] != other[field]:
+            raise ValueError(f"{where}: {field}={other[field]!r}, but the training cities have {reference[field]!r}")
+
+
+if __name__ == "__main__":
+    main()
