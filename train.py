@@ -263,7 +263,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         epoch += 1
     progress.close()
     training_seconds = time.perf_counter() - started
-    accelerator.end_training()
+    check_ranks_synchronized(accelerator, trainable)
     results = {
         "best_step": tracker.best_step,
         "best_validation": {tracker.metric: tracker.best_value},
@@ -271,6 +271,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         "training_seconds": training_seconds,
     }
     finish(args, accelerator, model, cities, zero_shot, best_dir, results)
+    accelerator.end_training()  # last: it also tears down the process group
     return TrainingRun(accelerator, model, results)
 
 
@@ -340,6 +341,17 @@ def export(args, model, cities, results: dict) -> None:
     rows.update(results["baselines"])
     print(format_table(rows))
     print(f"best validation {args.metric_for_best_model} at step {results['best_step']}; model exported to {export_dir}")
+
+
+def check_ranks_synchronized(accelerator: Accelerator, parameters: list[torch.nn.Parameter]) -> None:
+    """Every process must hold the same trained parameters; diverged ranks mean gradients were never all-reduced."""
+    if accelerator.num_processes == 1:
+        return
+    local = torch.stack([p.detach().double().sum() for p in parameters]).to(accelerator.device)
+    gathered = accelerator.gather(local[None]).cpu()
+    if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
+        raise RuntimeError(f"trained parameters differ across the {accelerator.num_processes} processes")
+    accelerator.print(f"trained parameters identical on all {accelerator.num_processes} processes")
 
 
 def save_model(accelerator: Accelerator, model, folder: Path) -> None:

@@ -145,7 +145,10 @@ def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
         for p, c in zip(paths_or_repo_ids, cities or [None] * len(paths_or_repo_ids)):
             root = Path(str(p))
             if c is None and root.is_dir() and not _is_city_dir(root):  # a folder of cities: all of them
-                items += [(p, d.name) for d in sorted(root.iterdir()) if d.is_dir() and _is_city_dir(d)]
+                found = [(p, d.name) for d in sorted(root.iterdir()) if d.is_dir() and _is_city_dir(d)]
+                if not found:
+                    raise FileNotFoundError(f"{root} is not a city dataset folder (no city.json) and holds none")
+                items += found
             else:
                 items.append((p, c))
     loaded: dict = {}

@@ -1,0 +1,150 @@
+"""The main job end to end on the embedded SmolLM2 backbone, offline, in a few minutes on 2 CPU cores.
+
+1. build two synthetic cities (EPR mobility model) with `dataset_scripts/build_city.py`'s pipeline;
+2. train NextLocLLM on the first with `train.py` (SmolLM2-135M cut to a few blocks), select on validation,
+   test once, score the baselines on the same samples and evaluate zero-shot on the second city;
+3. reload the exported folder through `AutoModel` and print the top-k cells for one trajectory of the new city;
+4. save a figure: validation curve and that trajectory on a map.
+
+    python demo.py [--output_dir outputs/demo] [--max_steps 240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from transformers import AutoModel
+
+import nextlocllm_hf  # noqa: F401  (registers NextLocLLM with AutoModel)
+import train
+from nextlocllm_hf.baselines.rules import CellIndex
+from nextlocllm_hf.batching import CitySamples
+from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
+
+# Two cities of different size, density and POI mix; the second is never seen in training.
+CITIES = {
+    "synth-a": {"seed": 1, "synthetic": {"n_users": 100, "records_per_user": 150}},
+    "synth-b": {"seed": 2, "synthetic": {"n_users": 80, "records_per_user": 150, "extent_km": 8.0}},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", default="outputs/demo")
+    parser.add_argument("--max_steps", type=int, default=240, help="optimizer steps (about 1.5 s each here)")
+    parser.add_argument("--num_backbone_layers", type=int, default=2)
+    parser.add_argument("--top_k", type=int, default=5)
+    return parser.parse_args()
+
+
+def build_cities(data_dir: Path) -> dict[str, str]:
+    paths = {}
+    for name, settings in CITIES.items():
+        config = BuildConfig(city=name, format="synthetic", output=str(data_dir / name), **settings)
+        result = build_and_save(config)
+        print(result.report.format())
+        paths[name] = str(data_dir / name)
+    return paths
+
+
+def show_top_k(model_dir: Path, city_path: str, k: int) -> dict:
+    """Reload through AutoModel (no flag) and rank the new city's cells for one of its test trajectories."""
+    model = AutoModel.from_pretrained(model_dir)
+    city = load_city_splits(city_path)
+    samples = CitySamples(city.splits["test"], {city.name: city.statistics})
+    batch = samples[0]
+    output = model.predict(batch, city=city.name, k=k)
+    retriever = model.retriever(city.name)
+    latlon = retriever.latlon[CellIndex(retriever).rows(retriever.cell_ids)]  # row i: cell id i's centroid
+    lat, lon = dict(zip(retriever.cell_ids, latlon[:, 0])), dict(zip(retriever.cell_ids, latlon[:, 1]))
+    print(f"\nreloaded {type(model).__name__} from {model_dir}; cities: {model.cities}")
+    print(f"one test trajectory of {city.name} (never trained on); its last {model.config.current_length} visits:")
+    for day, hour, cell in zip(batch["current_day"][0], batch["current_hour"][0], batch["current_cell"][0].tolist()):
+        print(f"  day {int(day)} {int(hour):02d}h  cell {cell:4d}  ({lat[cell]:.5f}, {lon[cell]:.5f})")
+    target = int(batch["target_cell"][0])
+    print(f"true next cell: {target} ({lat[target]:.5f}, {lon[target]:.5f})")
+    print(f"top-{k} predicted cells (distance from the regressed point):")
+    for rank, (cell, distance) in enumerate(zip(output.top_k_cells[0].tolist(), output.top_k_distances[0]), start=1):
+        mark = "  <- true next cell" if cell == target else ""
+        print(f"  {rank}. cell {cell:4d}  ({lat[cell]:.5f}, {lon[cell]:.5f})  {float(distance):6.0f} m{mark}")
+    return {"batch": batch, "output": output, "retriever": retriever}
+
+
+def save_figure(results: dict, example: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (curve, trajectory) = plt.subplots(1, 2, figsize=(12, 5))
+    history = results["validation_history"]
+    steps = [entry["step"] for entry in history]
+    curve.plot(steps, [100 * entry["hit@1"] for entry in history], "o-", label="Hit@1 %")
+    curve.plot(steps, [100 * entry["hit@10"] for entry in history], "s-", label="Hit@10 %")
+    curve.set_xlabel("optimizer step")
+    curve.set_ylabel("validation %")
+    errors = curve.twinx()
+    errors.plot(steps, [entry["mean_error_m"] for entry in history], "k--", label="mean error (m)")
+    errors.set_ylabel("mean error (m)")
+    curve.axvline(results["best_step"], color="grey", lw=0.8)
+    curve.legend(loc="upper left")
+    curve.set_title("validation during training (grey: chosen checkpoint)")
+
+    batch, output, retriever = example["batch"], example["output"], example["retriever"]
+    cells = retriever.xy
+    trajectory.scatter(cells[:, 0], cells[:, 1], s=4, c="lightgrey", label="candidate cells")
+    history_xy = batch["history_coordinates"][0].numpy()
+    current_xy = batch["current_coordinates"][0].numpy()
+    trajectory.plot(history_xy[:, 0], history_xy[:, 1], ".-", color="tab:blue", alpha=0.4, label="history")
+    trajectory.plot(current_xy[:, 0], current_xy[:, 1], "o-", color="tab:blue", label="current")
+    top = retriever.xy[CellIndex(retriever).rows(output.top_k_cells[0].numpy())]
+    trajectory.scatter(top[:, 0], top[:, 1], marker="s", facecolors="none", edgecolors="tab:orange", s=80, label="top-k")
+    predicted = output.coordinates[0].numpy()
+    truth = batch["labels"][0].numpy()
+    trajectory.scatter(*predicted, marker="x", color="tab:red", s=100, label="predicted point")
+    trajectory.scatter(*truth, marker="*", color="tab:green", s=160, label="true next visit")
+    trajectory.set_aspect("equal")
+    trajectory.set_title("zero-shot city: one trajectory (Web Mercator m)")
+    trajectory.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"figure: {path}")
+
+
+def main() -> None:
+    args = parse_args()
+    output_dir = Path(args.output_dir)
+    timings = {}
+    started = time.perf_counter()
+    paths = build_cities(output_dir / "data")
+    timings["build two cities"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    run_dir = output_dir / "run"
+    results = train.main(
+        [
+            "--dataset", paths["synth-a"],
+            "--zero_shot_dataset", paths["synth-b"],
+            "--backbone", "smollm2-135m",
+            "--num_backbone_layers", str(args.num_backbone_layers),
+            "--output_dir", str(run_dir),
+            "--max_steps", str(args.max_steps),
+            "--eval_steps", str(max(args.max_steps // 6, 1)),
+            "--max_eval_samples", "256",
+            "--per_device_batch_size", "32",
+            "--learning_rate", "1e-3",
+        ]
+    )
+    timings["train + test + baselines + zero-shot"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    example = show_top_k(run_dir / "model", paths["synth-b"], args.top_k)
+    timings["reload + predict"] = time.perf_counter() - started
+    save_figure(results, example, output_dir / "demo.png")
+    print("\ntimings: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""train.py: synchronized ranks, complete gathered evaluation, exact mid-epoch resume, honest best checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import debug_launcher
+from conftest import TINY_BACKBONES, build_synthetic_city, build_tokenizer
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import train as train_script  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    backbone = root / "tiny-gpt2"  # GPT-2 has dropout: resuming must also restore the random state
+    TINY_BACKBONES["gpt2"](len(tokenizer)).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    return {
+        "root": root,
+        "backbone": str(backbone),
+        "city": build_synthetic_city(root / "city-a", "city-a", seed=3),
+        "other_city": build_synthetic_city(root / "city-b", "city-b", seed=4, extent_km=6.0),
+    }
+
+
+def arguments(workspace, output_dir, *extra):
+    return [
+        "--dataset", workspace["city"],
+        "--backbone", workspace["backbone"],
+        "--num_backbone_layers", "2",
+        "--per_device_batch_size", "12",
+        "--per_device_eval_batch_size", "8",
+        "--output_dir", str(output_dir),
+        *extra,
+    ]
+
+
+def distributed_run(workspace, output_dir):
+    run = train_script.train(train_script.parse_args(arguments(workspace, output_dir, "--max_steps", "4", "--eval_steps", "2")))
+    accelerator = run.accelerator
+    assert accelerator.num_processes == 2
+    flat = torch.cat([p.detach().flatten() for p in run.model.parameters() if p.requires_grad])
+    everyone = accelerator.gather(flat[None])
+    assert torch.equal(everyone[0], everyone[1]), "ranks hold different parameters"
+    from nextlocllm_hf.data import load_city_splits
+
+    splits = load_city_splits(workspace["city"]).splits
+    assert len(splits["test"]) % 2 == 1  # uneven across two ranks: gather_for_metrics must drop the padded duplicate
+    assert run.results["test"]["city-a"]["count"] == len(splits["test"])
+    assert [entry["count"] for entry in run.results["validation_history"]] == [len(splits["validation"])] * 2
+
+
+def test_two_processes_stay_synchronized_and_gather_every_sample(workspace, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    debug_launcher(lambda: distributed_run(workspace, workspace["root"] / "ddp"), num_processes=2)
+    assert (workspace["root"] / "ddp" / "model" / "model.safetensors").is_file()
+
+
+def test_resume_mid_epoch_ends_bit_identical(workspace):
+    root = workspace["root"]
+    # 61 training samples / batch 12 -> 6 steps per epoch: a checkpoint at step 3 is mid-epoch, step 8 is in epoch 2.
+    common = ("--eval_steps", "3", "--checkpointing_steps", "4")
+    train_script.main(arguments(workspace, root / "straight", "--max_steps", "8", *common))
+    train_script.main(arguments(workspace, root / "resumed", "--max_steps", "3", "--eval_steps", "3", "--checkpointing_steps", "3"))
+    train_script.main(
+        arguments(
+            workspace, root / "resumed", "--max_steps", "8", *common,
+            "--resume_from_checkpoint", str(root / "resumed" / "checkpoint-3"),
+        )
+    )
+    straight = load_file(root / "straight" / "checkpoint-8" / "model.safetensors")
+    resumed = load_file(root / "resumed" / "checkpoint-8" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    initial = train_script.build_model(train_script.parse_args(arguments(workspace, root / "x")), _statistics(workspace))
+    assert not torch.equal(initial.regression_head.weight, straight["regression_head.weight"])  # it did train
+    first = json.loads((root / "straight" / "results.json").read_text())
+    second = json.loads((root / "resumed" / "results.json").read_text())
+    assert first["test"] == second["test"] and first["best_step"] == second["best_step"]
+
+
+def test_best_checkpoint_is_the_best_validation_score_and_is_exported(workspace):
+    output = workspace["root"] / "best"
+    results = train_script.main(
+        arguments(workspace, output, "--max_steps", "6", "--eval_steps", "1", "--metric_for_best_model", "mean_error_m",
+                  "--zero_shot_dataset", workspace["other_city"])
+    )
+    history = results["validation_history"]
+    errors = [entry["mean_error_m"] for entry in history]
+    assert len(history) == 6
+    assert results["best_step"] == history[errors.index(min(errors))]["step"]  # lower error is better; first on ties
+    exported = AutoModel.from_pretrained(output / "model")
+    best = load_file(output / "best" / "model.safetensors")
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, best[name]), name
+    assert exported.cities == ["city-a", "city-b"]  # the zero-shot city's retriever ships with the model
+    assert set(results["zero_shot"]) == {"city-b"}
+    card = (output / "model" / "README.md").read_text()
+    assert "model-index" in card and f"{results['test']['city-a']['hit@1']:.6f}".rstrip("0") in card
+
+
+@pytest.mark.parametrize(
+    "metric, values, best_index",
+    [("hit@1", [0.2, 0.5, 0.4, 0.5], 1), ("mean_error_m", [900.0, 700.0, 800.0, 700.0], 1), ("mrr", [0.1], 0)],
+)
+def test_tracker_direction(metric, values, best_index):
+    tracker = BestCheckpointTracker(metric=metric)
+    improvements = [tracker.update(value, step) for step, value in enumerate(values)]
+    assert tracker.best_step == best_index and tracker.best_value == values[best_index]
+    assert improvements[best_index] and sum(improvements) == 1 + (best_index > 0)
+
+
+def test_tracker_patience_stops_training():
+    tracker = BestCheckpointTracker(metric="hit@1", patience=2)
+    for step, value in enumerate([0.3, 0.2, 0.3]):
+        tracker.update(value, step)
+    assert tracker.should_stop and tracker.best_step == 0
+    with pytest.raises(ValueError, match="validation hit@1=nan"):
+        tracker.update(float("nan"), 3)
+
+
+def test_bad_inputs_fail_before_training(workspace, tmp_path):
+    not_a_city = tmp_path / "empty"
+    not_a_city.mkdir()
+    with pytest.raises(FileNotFoundError, match="not a city dataset folder"):
+        train_script.main(arguments(workspace, tmp_path / "o1", "--max_steps", "1") + ["--dataset", str(not_a_city)])
+    short = train_script.build_model(
+        train_script.parse_args(arguments(workspace, tmp_path / "x")), {**_statistics(workspace), "history_length": 10}
+    )
+    short.save_pretrained(tmp_path / "short-model")
+    with pytest.raises(ValueError, match=r"history_length=40 in the data but 10 in the model"):
+        train_script.main(
+            arguments(workspace, tmp_path / "o2", "--max_steps", "1", "--init_model", str(tmp_path / "short-model"))
+        )
+    assert not (tmp_path / "o2").exists()  # nothing started
+
+
+def test_accelerate_launch_with_two_cpu_processes(workspace, tmp_path):
+    """The documented multi-process command, run for real: two gloo ranks, synchronized, loadable output."""
+    output = tmp_path / "launched"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO / "train.py"), *arguments(workspace, output, "--max_steps", "3", "--eval_steps", "3"),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "2 process(es)" in result.stdout and "trained parameters identical on all 2 processes" in result.stdout
+    assert AutoModel.from_pretrained(output / "model").cities == ["city-a"]
+
+
+def _statistics(workspace):
+    from nextlocllm_hf.data import load_city_splits
+
+    return load_city_splits(workspace["city"]).statistics
+
+
+@pytest.mark.parametrize("name", ["multi_gpu", "fsdp", "deepspeed_zero2"])
+def test_accelerate_config_files_parse(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.name == {"multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}[name]
+    assert config.mixed_precision == "bf16"
