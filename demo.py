@@ -6,7 +6,7 @@
 3. reload the exported folder through `AutoModel` and print the top-k cells for one trajectory of the new city;
 4. save a figure: validation curve and that trajectory on a map.
 
-    python demo.py [--output_dir outputs/demo] [--max_steps 240]
+    python demo.py [--output_dir outputs/demo] [--max_steps 400]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CITIES = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--max_steps", type=int, default=240, help="optimizer steps (about 1.5 s each here)")
+    parser.add_argument("--max_steps", type=int, default=400, help="optimizer steps (about 0.6 s each here)")
     parser.add_argument("--num_backbone_layers", type=int, default=2)
     parser.add_argument("--top_k", type=int, default=5)
     return parser.parse_args()

@@ -11,13 +11,14 @@ into top-k candidate cells.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, DynamicCache, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbone_nextlocllm import load_backbone
@@ -60,7 +61,8 @@ class NextLocLLMOutput(ModelOutput):
         normalized_coordinates: `(batch, 2)` the head's raw output, z-scored with the city's statistics.
         duration: `(batch,)` predicted stay duration in hours, when the duration head is on.
         top_k_cells / top_k_distances: `(batch, k)` nearest candidate cells of the city and their distances (m).
-        hidden_states: the backbone's hidden states, when requested.
+        hidden_states: the backbone's hidden states at the record tokens (the shared prompt's are not repeated per
+            sample), when requested.
     """
 
     loss: torch.Tensor | None = None
@@ -186,6 +188,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             self.duration_head = nn.Linear(hidden, 1, bias=False)
 
         self.retrievers: dict[str, CityRetriever] = {}
+        self._prompt_cache = None  # (weights key, per-layer prompt keys/values), see _prompt_key_values
+        self._reference_computation = False
         self.post_init()
         self._apply_adaptation()
 
@@ -381,15 +385,10 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         current_tokens = self._record_tokens(current_coordinates, current_day, current_hour, current_duration,
                                              current_poi, mean, std, "current")
         pieces = [history_tokens, current_tokens]
-        if self.config.use_prompt:
-            prompt = self.backbone.get_input_embeddings()(self.prompt_token_ids)
-            pieces.insert(0, prompt.to(history_tokens.dtype).expand(batch_size, -1, -1))
         if self.config.use_target_time_query:
             query = torch.cat([self.day_embedding(target_day), self.hour_embedding(target_hour)], dim=-1)
             pieces.append(self.target_time_projection(query)[:, None])
-        backbone_outputs = self.backbone(
-            inputs_embeds=torch.cat(pieces, dim=1), output_hidden_states=output_hidden_states, use_cache=False
-        )
+        backbone_outputs = self._run_backbone(torch.cat(pieces, dim=1), output_hidden_states)
         last_state = backbone_outputs.last_hidden_state[:, -1]
 
         normalized = self.regression_head(last_state)
@@ -423,6 +422,56 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def _run_backbone(self, record_tokens: torch.Tensor, output_hidden_states: bool | None):
+        """The decoder over [prompt ; records]. The prompt is identical for every sample, so it runs once (batch 1)
+        and the records attend to its cached keys and values; with gradients off it is computed once per weights."""
+        if not self.config.use_prompt:
+            return self.backbone(inputs_embeds=record_tokens, output_hidden_states=output_hidden_states, use_cache=False)
+        prompt = self.backbone.get_input_embeddings()(self.prompt_token_ids)[None].to(record_tokens.dtype)
+        if self._reference_computation:  # the paper's form: the prompt repeated in every sample
+            sequence = torch.cat([prompt.expand(len(record_tokens), -1, -1), record_tokens], dim=1)
+            return self.backbone(inputs_embeds=sequence, output_hidden_states=output_hidden_states, use_cache=False)
+        prefix = self._prompt_key_values(prompt)
+        cache = DynamicCache(
+            ddp_cache_data=[(k.expand(len(record_tokens), -1, -1, -1), v.expand(len(record_tokens), -1, -1, -1))
+                            for k, v in prefix],
+            config=self.backbone.config,
+        )
+        return self.backbone(
+            inputs_embeds=record_tokens, cache=cache, use_cache=True, output_hidden_states=output_hidden_states
+        )
+
+    def _prompt_key_values(self, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer keys and values of the prompt (batch 1); reused while gradients are off and weights unchanged."""
+        reusable = not torch.is_grad_enabled()
+        if reusable:
+            # In-place updates (optimizer steps, load_state_dict) bump a tensor's version: a changed key drops the cache.
+            key = (
+                tuple((p.data_ptr(), p._version) for p in self.backbone.parameters()),
+                (self.prompt_token_ids.data_ptr(), self.prompt_token_ids._version),
+                prompt.dtype,
+                torch.is_autocast_enabled(prompt.device.type),
+                self.training,
+            )
+            if self._prompt_cache is not None and self._prompt_cache[0] == key:
+                return self._prompt_cache[1]
+        output = self.backbone(inputs_embeds=prompt, use_cache=True)
+        key_values = [(layer.keys, layer.values) for layer in output.cache.layers]
+        self._prompt_cache = (key, key_values) if reusable else None
+        return key_values
+
+    @contextmanager
+    def reference_computation(self):
+        """Compute as the authors' code does (prompt in every sample, POI flattened then projected per record).
+
+        Same outputs and gradients, several times the work; for equality tests and benchmarks.
+        """
+        previous, self._reference_computation = self._reference_computation, True
+        try:
+            yield self
+        finally:
+            self._reference_computation = previous
+
     def _resolve_statistics(self, mean, std, city, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if mean is None or std is None:
             if city is None:
@@ -454,8 +503,12 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         tokens = torch.tanh(projection(torch.cat(features, dim=-1)))
         if self.config.use_llm_poi:
             poi_projection = self.history_poi_projection if part == "history" else self.current_poi_projection
+            descriptions = self.poi_text_embeddings.to(dtype)
+            if self._reference_computation:  # weight the description tables per record, flatten, project
+                weighted = torch.einsum("blc,ctd->bltd", poi.to(dtype), descriptions)
+                return tokens + poi_projection(weighted.flatten(-2))
             # Linear(sum_c p_c E_c) = sum_c p_c (W E_c) + b: project the C class tables once instead of every record.
-            class_tokens = nn.functional.linear(self.poi_text_embeddings.flatten(1).to(dtype), poi_projection.weight)
+            class_tokens = nn.functional.linear(descriptions.flatten(1), poi_projection.weight)
             tokens = tokens + poi.to(dtype) @ class_tokens + poi_projection.bias
         return tokens
 

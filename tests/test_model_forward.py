@@ -27,7 +27,8 @@ def test_outputs_have_documented_shapes(tiny_backbone, city):
     assert out.top_k_cells.shape == (4, 6) and out.top_k_distances.shape == (4, 6)
     assert torch.all(out.top_k_distances[:, 1:] >= out.top_k_distances[:, :-1])
     assert out.loss.ndim == 0 and out.duration is None
-    expected_tokens = model.config.prompt_length + model.config.history_length + model.config.current_length
+    # The prompt runs once and is shared, so per-sample hidden states cover the record tokens.
+    expected_tokens = model.config.history_length + model.config.current_length
     assert out.hidden_states[-1].shape == (4, expected_tokens, model.config.hidden_size)
     # De-normalization uses the city's statistics.
     expected = out.normalized_coordinates.double() * torch.tensor(city.coordinate_std) + torch.tensor(city.coordinate_mean)

@@ -2,13 +2,13 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate import debug_launcher
 from conftest import TINY_BACKBONES, build_synthetic_city, build_tokenizer
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -48,25 +48,16 @@ def arguments(workspace, output_dir, *extra):
     ]
 
 
-def distributed_run(workspace, output_dir):
-    run = train_script.train(train_script.parse_args(arguments(workspace, output_dir, "--max_steps", "4", "--eval_steps", "2")))
-    accelerator = run.accelerator
-    assert accelerator.num_processes == 2
-    flat = torch.cat([p.detach().flatten() for p in run.model.parameters() if p.requires_grad])
-    everyone = accelerator.gather(flat[None])
-    assert torch.equal(everyone[0], everyone[1]), "ranks hold different parameters"
-    from nextlocllm_hf.data import load_city_splits
-
-    splits = load_city_splits(workspace["city"]).splits
-    assert len(splits["test"]) % 2 == 1  # uneven across two ranks: gather_for_metrics must drop the padded duplicate
-    assert run.results["test"]["city-a"]["count"] == len(splits["test"])
-    assert [entry["count"] for entry in run.results["validation_history"]] == [len(splits["validation"])] * 2
-
-
-def test_two_processes_stay_synchronized_and_gather_every_sample(workspace, monkeypatch):
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
-    debug_launcher(lambda: distributed_run(workspace, workspace["root"] / "ddp"), num_processes=2)
-    assert (workspace["root"] / "ddp" / "model" / "model.safetensors").is_file()
+def test_two_processes_stay_synchronized_and_gather_every_sample(workspace):
+    """accelerate.debug_launcher, 2 gloo processes: identical parameters after training, every sample gathered once."""
+    output = workspace["root"] / "ddp"
+    command = [sys.executable, str(REPO / "tests" / "debug_launcher_check.py"), workspace["city"], workspace["backbone"],
+               str(output)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "DDP CHECK PASSED" in result.stdout
+    assert (output / "model" / "model.safetensors").is_file()
 
 
 def test_resume_mid_epoch_ends_bit_identical(workspace):
@@ -154,7 +145,7 @@ def test_accelerate_launch_with_two_cpu_processes(workspace, tmp_path):
     output = tmp_path / "launched"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(REPO / "train.py"), *arguments(workspace, output, "--max_steps", "3", "--eval_steps", "3"),
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -162,6 +153,12 @@ def test_accelerate_launch_with_two_cpu_processes(workspace, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stdout and "trained parameters identical on all 2 processes" in result.stdout
     assert AutoModel.from_pretrained(output / "model").cities == ["city-a"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _statistics(workspace):
