@@ -88,7 +88,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     loop.add_argument("--report_to", default="none", choices=["none", "tensorboard"])
     loop.add_argument("--id_baseline_epochs", type=int, default=0, help="also train the ID-classification baseline")
     loop.add_argument("--hub_model_id", default=None, help="ORG/NAME the exported model is meant for (model card)")
-    return parser.parse_args(argv)
+    loop.add_argument("--push_to_hub", action="store_true",
+                      help="push the exported model to --hub_model_id (token: HF_TOKEN or `hf auth login`)")
+    loop.add_argument("--hub_revision", default=None, help="branch to push to (default main)")
+    loop.add_argument("--hub_private", action="store_true", help="create the Hub repo private")
+    args = parser.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id ORG/NAME")
+    return args
 
 
 def check_world_size(accelerator: Accelerator) -> None:
@@ -341,6 +348,13 @@ def export(args, model, cities, results: dict) -> None:
     rows.update(results["baselines"])
     print(format_table(rows))
     print(f"best validation {args.metric_for_best_model} at step {results['best_step']}; model exported to {export_dir}")
+    if args.push_to_hub:
+        from nextlocllm_hf.hub import push_model
+
+        # The card written above already names hub_model_id and the results; push_model validates and uploads it.
+        info = push_model(export_dir, args.hub_model_id, revision=args.hub_revision,
+                          private=True if args.hub_private else None)
+        print(f"pushed {export_dir} to {args.hub_model_id}: {info.commit_url}")
 
 
 def check_ranks_synchronized(accelerator: Accelerator, parameters: list[torch.nn.Parameter]) -> None:

@@ -83,6 +83,12 @@ def parse_args(argv=None):
     g.add_argument("--extent-km", type=float, default=None, help="synthetic: side of the city square (default drawn)")
     g.add_argument("--center", help="synthetic: lat,lon of the centre (default drawn)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("hub")
+    g.add_argument("--push_to_hub", "--push-to-hub", dest="push_to_hub", metavar="ORG/NAME",
+                   help="then push the city to this dataset repo as config --city (token: HF_TOKEN or hf auth login)")
+    g.add_argument("--hub_revision", "--hub-revision", dest="hub_revision", help="branch to push to (default main)")
+    g.add_argument("--hub_private", "--hub-private", dest="hub_private", action="store_true",
+                   help="create the dataset repo private")
     return p.parse_args(argv)
 
 
@@ -115,6 +121,18 @@ def main(argv=None) -> int:
     print(res.report.render())
     print(f"wrote {a.output} (train/validation/test.parquet, cells.parquet, city.json) "
           f"in {time.perf_counter() - t0:.1f} s total")
+    if a.push_to_hub:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        from nextlocllm_hf.hub import push_city_dataset
+
+        try:
+            infos = push_city_dataset(a.output, a.push_to_hub, revision=a.hub_revision,
+                                      private=True if a.hub_private else None)
+        except (ValueError, FileNotFoundError, HfHubHTTPError) as e:
+            print(f"error: push to {a.push_to_hub} failed: {e}", file=sys.stderr)
+            return 2
+        print(f"pushed city {a.city} to dataset {a.push_to_hub}: {infos[-1].commit_url}")
     return 0
 
 

@@ -558,31 +558,59 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load weights and config as usual, then the retrievers saved beside them (same revision and cache)."""
+        """Load weights and config as usual, then the retrievers saved beside them (same commit, cache and token)."""
+        hub_keys = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+        # Resolve a branch to its commit once, so weights and retrievers come from the same repository state even if
+        # the repo is pushed to in between (AutoModel passes an already resolved revision; this covers direct calls).
+        kwargs["revision"] = _resolve_revision(pretrained_model_name_or_path, kwargs)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model._apply_adaptation()  # loading materializes fresh parameters, all trainable
-        hub_kwargs = {
-            key: kwargs[key]
-            for key in ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
-            if key in kwargs
-        }
+        hub_kwargs = {key: kwargs[key] for key in hub_keys if kwargs.get(key) is not None}
         model.retrievers = _load_retrievers_beside(str(pretrained_model_name_or_path), hub_kwargs)
         return loaded
 
 
+def _resolve_revision(name_or_path, kwargs: Mapping[str, Any]):
+    try:
+        from transformers.utils.hub import resolve_revision
+    except ImportError:  # older transformers: files are fetched at the requested revision
+        return kwargs.get("revision")
+    return resolve_revision(
+        name_or_path,
+        kwargs.get("revision"),
+        token=kwargs.get("token"),
+        local_files_only=bool(kwargs.get("local_files_only")),
+        cache_dir=kwargs.get("cache_dir"),
+    )
+
+
 def _load_retrievers_beside(name_or_path: str, hub_kwargs: dict[str, Any]) -> dict[str, CityRetriever]:
+    """`retrievers.json` (+ `retrievers.safetensors` when it lists cities) from where the weights came from.
+
+    Every saved model has `retrievers.json`, even without cities: a folder or repo without it is incomplete, and
+    errors name the folder or repo (and revision) as well as the file.
+    """
     from transformers.utils import cached_file
 
+    revision = hub_kwargs.get("revision")
+    where = name_or_path if revision is None else f"{name_or_path} (revision {getattr(revision, 'resolved', revision)})"
     config_file = cached_file(
         name_or_path, RETRIEVERS_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
     )
     if config_file is None:
-        return {}
+        cache_note = " in the local cache" if hub_kwargs.get("local_files_only") else ""
+        raise OSError(
+            f"{where} has no {RETRIEVERS_CONFIG_NAME}{cache_note}: it is written by save_pretrained beside the "
+            f"weights (even for a model without cities), so this folder or repo is incomplete"
+        )
     weights_file = cached_file(
         name_or_path, RETRIEVERS_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
     )
-    return load_retrievers(config_file, weights_file)
+    try:
+        return load_retrievers(config_file, weights_file)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
 
 
 def _token_ids(tokenizer, text: str) -> list[int]:

@@ -122,3 +122,14 @@ def build_model(backbone_path: str, **overrides):
 
     settings = {"num_backbone_layers": 2, "history_length": 8, "current_length": 3, **overrides}
     return NextLocLLMForCoordinateRegression.from_backbone(backbone_path, **settings)
+
+
+def build_synthetic_city(folder, name: str, seed: int, n_users: int = 20, records_per_user: int = 60, **params) -> str:
+    """A small synthetic city dataset (EPR mobility model) written to `folder`; returns its path."""
+    from nextlocllm_hf.data import BuildConfig, build_and_save
+
+    synthetic = {"n_users": n_users, "records_per_user": records_per_user, "extent_km": 4.0, **params}
+    config = BuildConfig(city=name, format="synthetic", output=str(folder), seed=seed, synthetic=synthetic)
+    config.show_progress = False
+    build_and_save(config)
+    return str(folder)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 SPLITS = ("train", "validation", "test")
-CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS))
+CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS))  # a local city folder
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,16 @@ def _is_city_dir(p: Path) -> bool:
     return (p / "city.json").is_file()
 
 
+def _looks_like_repo_id(text: str) -> bool:
+    return not text.startswith((".", "/", "~")) and text.count("/") <= 1
+
+
 def _resolve_dir(path_or_repo_id, city: str | None, revision: str | None = None) -> Path:
     p = Path(str(path_or_repo_id)).expanduser()
     if not p.exists():
-        if str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") > 1:
+        if not _looks_like_repo_id(str(path_or_repo_id)):
             raise FileNotFoundError(f"city dataset folder not found: {path_or_repo_id}")
-        from huggingface_hub import snapshot_download
-
-        patterns = [f"{city}/*", "*.json", "*.md"] if city else None
-        p = Path(snapshot_download(str(path_or_repo_id), repo_type="dataset", revision=revision,
-                                   allow_patterns=patterns))
+        return _hub_city_dir(str(path_or_repo_id), city, revision)
     if _is_city_dir(p):
         if city is not None:
             with open(p / "city.json", encoding="utf-8") as f:
@@ -95,12 +95,56 @@ def _resolve_dir(path_or_repo_id, city: str | None, revision: str | None = None)
     raise ValueError(f"city {city!r} not found in {p}; available: {[d.name for d in subs]}")
 
 
-def _read_split(path: Path):
+def _hub_city_dir(repo_id: str, city: str | None, revision: str | None) -> Path:
+    """Download one city of a dataset repo pushed by ``nextlocllm_hf.hub.push_city_dataset``; returns its folder.
+
+    The repo holds one config per city: ``<city>/<split>-*.parquet`` plus ``<city>/cells.parquet`` and
+    ``<city>/city.json``.  Everything comes from one commit (the revision is resolved once), through the
+    huggingface_hub cache, so a second load works offline (``HF_HUB_OFFLINE=1``).
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    def download(patterns, rev):
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=rev, allow_patterns=patterns))
+
+    try:
+        index = download(["*/city.json"], revision)
+        available = sorted(d.name for d in index.iterdir() if d.is_dir() and _is_city_dir(d))
+        if not available:
+            raise FileNotFoundError(f"dataset repo {repo_id!r} holds no city (no <city>/city.json); push cities with "
+                                    f"nextlocllm_hf.hub.push_city_dataset")
+        if city is None:
+            if len(available) != 1:
+                raise ValueError(f"dataset repo {repo_id!r} holds cities {available}: pass city=NAME")
+            city = available[0]
+        if city not in available:
+            raise ValueError(f"city {city!r} not found in dataset repo {repo_id!r}; available: {available}")
+        root = download([f"{city}/*"], index.name)  # index.name is the resolved commit sha
+    except RepositoryNotFoundError as error:
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local city folder nor a dataset repo on the Hub (or it is private: pass a "
+            f"token via HF_TOKEN)"
+        ) from error
+    except RevisionNotFoundError as error:
+        raise FileNotFoundError(f"dataset repo {repo_id!r} has no revision {revision!r}") from error
+    return root / city
+
+
+def _split_files(d: Path, split: str) -> list[Path]:
+    """``<split>.parquet`` (build_city.py output) or the shards ``<split>-00000-of-0000N.parquet`` (Hub layout)."""
+    single = d / f"{split}.parquet"
+    return [single] if single.is_file() else sorted(d.glob(f"{split}-*.parquet"))
+
+
+def _read_split(paths):
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from datasets import Dataset, DatasetInfo, Features
 
-    table = pq.read_table(path)
-    features = Features.from_arrow_schema(table.schema)
+    tables = [pq.read_table(p) for p in ([paths] if isinstance(paths, Path) else paths)]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    features = Features.from_arrow_schema(tables[0].schema)
     return Dataset(table, info=DatasetInfo(features=features))
 
 
@@ -109,17 +153,22 @@ def load_city_splits(path_or_repo_id, city: str | None = None, revision: str | N
 
     Returns a :class:`CityDataset` with ``.splits`` (``DatasetDict`` train/validation/test with the
     explicit Features of :func:`nextlocllm_hf.data.features.city_features`), ``.cells`` (pandas),
-    ``.statistics`` (``city.json``) and ``.retriever()``.
+    ``.statistics`` (``city.json``) and ``.retriever()``.  A repo id (``ORG/NAME``, pushed with
+    ``nextlocllm_hf.hub.push_city_dataset``) is read at ``revision`` (branch or commit; default main),
+    one config per city: pass ``city=NAME`` when it holds several.
     """
     from datasets import DatasetDict
 
     d = _resolve_dir(path_or_repo_id, city, revision)
-    missing = [f for f in CITY_FILES if not (d / f).is_file()]
+    where = str(d) if Path(str(path_or_repo_id)).expanduser().exists() else (
+        f"dataset repo {path_or_repo_id!r} (city {d.name!r}, commit {d.parent.name})")
+    missing = [f for f in ("city.json", "cells.parquet") if not (d / f).is_file()]
+    missing += [f"{s}.parquet" for s in SPLITS if not _split_files(d, s)]
     if missing:
-        raise FileNotFoundError(f"{d}: missing {missing}")
+        raise FileNotFoundError(f"{where}: missing {missing}")
     with open(d / "city.json", encoding="utf-8") as f:
         stats = json.load(f)
-    splits = DatasetDict({s: _read_split(d / f"{s}.parquet") for s in SPLITS})
+    splits = DatasetDict({s: _read_split(_split_files(d, s)) for s in SPLITS})
     cells = pd.read_parquet(d / "cells.parquet")
     return CityDataset(stats["city"], splits, cells, stats, str(d))
 
@@ -128,7 +177,8 @@ def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
     """Load several cities and concatenate their splits for multi-city training.
 
     ``paths_or_repo_ids``: a list of city folders / repo ids, or one folder (or repo id) holding
-    several cities together with ``cities=[names]`` (default: every city in it).  All cities must
+    several cities together with ``cities=[names]`` (default: every city in it; for a Hub repo id,
+    pass ``cities``).  All cities must
     share history/current lengths and POI classes.
     """
     from datasets import DatasetDict, concatenate_datasets

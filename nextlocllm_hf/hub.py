@@ -1,0 +1,399 @@
+"""Push exported NextLocLLM models and built city datasets to the Hugging Face Hub (or any Hub-compatible endpoint).
+
+    python -m nextlocllm_hf.hub push-model runs/alpha/model --repo_id ORG/NAME [--results runs/alpha/results.json]
+    python -m nextlocllm_hf.hub push-dataset data/alpha [data/beta ...] --repo_id ORG/NAME
+
+The token comes from `HF_TOKEN` or `hf auth login` (or `token=` in the API); it is never printed, logged or written
+into a card, config or checkpoint, and a push is refused if any text file about to be uploaded contains it.
+
+A model repo gets exactly what `load` needs: `config.json` (with `auto_map`), the safetensors weights, the flat
+modeling code, every city's retriever (`retrievers.json` + `retrievers.safetensors`) and a model card built with
+huggingface_hub's card tools and validated by the Hub before the upload. Files of an earlier push that the new export
+no longer has are deleted in the same commit, so the repo mirrors the export. A model configured with
+`adaptation="lora"` is already self-contained (its LoRA weights sit in `model.safetensors` and `from_pretrained`
+rebuilds the adapter layers from the config); a `peft.PeftModel` wrapper is merged first.
+
+A dataset repo gets one config per city (`DatasetDict.push_to_hub(repo_id, config_name=city)`:
+`<city>/<split>-*.parquet` plus the card's `configs` / `dataset_info`), and the city's `cells.parquet` and `city.json`
+under `<city>/`, which is what `load_city_splits(repo_id, city=...)` needs to rebuild the retriever and statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+CARD_NAME = "README.md"
+RETRIEVER_FILES = ("retrievers.json", "retrievers.safetensors")
+DEFAULT_MODEL_COMMIT = "Upload NextLocLLM model"
+_USAGE_REPO = re.compile(r'(AutoModel\.from_pretrained\(\s*")([^"]*)(")')
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _resolve_token(token: str | None) -> str | None:
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def _check_repo_id(repo_id: str) -> str:
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise ValueError(f"repo_id must look like ORG/NAME, got {repo_id!r}")
+    return repo_id
+
+
+def _refuse_token_in(files: Mapping[str, bytes | Path], token: str | None) -> None:
+    """Refuse to upload any file holding the token (only its name is reported, never the token).
+
+    Text files are read whole; of a safetensors file only the JSON header (metadata) is read, weights are numbers.
+    """
+    if not token:
+        return
+    needle = token.encode()
+    for path_in_repo, content in files.items():
+        if isinstance(content, bytes):
+            data = content
+        elif content.suffix == ".safetensors":
+            with open(content, "rb") as f:
+                header_size = int.from_bytes(f.read(8), "little")
+                data = f.read(min(header_size, 100 * 1024 * 1024))
+        else:
+            data = content.read_bytes()
+        if needle in data:
+            raise ValueError(f"refusing to push: {path_in_repo} contains the Hub access token")
+
+
+def _api(token: str | None):
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
+def _ensure_repo_and_branch(api, repo_id: str, repo_type: str, revision: str | None, private: bool | None) -> None:
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    if revision and revision != "main":
+        api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+
+
+# -------------------------------------------------------------------------------------------------------- model
+def check_model_folder(folder: str | os.PathLike) -> list[str]:
+    """The files of an exported NextLocLLM folder that belong on the Hub; `ValueError` naming what is wrong.
+
+    Checks: `config.json` of model_type `nextlocllm` with an `auto_map` whose code files (and their relative imports)
+    are present; safetensors weights (all shards of an index); no adapter-only export; retriever files present and
+    readable, with the arrays `retrievers.json` promises; LoRA weights inside the weights when `adaptation="lora"`.
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    if "config.json" not in names:
+        if "adapter_config.json" in names:
+            raise ValueError(f"{folder} holds only a PEFT adapter: merge it into the model (merge_and_unload) and "
+                             f"save the full model before pushing")
+        raise ValueError(f"{folder} has no config.json: not a saved model folder")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") != "nextlocllm":
+        raise ValueError(f"{folder}/config.json: model_type is {config.get('model_type')!r}, expected 'nextlocllm'")
+
+    # weights
+    if "model.safetensors" in names:
+        weight_files = ["model.safetensors"]
+    elif "model.safetensors.index.json" in names:
+        index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        weight_files = sorted(set(index.get("weight_map", {}).values()))
+        missing = [f for f in weight_files if f not in names]
+        if missing or not weight_files:
+            raise ValueError(f"{folder}: weight shards listed in model.safetensors.index.json are missing: {missing}")
+    else:
+        raise ValueError(f"{folder} has no safetensors weights (model.safetensors); pickled weights are not pushed")
+    keys = set()
+    for name in weight_files:
+        try:
+            with safe_open(folder / name, "np") as f:
+                keys.update(f.keys())
+        except Exception as error:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            raise ValueError(f"{folder / name}: not a readable safetensors file ({error})") from error
+    if config.get("adaptation") == "lora" and not any("lora_" in key for key in keys):
+        raise ValueError(f"{folder}: adaptation='lora' but the weights hold no lora_ tensors")
+
+    # remote code
+    auto_map = config.get("auto_map") or {}
+    if not auto_map:
+        raise ValueError(f"{folder}/config.json has no auto_map: save the model after `import nextlocllm_hf`, so the "
+                         f"flat modeling code travels with it (trust_remote_code)")
+    code = {f"{ref.split('.')[0]}.py" for ref in auto_map.values() if isinstance(ref, str)}
+    pending = sorted(code)
+    while pending:
+        name = pending.pop()
+        if name not in names:
+            raise ValueError(f"{folder}: auto_map needs {name}, which is missing")
+        for module in re.findall(r"^\s*from\s+\.(\w+)\s+import", (folder / name).read_text(encoding="utf-8"), re.M):
+            if f"{module}.py" not in code:
+                code.add(f"{module}.py")
+                pending.append(f"{module}.py")
+
+    # retrievers
+    if RETRIEVER_FILES[0] not in names:
+        raise ValueError(f"{folder}: {RETRIEVER_FILES[0]} is missing (save with NextLocLLMForCoordinateRegression."
+                         f"save_pretrained, which writes every city's retriever)")
+    try:
+        cities = json.loads((folder / RETRIEVER_FILES[0]).read_text(encoding="utf-8"))["cities"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{folder / RETRIEVER_FILES[0]}: not a valid retriever index ({error!r})") from error
+    files = ["config.json", *weight_files, *sorted(code), RETRIEVER_FILES[0]]
+    if "model.safetensors.index.json" in names and "model.safetensors" not in names:
+        files.append("model.safetensors.index.json")
+    if cities:
+        if RETRIEVER_FILES[1] not in names:
+            raise ValueError(f"{folder}: {RETRIEVER_FILES[0]} lists {len(cities)} cities but {RETRIEVER_FILES[1]} "
+                             f"is missing")
+        try:
+            with safe_open(folder / RETRIEVER_FILES[1], "np") as f:
+                arrays = set(f.keys())
+        except Exception as error:  # noqa: BLE001
+            raise ValueError(f"{folder / RETRIEVER_FILES[1]}: not a readable safetensors file ({error})") from error
+        expected = {f"cities.{i}.{part}" for i in range(len(cities)) for part in ("cell_ids", "xy", "latlon",
+                                                                                   "poi_frequency")}
+        if expected - arrays:
+            raise ValueError(f"{folder / RETRIEVER_FILES[1]}: missing arrays {sorted(expected - arrays)[:4]}")
+        files.append(RETRIEVER_FILES[1])
+    for optional in ("generation_config.json",):
+        if optional in names:
+            files.append(optional)
+    return files
+
+
+def _load_model(folder: Path):
+    from nextlocllm_hf import NextLocLLMForCoordinateRegression
+
+    return NextLocLLMForCoordinateRegression.from_pretrained(folder)
+
+
+def _read_results(results) -> dict | None:
+    if results is None or isinstance(results, Mapping):
+        return None if results is None else dict(results)
+    return json.loads(Path(results).read_text(encoding="utf-8"))
+
+
+def model_card_for(folder: str | os.PathLike, repo_id: str, results=None, train_cities: Sequence[str] | None = None,
+                   dataset_ids: Sequence[str] = (), metric_for_best_model: str = "hit@1"):
+    """The card to push: built from `results` (train.py's results.json, a dict or a path) with huggingface_hub's card
+    tools; without results, the folder's README.md with its usage snippet pointed at `repo_id`, or else a card with
+    no evaluation. Checked locally (metadata parsed strictly, metric values finite)."""
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    results = _read_results(results)
+    card_path = folder / CARD_NAME
+    if results is None and card_path.is_file():
+        text = _USAGE_REPO.sub(lambda m: f"{m.group(1)}{repo_id}{m.group(3)}", card_path.read_text(encoding="utf-8"))
+        card = ModelCard(text, ignore_metadata_errors=False)
+    else:
+        from nextlocllm_hf.model_card import build_model_card
+
+        model = _load_model(folder)
+        results = results or {}
+        cities = list(train_cities or [c for c in results.get("test", {}) if c != "all"] or model.cities)
+        card = build_model_card(model, results, repo_id=repo_id, train_cities=cities, dataset_ids=list(dataset_ids),
+                                metric_for_best_model=metric_for_best_model)
+        card = ModelCard(str(card), ignore_metadata_errors=False)  # re-parse: what is pushed is what is checked
+    for result in card.data.eval_results or []:
+        value = result.metric_value
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise ValueError(f"model card: metric {result.metric_type} of {result.dataset_name} is {value}")
+    return card
+
+
+def push_model(
+    folder_or_model,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    revision: str | None = None,
+    private: bool | None = None,
+    commit_message: str = DEFAULT_MODEL_COMMIT,
+    commit_description: str | None = None,
+    results=None,
+    train_cities: Sequence[str] | None = None,
+    dataset_ids: Sequence[str] = (),
+    metric_for_best_model: str = "hit@1",
+    validate_card: bool = True,
+):
+    """Push an exported model folder (or a model object, saved first) to `repo_id`; returns the `CommitInfo`.
+
+    `revision`: a branch (created from main if missing). `results`: train.py's results.json (dict or path) to
+    (re)generate the card with per-city metrics; without it the folder's README.md is pushed (usage snippet
+    pointed at `repo_id`). `validate_card`: have the Hub validate the card's metadata first (`/api/validate-yaml`).
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    _check_repo_id(repo_id)
+    token = _resolve_token(token)
+    with tempfile.TemporaryDirectory(prefix="nextlocllm-push-") as tmp:
+        if isinstance(folder_or_model, (str, os.PathLike)):
+            folder = Path(folder_or_model)
+        else:
+            model = folder_or_model
+            peft = sys.modules.get("peft")
+            if peft is not None and isinstance(model, peft.PeftModel):  # a wrapper: push the merged model
+                model = model.merge_and_unload()
+            folder = Path(tmp) / "model"
+            model.save_pretrained(folder)
+        files = check_model_folder(folder)
+        skipped = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in {*files, CARD_NAME})
+        if skipped:
+            logger.info("not pushed (not part of a NextLocLLM model): %s", ", ".join(skipped))
+        card = model_card_for(folder, repo_id, results, train_cities, dataset_ids, metric_for_best_model)
+        uploads: dict[str, bytes | Path] = {name: folder / name for name in files}
+        uploads[CARD_NAME] = str(card).encode("utf-8")
+        _refuse_token_in(uploads, token)  # before anything goes over the network
+        if validate_card:
+            card.validate(repo_type="model")
+
+        api = _api(token)
+        _ensure_repo_and_branch(api, repo_id, "model", revision, private)
+        remote = set(api.list_repo_files(repo_id, repo_type="model", revision=revision))
+        stale = sorted(remote - set(uploads) - {".gitattributes"})
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
+                                         else str(content)) for name, content in uploads.items()]
+        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+        info = api.create_commit(repo_id, operations, commit_message=commit_message,
+                                 commit_description=commit_description, repo_type="model", revision=revision)
+    logger.info("pushed %s to %s (%d files, %d deleted): %s", folder, repo_id, len(uploads), len(stale),
+                info.commit_url)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------------ dataset
+def _city_dirs(city_dir_or_dirs) -> list[Path]:
+    from nextlocllm_hf.data.city_dataset import _is_city_dir
+
+    items = [city_dir_or_dirs] if isinstance(city_dir_or_dirs, (str, os.PathLike)) else list(city_dir_or_dirs)
+    dirs: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if _is_city_dir(path):
+            dirs.append(path)
+        elif path.is_dir() and any(_is_city_dir(d) for d in path.iterdir()):
+            dirs += sorted(d for d in path.iterdir() if _is_city_dir(d))
+        else:
+            raise FileNotFoundError(f"{path} is not a city folder (no city.json) and holds none")
+    if not dirs:
+        raise ValueError("no city folder to push")
+    return dirs
+
+
+def push_city_dataset(
+    city_dir_or_dirs,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    revision: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    max_shard_size: str | int | None = None,
+):
+    """Push built cities to a dataset repo, one config per city; returns the list of `CommitInfo` (two per city).
+
+    `city_dir_or_dirs`: a city folder (build_city.py output), a folder of city folders, or a list of either.
+    """
+    from huggingface_hub import CommitOperationAdd
+
+    from nextlocllm_hf.data.city_dataset import load_city_splits
+
+    _check_repo_id(repo_id)
+    token = _resolve_token(token)
+    dirs = _city_dirs(city_dir_or_dirs)
+    api = _api(token)
+    _ensure_repo_and_branch(api, repo_id, "dataset", revision, private)
+    commits, seen = [], set()
+    for directory in dirs:
+        city = load_city_splits(directory)
+        if not re.fullmatch(r"[\w.-]+", city.name) or city.name in seen:
+            raise ValueError(f"{directory}: city name {city.name!r} is not a usable, unique config name")
+        seen.add(city.name)
+        extras = {f"{city.name}/{name}": directory / name for name in ("cells.parquet", "city.json")}
+        _refuse_token_in(extras, token)
+        message = commit_message or f"Upload city {city.name}"
+        commits.append(city.splits.push_to_hub(repo_id, config_name=city.name, token=token, revision=revision,
+                                               commit_message=f"{message} (splits)", max_shard_size=max_shard_size))
+        # After the splits: datasets' push replaces everything directly under <city>/, so these go in last.
+        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in extras.items()]
+        commits.append(api.create_commit(repo_id, operations, commit_message=f"{message} (cells, statistics)",
+                                         repo_type="dataset", revision=revision))
+        logger.info("pushed city %s from %s to dataset %s", city.name, directory, repo_id)
+    return commits
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m nextlocllm_hf.hub",
+        description="Push NextLocLLM models and city datasets to the Hub. The token comes from HF_TOKEN or "
+                    "`hf auth login` (it is never accepted on the command line, which shells and ps would keep).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    model = sub.add_parser("push-model", help="push an exported model folder (train.py's OUTPUT/model)")
+    model.add_argument("folder")
+    model.add_argument("--repo_id", required=True, help="ORG/NAME")
+    model.add_argument("--revision", default=None, help="branch to push to (created if missing; default main)")
+    model.add_argument("--private", action="store_true", help="create the repo private")
+    model.add_argument("--results", default=None,
+                       help="results.json for the card (default: FOLDER/../results.json when it exists)")
+    model.add_argument("--train_cities", nargs="*", default=None, help="cities trained on (default: from results)")
+    model.add_argument("--dataset_ids", nargs="*", default=[], help="Hub dataset ids to list in the card")
+    model.add_argument("--commit_message", default=DEFAULT_MODEL_COMMIT)
+    data = sub.add_parser("push-dataset", help="push built city folders, one config per city")
+    data.add_argument("cities", nargs="+", help="city folders or folders of cities")
+    data.add_argument("--repo_id", required=True, help="ORG/NAME")
+    data.add_argument("--revision", default=None)
+    data.add_argument("--private", action="store_true")
+    data.add_argument("--commit_message", default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    args = _parse_args(argv)
+    try:
+        if args.command == "push-model":
+            results = args.results
+            default = Path(args.folder).resolve().parent / "results.json"
+            if results is None and default.is_file():
+                results = default
+                print(f"card metrics from {default}")
+            info = push_model(args.folder, args.repo_id, revision=args.revision, private=args.private or None,
+                              results=results, train_cities=args.train_cities, dataset_ids=args.dataset_ids,
+                              commit_message=args.commit_message)
+            print(f"pushed {args.folder} -> {args.repo_id}: {info.commit_url}")
+        else:
+            infos = push_city_dataset(args.cities, args.repo_id, revision=args.revision,
+                                      private=args.private or None, commit_message=args.commit_message)
+            print(f"pushed {len(infos) // 2} cities -> dataset {args.repo_id}: {infos[-1].commit_url}")
+    except (ValueError, FileNotFoundError, HfHubHTTPError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["push_model", "push_city_dataset", "check_model_folder", "model_card_for", "main"]
