@@ -21,7 +21,7 @@ test: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
 
 demo: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PYTHON) -m nextlocllm_hf.demo
+	HF_HUB_OFFLINE=1 $(PYTHON) demo.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -524,12 +524,35 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         return torch.from_numpy(cells).to(device), torch.from_numpy(distances).to(device)
 
     @torch.no_grad()
-    def predict(self, batch: Mapping[str, Any], city: str | Sequence[str], k: int = 10) -> NextLocLLMOutput:
-        """Top-k candidate cells of `city` for a batch (extra columns such as user ids are ignored)."""
+    def predict(
+        self, batch: Mapping[str, Any], city: str | Sequence[str], k: int = 10, batch_size: int = 256
+    ) -> NextLocLLMOutput:
+        """Top-k candidate cells of `city` for any number of trajectories, `batch_size` at a time.
+
+        Runs in eval mode without gradients, so the prompt's keys and values are computed once and shared by every
+        chunk. Extra columns (user ids, labels, cell ids) are ignored.
+        """
         inputs = {name: _as_tensor(batch[name], self.device) for name in self.input_names if name in batch}
-        inputs.pop("labels", None)
-        inputs.pop("duration_labels", None)
-        return self(**inputs, city=city, top_k=k)
+        for label in ("labels", "duration_labels"):
+            inputs.pop(label, None)
+        total = len(inputs["history_coordinates"])
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = []
+            for start in range(0, total, batch_size):
+                rows = slice(start, start + batch_size)
+                chunk = {name: value[rows] if value.dim() and len(value) == total else value
+                         for name, value in inputs.items()}
+                chunk_city = city if isinstance(city, str) else list(city)[rows]
+                chunks.append(self(**chunk, city=chunk_city, top_k=k))
+        finally:
+            self.train(was_training)
+        return NextLocLLMOutput(
+            **{field: torch.cat([getattr(c, field) for c in chunks])
+               for field in ("coordinates", "normalized_coordinates", "duration", "top_k_cells", "top_k_distances")
+               if getattr(chunks[0], field) is not None}
+        )
 
     @property
     def dummy_inputs(self) -> dict[str, torch.Tensor]:

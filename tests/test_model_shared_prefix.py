@@ -57,3 +57,15 @@ def test_inference_reuses_the_prompt_cache_until_weights_change(tiny_backbone):
     # With gradients on, nothing is cached: every step sees its own weights.
     model(**batch, city="nyc")
     assert model._prompt_cache is None
+
+
+def test_batch_inference_in_chunks_equals_one_batch_and_computes_the_prompt_once(tiny_backbone):
+    model = build_model(tiny_backbone)
+    model.add_city(make_retriever("nyc"))
+    batch = make_batch(model.config, model.retriever("nyc"), batch_size=10)
+    whole = model.predict(batch, city="nyc", k=5, batch_size=10)
+    cache = model._prompt_cache
+    chunked = model.predict(batch, city="nyc", k=5, batch_size=3)
+    assert model._prompt_cache is cache  # four chunks, one prompt computation (weights unchanged)
+    torch.testing.assert_close(chunked.coordinates, whole.coordinates, rtol=0, atol=1e-3)  # batch-shape rounding
+    assert torch.equal(chunked.top_k_cells, whole.top_k_cells) and chunked.top_k_cells.shape == (10, 5)
