@@ -44,7 +44,7 @@ def build_cities(data_dir: Path) -> dict[str, str]:
     for name, settings in CITIES.items():
         config = BuildConfig(city=name, format="synthetic", output=str(data_dir / name), **settings)
         result = build_and_save(config)
-        print(result.report.format())
+        print(result.report.render())
         paths[name] = str(data_dir / name)
     return paths
 
