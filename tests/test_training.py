@@ -174,3 +174,16 @@ def test_accelerate_config_files_parse(name):
     config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
     assert config.distributed_type.name == {"multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}[name]
     assert config.mixed_precision == "bf16"
+
+
+def test_evaluate_cli_prints_model_and_baselines_zero_shot(workspace, tmp_path, capsys):
+    from nextlocllm_hf.evaluate import main as evaluate_main
+
+    output = tmp_path / "run"
+    train_script.main(arguments(workspace, output, "--max_steps", "2", "--eval_steps", "2"))
+    capsys.readouterr()
+    evaluate_main(["--model", str(output / "model"), "--dataset", workspace["other_city"], "--baselines"])
+    printed = capsys.readouterr().out
+    assert "city 'city-b' is new to this model: evaluating zero-shot" in printed
+    for row in ("NextLocLLM", "last_location", "most_frequent", "markov_within_sample", "nearest_cells"):
+        assert row in printed
