@@ -37,7 +37,7 @@ from nextlocllm_hf.baselines import (
     train_id_classifier,
 )
 from nextlocllm_hf.batching import CitySamples, collate_batch, model_inputs
-from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker, higher_is_better
+from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker
 from nextlocllm_hf.data import load_cities, load_city_splits
 from nextlocllm_hf.evaluate import ALL_CITIES, MAX_RANK, check_compatible, evaluate_model
 from nextlocllm_hf.metrics import format_table

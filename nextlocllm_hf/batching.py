@@ -17,8 +17,6 @@ from .columns import rows_to_arrays
 from .modeling.modeling_nextlocllm import MODEL_INPUT_NAMES
 
 RECORD_FIELDS = ("coordinates", "day", "hour", "duration", "poi", "cell")
-# Batch entries that are not model inputs but are needed to score predictions.
-EVALUATION_FIELDS = ("target_cell", "city_index")
 
 
 class CitySamples(Dataset):

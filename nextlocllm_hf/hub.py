@@ -29,7 +29,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 

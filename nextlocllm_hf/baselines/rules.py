@@ -41,7 +41,7 @@ retriever name a city and they differ, ranking raises ``ValueError``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
