@@ -60,6 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--adaptation", default="norms", choices=["norms", "lora", "full", "frozen"])
     model.add_argument("--no_prompt", action="store_true", help="drop the natural-language prompt prefix")
     model.add_argument("--no_llm_poi", action="store_true", help="use a linear POI embedding instead")
+    model.add_argument("--poi_text_encoding", default="token_embeddings", choices=["token_embeddings", "hidden_states"],
+                       help="POI descriptions through the token-embedding table (paper) or the backbone's blocks")
     model.add_argument("--duration_head", action="store_true", help="also predict the next stay duration")
     model.add_argument("--target_time_query", action="store_true", help="feed the target's day and hour")
 
@@ -122,6 +124,7 @@ def build_model(args: argparse.Namespace, statistics: dict):
         adaptation=args.adaptation,
         use_prompt=not args.no_prompt,
         use_llm_poi=not args.no_llm_poi,
+        poi_text_encoding=args.poi_text_encoding,
         use_duration_head=args.duration_head,
         use_target_time_query=args.target_time_query,
     )

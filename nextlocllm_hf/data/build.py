@@ -413,7 +413,7 @@ def build_city(cfg: BuildConfig) -> BuildResult:
 
 
 def build_and_save(cfg: BuildConfig) -> BuildResult:
-    """Build and write ``cfg.output``; the report is available as ``result.report.format()``."""
+    """Build and write ``cfg.output``; the report is available as ``result.report.render()``."""
     if not cfg.output:
         raise ValueError("an output folder is required")
     res = build_city(cfg)

@@ -1,0 +1,147 @@
+"""One command per table of docs/results.md; each writes experiments/results/<table>.json.
+
+    python experiments/run.py supervised  --data ../shared/data     # NYC test: NextLocLLM (3 seeds) vs every baseline
+    python experiments/run.py zero_shot   --data ../shared/data     # trained on NYC, scored on all of Calgary
+    python experiments/run.py ablations   --data ../shared/data     # prompt, LLM-POI, POI text, LoRA, ID, KD-tree
+    python experiments/run.py split_seeds --data ../shared/data     # does the ranking of methods hold on another split?
+    python experiments/report.py                                    # plots + tables into docs/
+
+Trained models, predictions and built cities are cached in --work_dir (default runs/study), so tables that share
+runs train them once. The data stays where it is: nothing from --data is copied into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study import (  # noqa: E402  (the experiments folder is not a package)
+    BUDGET,
+    ID_CLASSIFIER_EPOCHS,
+    REPO_ROOT,
+    VARIANTS,
+    Study,
+    paired_gap,
+    score,
+    strongest,
+    write_results,
+)
+
+MODEL = "nextlocllm"
+ID_CLASSIFIER = "id_classifier"
+
+
+def _rows_description(study: Study, city: str, split_seed: int) -> dict:
+    targets = study.targets(city, split_seed)
+    return {"samples": int(len(targets["cell"])), "users": int(len(set(targets["user"]))), "split_seed": split_seed}
+
+
+def supervised(study: Study) -> None:
+    targets = study.targets("nyc")
+    methods = {
+        MODEL: [study.model_predictions(MODEL, seed, "nyc") for seed in study.seeds],
+        ID_CLASSIFIER: [study.id_classifier_predictions(seed) for seed in study.seeds],
+        **{name: [p] for name, p in study.rule_predictions("nyc").items()},
+    }
+    scores = {name: score(runs, targets) for name, runs in methods.items()}
+    baselines = [name for name in methods if name != MODEL]
+    paired = {}
+    for metric, k in (("hit@1", 1), ("hit@10", 10)):
+        best = strongest(scores, baselines, metric)
+        paired[f"{MODEL} - {best} ({metric})"] = paired_gap(methods[MODEL], methods[best], targets, k)
+    write_results("supervised_nyc", {
+        "table": "NYC test, supervised", "rows": {"nyc/test": _rows_description(study, "nyc", 0)},
+        "seeds": list(study.seeds), "id_classifier_epochs": ID_CLASSIFIER_EPOCHS,
+        "methods": {name: {"nyc/test": s} for name, s in scores.items()}, "paired_differences": paired,
+        "training": {f"{MODEL} seed {seed}": study.training_record(MODEL, seed) for seed in study.seeds},
+    })
+
+
+def zero_shot(study: Study) -> None:
+    targets = study.targets("calgary")
+    methods = {
+        MODEL: [study.model_predictions(MODEL, seed, "calgary") for seed in study.seeds],
+        **{name: [p] for name, p in study.rule_predictions("calgary").items()},
+    }
+    scores = {name: score(runs, targets) for name, runs in methods.items()}
+    supervised_hit1 = score([study.model_predictions(MODEL, seed, "nyc") for seed in study.seeds],
+                            study.targets("nyc"))["mean"]["hit@1"]
+    baselines = [name for name in methods if name != MODEL]
+    paired = {}
+    for metric, k in (("hit@1", 1), ("hit@10", 10)):
+        best = strongest(scores, baselines, metric)
+        paired[f"{MODEL} - {best} ({metric})"] = paired_gap(methods[MODEL], methods[best], targets, k)
+    write_results("zero_shot_calgary", {
+        "table": "Calgary (all samples, never trained on), model trained on NYC",
+        "rows": {"calgary/all": _rows_description(study, "calgary", 0)}, "seeds": list(study.seeds),
+        "methods": {name: {"calgary/all": s} for name, s in scores.items()}, "paired_differences": paired,
+        "nyc_test_hit@1": supervised_hit1,
+        "hit@1_kept": scores[MODEL]["mean"]["hit@1"] / supervised_hit1 if supervised_hit1 else None,
+    })
+
+
+def ablations(study: Study) -> None:
+    """Each variant once (seed 0), on NYC test and zero-shot on Calgary; paired against the full model."""
+    payload: dict = {"table": "ablations (seed 0)", "methods": {}, "paired_differences": {}, "training": {}}
+    for city in ("nyc", "calgary"):
+        targets = study.targets(city)
+        rows = "nyc/test" if city == "nyc" else "calgary/all"
+        payload.setdefault("rows", {})[rows] = _rows_description(study, city, 0)
+        runs = {variant: [study.model_predictions(variant, 0, city)] for variant in VARIANTS}
+        rules = study.rule_predictions(city)
+        runs["kd_tree_around_last_point"] = [rules["nearest_cells"]]
+        if city == "nyc":
+            runs[ID_CLASSIFIER] = [study.id_classifier_predictions(0)]
+        for name, predictions in runs.items():
+            payload["methods"].setdefault(name, {})[rows] = score(predictions, targets)
+            if name != MODEL:
+                payload["paired_differences"][f"{name} - {MODEL} ({rows}, hit@1)"] = paired_gap(
+                    predictions, runs[MODEL], targets, 1
+                )
+    payload["training"] = {variant: study.training_record(variant, 0) for variant in VARIANTS}
+    payload["variant_flags"] = VARIANTS
+    write_results("ablations", payload)
+
+
+def split_seeds(study: Study) -> None:
+    """NextLocLLM (seed 0), the ID classifier (seed 0) and the rules on two user splits: is the order the same?"""
+    payload: dict = {"table": "NYC test on two user splits", "methods": {}, "ranking_by_hit@1": {}, "rows": {}}
+    for split_seed in (0, 1):
+        rows = f"nyc/test split {split_seed}"
+        targets = study.targets("nyc", split_seed)
+        payload["rows"][rows] = _rows_description(study, "nyc", split_seed)
+        methods = {
+            MODEL: [study.model_predictions(MODEL, 0, "nyc", split_seed)],
+            ID_CLASSIFIER: [study.id_classifier_predictions(0, split_seed)],
+            **{name: [p] for name, p in study.rule_predictions("nyc", split_seed).items()},
+        }
+        scores = {name: score(runs, targets) for name, runs in methods.items()}
+        for name, s in scores.items():
+            payload["methods"].setdefault(name, {})[rows] = s
+        payload["ranking_by_hit@1"][rows] = sorted(scores, key=lambda n: -scores[n]["mean"]["hit@1"])
+    write_results("split_seeds", payload)
+
+
+TABLES = {"supervised": supervised, "zero_shot": zero_shot, "ablations": ablations, "split_seeds": split_seeds}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Run one table of the real-data study.")
+    parser.add_argument("table", choices=[*TABLES, "all"])
+    parser.add_argument("--data", type=Path, required=True, help="the shared data folder (../shared/data)")
+    parser.add_argument("--work_dir", type=Path, default=REPO_ROOT / "runs" / "study")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of the main rows")
+    args = parser.parse_args(argv)
+    if not (args.data / "foursquare_tsmc2014_nyc").is_dir():
+        parser.error(f"--data {args.data}: no foursquare_tsmc2014_nyc folder there")
+    study = Study(args.data.resolve(), args.work_dir, seeds=tuple(args.seeds))
+    print(f"budget per training run: {BUDGET}")
+    for name in TABLES if args.table == "all" else [args.table]:
+        TABLES[name](study)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""The machinery behind every table of the real-data study: build the cities, train, predict, score.
+
+Every method is scored on the same rows: NYC test samples of one user split, or all Calgary samples for zero-shot
+(Calgary is never trained or tuned on, so all of its samples are unseen). Per-sample rankings are cached under the
+work folder, so a table re-scores without re-training; a training run is skipped when its exported model exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "experiments" / "results"
+MAX_RANK = 20
+
+CITY_SOURCES = {
+    "nyc": {
+        "input": "foursquare_tsmc2014_nyc/nyc_checkins.csv",
+        "pois": "foursquare_tsmc2014_nyc/nyc_pois.csv",
+    },
+    "calgary": {"input": "foursquare_tist2015_calgary/calgary_checkins.csv", "pois": None},
+}
+
+# What one CPU machine affords per run (see docs/results.md, "Compute budget"); the same for every variant.
+BUDGET = {
+    "backbone": "smollm2-135m",
+    "num_backbone_layers": 2,
+    "epochs": 1,
+    "per_device_batch_size": 32,
+    "learning_rate": 1e-3,
+    "eval_steps": 207,
+    "max_eval_samples": 1000,
+}
+
+# Ablations: extra train.py flags on top of the paper-default model.
+VARIANTS: dict[str, list[str]] = {
+    "nextlocllm": [],
+    "no_prompt": ["--no_prompt"],
+    "no_llm_poi": ["--no_llm_poi"],
+    "poi_hidden_states": ["--poi_text_encoding", "hidden_states"],
+    "lora": ["--adaptation", "lora"],
+}
+
+ID_CLASSIFIER_EPOCHS = 15
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only"
+
+
+@dataclass
+class Predictions:
+    """One method on one set of rows: top-k cells per sample and the predicted position (Mercator metres)."""
+
+    ranked: np.ndarray
+    xy: np.ndarray
+
+
+@dataclass
+class Study:
+    data_dir: Path
+    work_dir: Path
+    seeds: Sequence[int] = (0, 1, 2)
+    _cities: dict = field(default_factory=dict)
+
+    # -------------------------------------------------------------------------------------------------------------
+    # data
+
+    def city(self, name: str, split_seed: int = 0):
+        """The built city (cached in the work folder), with the user split drawn by `split_seed`."""
+        from nextlocllm_hf.data import load_city_splits
+        from nextlocllm_hf.data.build import BuildConfig, build_and_save
+
+        key = (name, split_seed)
+        if key not in self._cities:
+            folder = self.work_dir / "data" / f"{name}_split{split_seed}"
+            if not (folder / "city.json").exists():
+                source = CITY_SOURCES[name]
+                pois = self.data_dir / source["pois"] if source["pois"] else None
+                result = build_and_save(BuildConfig(
+                    city=name, format="foursquare", input=str(self.data_dir / source["input"]),
+                    pois=str(pois) if pois else None, output=str(folder), seed=split_seed,
+                ))
+                print(result.report.render())
+            self._cities[key] = load_city_splits(str(folder))
+        return self._cities[key]
+
+    def rows(self, name: str, split_seed: int = 0):
+        """The evaluation rows: the test split of a training city; every sample of the zero-shot city."""
+        from datasets import concatenate_datasets
+
+        city = self.city(name, split_seed)
+        if name == "calgary":
+            return concatenate_datasets([city.splits[s] for s in ("train", "validation", "test")])
+        return city.splits["test"]
+
+    def targets(self, name: str, split_seed: int = 0) -> dict[str, np.ndarray]:
+        from nextlocllm_hf.columns import rows_to_arrays
+
+        arrays = rows_to_arrays(self.rows(name, split_seed), ("target_cell", "target_coordinates", "user_id"))
+        return {
+            "cell": np.asarray(arrays["target_cell"], dtype=np.int64).reshape(-1),
+            "xy": np.asarray(arrays["target_coordinates"], dtype=np.float64),
+            "user": np.asarray(arrays["user_id"]).astype(str),
+        }
+
+    # -------------------------------------------------------------------------------------------------------------
+    # training
+
+    def run_dir(self, variant: str, seed: int, split_seed: int = 0) -> Path:
+        return self.work_dir / "runs" / f"{variant}_seed{seed}_split{split_seed}"
+
+    def train(self, variant: str, seed: int, split_seed: int = 0) -> Path:
+        """Train one variant on NYC with `train.py` in a fresh process; returns the run folder."""
+        run_dir = self.run_dir(variant, seed, split_seed)
+        if (run_dir / "results.json").exists():
+            return run_dir
+        nyc = self.city("nyc", split_seed)
+        command = [
+            sys.executable, str(REPO_ROOT / "train.py"), "--dataset", nyc.path, "--output_dir", str(run_dir),
+            "--seed", str(seed), *[f"--{k}={v}" for k, v in BUDGET.items()], *VARIANTS[variant],
+        ]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"training {run_dir.name} (log: {run_dir / 'train.log'})", flush=True)
+        with open(run_dir / "train.log", "w") as log:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        return run_dir
+
+    def training_record(self, variant: str, seed: int, split_seed: int = 0) -> dict:
+        results = json.loads((self.run_dir(variant, seed, split_seed) / "results.json").read_text())
+        return {k: results[k] for k in ("best_step", "best_validation", "validation_history", "training_seconds")}
+
+    # -------------------------------------------------------------------------------------------------------------
+    # predictions (cached per method, city and split)
+
+    def _cached(self, key: str, compute) -> Predictions:
+        path = self.work_dir / "predictions" / f"{key}.npz"
+        if path.exists():
+            with np.load(path) as stored:
+                return Predictions(stored["ranked"], stored["xy"])
+        predictions = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, ranked=predictions.ranked, xy=predictions.xy)
+        return predictions
+
+    def model_predictions(self, variant: str, seed: int, city_name: str, split_seed: int = 0) -> Predictions:
+        """The trained variant on a city's evaluation rows, ranked by that city's KD-tree retriever."""
+
+        def compute() -> Predictions:
+            import nextlocllm_hf  # noqa: F401  (registers the Auto classes)
+            from transformers import AutoModel
+
+            from nextlocllm_hf.batching import CitySamples
+            from nextlocllm_hf.evaluate import evaluate_model
+
+            model = AutoModel.from_pretrained(self.train(variant, seed, split_seed) / "model")
+            city = self.city(city_name, split_seed)
+            if city.name not in model.cities:
+                model.add_city(city.retriever())  # zero-shot: the new city's cells and statistics
+            samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.statistics})
+            _, raw = evaluate_model(model, samples, batch_size=128, description=f"{variant} seed {seed} {city_name}")
+            ranked, _ = model.retriever(city.name).query(raw["coordinates"], MAX_RANK)
+            return Predictions(ranked, raw["coordinates"])
+
+        return self._cached(f"{variant}_seed{seed}_split{split_seed}_{city_name}", compute)
+
+    def rule_predictions(self, city_name: str, split_seed: int = 0) -> dict[str, Predictions]:
+        """Every rule baseline; in the zero-shot city no rule may learn from that city's other users."""
+        from nextlocllm_hf.baselines import RULE_BASELINES, top1_centroid_xy
+        from nextlocllm_hf.baselines import rank_rule_baselines
+
+        city = self.city(city_name, split_seed)
+        zero_shot = city_name == "calgary"
+        names = [n for n in RULE_BASELINES if not (zero_shot and n == "markov_train_users")]
+        retriever = city.retriever()
+        out = {}
+        for name in names:
+            def compute(name=name) -> Predictions:
+                ranked = rank_rule_baselines(
+                    None if zero_shot else city.splits["train"], self.rows(city_name, split_seed), retriever,
+                    k=MAX_RANK, names=[name],
+                )[name]
+                return Predictions(ranked, top1_centroid_xy(ranked, retriever))
+
+            out[name] = self._cached(f"{name}_split{split_seed}_{city_name}", compute)
+        return out
+
+    def id_classifier_predictions(self, seed: int, split_seed: int = 0) -> Predictions:
+        """The LSTM over cell ids (classification over NYC's cells): the paper's non-coordinate alternative."""
+        from nextlocllm_hf.baselines import rank_with_id_classifier, top1_centroid_xy, train_id_classifier
+
+        def compute() -> Predictions:
+            city = self.city("nyc", split_seed)
+            retriever = city.retriever()
+            classifier, _ = train_id_classifier(
+                city.splits["train"], city.splits["validation"], retriever.num_cells,
+                epochs=ID_CLASSIFIER_EPOCHS, seed=seed,
+            )
+            ranked = rank_with_id_classifier(classifier, city.splits["test"], MAX_RANK, num_cells=retriever.num_cells)
+            return Predictions(ranked, top1_centroid_xy(ranked, retriever))
+
+        return self._cached(f"id_classifier_seed{seed}_split{split_seed}_nyc", compute)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# scoring
+
+
+def hits(predictions: Predictions, targets: Mapping[str, np.ndarray], k: int) -> np.ndarray:
+    from nextlocllm_hf.metrics import target_ranks
+
+    ranks = target_ranks(predictions.ranked, targets["cell"])
+    return ((ranks >= 1) & (ranks <= k)).astype(np.float64)
+
+
+def score(runs: Sequence[Predictions], targets: Mapping[str, np.ndarray]) -> dict:
+    """Metrics of one method (mean and std over its seeded runs) with user-level uncertainty of Hit@1 and Hit@10.
+
+    The interval is for the seed-averaged score: each sample's hit indicator is averaged over the runs, then users
+    are resampled (see `nextlocllm_hf.uncertainty`).
+    """
+    from nextlocllm_hf.metrics import compute_metrics
+    from nextlocllm_hf.uncertainty import per_user_mean, user_bootstrap_interval
+
+    per_run = [compute_metrics(p.ranked, targets["cell"], p.xy, targets["xy"]) for p in runs]
+    result = {
+        "runs": len(runs),
+        "mean": {k: float(np.mean([m[k] for m in per_run])) for k in per_run[0]},
+        "std": {k: float(np.std([m[k] for m in per_run], ddof=1)) if len(runs) > 1 else 0.0 for k in per_run[0]},
+        "per_run": per_run,
+    }
+    for k in (1, 10):
+        averaged = np.mean([hits(p, targets, k) for p in runs], axis=0)
+        result[f"hit@{k}_user_ci95"] = user_bootstrap_interval(averaged, targets["user"]).as_dict()
+        result[f"per_user_hit@{k}"] = per_user_mean(averaged, targets["user"])
+    return result
+
+
+def paired_gap(a: Sequence[Predictions], b: Sequence[Predictions], targets: Mapping[str, np.ndarray], k: int) -> dict:
+    """Hit@k of method a minus method b on the same samples, with a user-bootstrap 95 % interval."""
+    from nextlocllm_hf.uncertainty import paired_difference_interval
+
+    mean_a = np.mean([hits(p, targets, k) for p in a], axis=0)
+    mean_b = np.mean([hits(p, targets, k) for p in b], axis=0)
+    return paired_difference_interval(mean_a, mean_b, targets["user"]).as_dict()
+
+
+def strongest(scores: Mapping[str, dict], names: Sequence[str], metric: str) -> str:
+    return max(names, key=lambda n: scores[n]["mean"][metric])
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), "budget": BUDGET, **payload}, indent=2))
+    print(f"wrote {path}")
+    return path
