@@ -64,6 +64,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="POI descriptions through the token-embedding table (paper) or the backbone's blocks")
     model.add_argument("--duration_head", action="store_true", help="also predict the next stay duration")
     model.add_argument("--target_time_query", action="store_true", help="feed the target's day and hour")
+    model.add_argument("--num_mixture_components", type=int, default=0,
+                       help="K > 0: Gaussian-mixture head ranking cells by density (0: the paper's point head)")
+    model.add_argument("--mixture_distance_loss_weight", type=float, default=0.0,
+                       help="add the distance of the closest mode (normalized units) to the mixture likelihood")
+    model.add_argument("--candidate_ranker", action="store_true",
+                       help="re-rank the input-record cells and the cells near the prediction (listwise loss)")
+    model.add_argument("--candidate_loss_weight", type=float, default=1.0, help="weight of the listwise loss")
+    model.add_argument("--max_candidates", type=int, default=64, help="candidates per sample for the ranker")
 
     train = parser.add_argument_group("optimization")
     train.add_argument("--output_dir", required=True)
@@ -127,6 +135,11 @@ def build_model(args: argparse.Namespace, statistics: dict):
         poi_text_encoding=args.poi_text_encoding,
         use_duration_head=args.duration_head,
         use_target_time_query=args.target_time_query,
+        num_mixture_components=args.num_mixture_components,
+        mixture_distance_loss_weight=args.mixture_distance_loss_weight,
+        use_candidate_ranker=args.candidate_ranker,
+        candidate_loss_weight=args.candidate_loss_weight,
+        max_candidates=args.max_candidates,
     )
 
 
@@ -236,7 +249,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         batches_to_skip = 0
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**model_inputs(batch)).loss
+                loss = model(**model_inputs(batch, train_samples.city_names)).loss
                 accelerator.backward(loss)
                 if args.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
@@ -247,8 +260,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
             tracker.completed_steps += 1
             step = tracker.completed_steps
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.0f} m", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-            accelerator.log({"train/loss_m": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]}, step=step)
+            progress.set_postfix(loss=f"{loss.item():.4g}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+            accelerator.log({"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]}, step=step)
             if step % eval_steps == 0 or step == max_steps:
                 scores, _ = evaluate_model(
                     model, validation_samples, args.per_device_eval_batch_size, accelerator, "validation"

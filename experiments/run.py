@@ -3,6 +3,7 @@
     python experiments/run.py supervised  --data ../shared/data     # NYC test: NextLocLLM (3 seeds) vs every baseline
     python experiments/run.py zero_shot   --data ../shared/data     # trained on NYC, scored on all of Calgary
     python experiments/run.py ablations   --data ../shared/data     # prompt, LLM-POI, POI text, LoRA, ID, KD-tree
+    python experiments/run.py heads       --data ../shared/data     # mixture head and candidate ranker (beyond the paper)
     python experiments/run.py split_seeds --data ../shared/data     # does the ranking of methods hold on another split?
     python experiments/report.py                                    # plots + tables into docs/
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from study import (  # noqa: E402  (the experiments folder is not a package)
     BUDGET,
+    HEADS,
     ID_CLASSIFIER_EPOCHS,
     REPO_ROOT,
     VARIANTS,
@@ -106,6 +108,35 @@ def ablations(study: Study) -> None:
     write_results("ablations", payload)
 
 
+def heads(study: Study) -> None:
+    """The heads beyond the paper (seed 0) against the paper's head (all seeds) and every baseline, NYC and Calgary."""
+    payload: dict = {"table": "prediction heads", "methods": {}, "paired_differences": {}, "rows": {},
+                     "head_flags": HEADS}
+    for city in ("nyc", "calgary"):
+        targets = study.targets(city)
+        rows = "nyc/test" if city == "nyc" else "calgary/all"
+        payload["rows"][rows] = _rows_description(study, city, 0)
+        methods = {  # heads first: they are what this table adds
+            **{head: [study.model_predictions(head, 0, city)] for head in HEADS},
+            MODEL: [study.model_predictions(MODEL, seed, city) for seed in study.seeds],
+            **{name: [p] for name, p in study.rule_predictions(city).items()},
+        }
+        if city == "nyc":
+            methods[ID_CLASSIFIER] = [study.id_classifier_predictions(seed) for seed in study.seeds]
+        scores = {name: score(runs, targets) for name, runs in methods.items()}
+        for name, s in scores.items():
+            payload["methods"].setdefault(name, {})[rows] = s
+        rules = [name for name in methods if name not in (MODEL, *HEADS, ID_CLASSIFIER)]
+        for metric, k in (("hit@1", 1), ("hit@10", 10)):
+            best = strongest(scores, rules, metric)
+            for head in HEADS:
+                payload["paired_differences"][f"{head} - {best} ({rows}, {metric})"] = paired_gap(
+                    methods[head], methods[best], targets, k
+                )
+    payload["training"] = {head: study.training_record(head, 0) for head in HEADS}
+    write_results("heads", payload)
+
+
 def split_seeds(study: Study) -> None:
     """NextLocLLM (seed 0), the ID classifier (seed 0) and the rules on two user splits: is the order the same?"""
     payload: dict = {"table": "NYC test on two user splits", "methods": {}, "ranking_by_hit@1": {}, "rows": {}}
@@ -125,7 +156,13 @@ def split_seeds(study: Study) -> None:
     write_results("split_seeds", payload)
 
 
-TABLES = {"supervised": supervised, "zero_shot": zero_shot, "ablations": ablations, "split_seeds": split_seeds}
+TABLES = {
+    "supervised": supervised,
+    "zero_shot": zero_shot,
+    "ablations": ablations,
+    "heads": heads,
+    "split_seeds": split_seeds,
+}
 
 
 def main(argv=None) -> None:

@@ -51,6 +51,14 @@ VARIANTS: dict[str, list[str]] = {
     "lora": ["--adaptation", "lora"],
 }
 
+# Heads beyond the paper (issue 8), same budget: a Gaussian mixture ranked by density, and the candidate ranker
+# on top of it or of the paper's point (whose loss is in metres, hence the weight).
+HEADS: dict[str, list[str]] = {
+    "mixture": ["--num_mixture_components", "5"],
+    "mixture_ranker": ["--num_mixture_components", "5", "--candidate_ranker"],
+    "point_ranker": ["--candidate_ranker", "--candidate_loss_weight", "1000"],
+}
+
 ID_CLASSIFIER_EPOCHS = 15
 
 
@@ -128,7 +136,7 @@ class Study:
         nyc = self.city("nyc", split_seed)
         command = [
             sys.executable, str(REPO_ROOT / "train.py"), "--dataset", nyc.path, "--output_dir", str(run_dir),
-            "--seed", str(seed), *[f"--{k}={v}" for k, v in BUDGET.items()], *VARIANTS[variant],
+            "--seed", str(seed), *[f"--{k}={v}" for k, v in BUDGET.items()], *{**VARIANTS, **HEADS}[variant],
         ]
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"training {run_dir.name} (log: {run_dir / 'train.log'})", flush=True)
@@ -170,8 +178,7 @@ class Study:
                 model.add_city(city.retriever())  # zero-shot: the new city's cells and statistics
             samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.statistics})
             _, raw = evaluate_model(model, samples, batch_size=128, description=f"{variant} seed {seed} {city_name}")
-            ranked, _ = model.retriever(city.name).query(raw["coordinates"], MAX_RANK)
-            return Predictions(ranked, raw["coordinates"])
+            return Predictions(raw["ranked"], raw["coordinates"])  # ranked by the model's own head
 
         return self._cached(f"{variant}_seed{seed}_split{split_seed}_{city_name}", compute)
 

@@ -79,7 +79,20 @@ class NextLocLLMConfig(PreTrainedConfig):
             defaults for the backbone type).
         poi_text_encoding (`str`): `token_embeddings` (paper: the backbone's input embeddings of the description
             tokens) or `hidden_states` (the truncated backbone's last hidden states of the description).
-        initializer_range (`float`, 0.02): std of the normal init of the layers this model adds.
+        num_mixture_components (`int`, 0): 0 keeps the paper's head (one point, cells ranked by distance to it);
+            K > 0 predicts K weighted 2-D Gaussian modes, trained by negative log-likelihood, and ranks cells by
+            the mixture density at their centres (next places are multimodal: home, work, a cafe across town).
+        mixture_distance_loss_weight (`float`, 0.0): adds the paper's distance loss on the closest mode, in
+            normalized units, to the mixture likelihood.
+        use_candidate_ranker (`bool`, False): re-rank a per-sample candidate set (the cells of the input records and
+            the KD-tree neighbours of the predicted point or modes) with a scorer over city-agnostic features
+            against the last hidden state, trained with a listwise loss on the true cell. Needs the records' cell
+            ids and the city at forward time.
+        candidate_neighbors (`int`, 10): KD-tree neighbours of each predicted point / mode added as candidates.
+        max_candidates (`int`, 64): candidates per sample (input-record cells first, then neighbours).
+        candidate_ranker_width (`int`, 128): hidden width of the candidate scorer.
+        candidate_loss_weight (`float`, 1.0): weight of the listwise loss (with the paper's head, whose loss is in
+            metres, a weight of the order of 1000 balances the two).
     """
 
     model_type = "nextlocllm"
@@ -113,6 +126,13 @@ class NextLocLLMConfig(PreTrainedConfig):
     lora_target_modules: list[str] | None = None
     poi_text_encoding: str = "token_embeddings"
     initializer_range: float = 0.02
+    num_mixture_components: int = 0
+    mixture_distance_loss_weight: float = 0.0
+    use_candidate_ranker: bool = False
+    candidate_neighbors: int = 10
+    max_candidates: int = 64
+    candidate_ranker_width: int = 128
+    candidate_loss_weight: float = 1.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -143,6 +163,9 @@ class NextLocLLMConfig(PreTrainedConfig):
             "duration_embedding_dim",
             "poi_embedding_dim",
             "lora_r",
+            "candidate_neighbors",
+            "max_candidates",
+            "candidate_ranker_width",
         ):
             require(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field, "a positive integer")
         for field in ("prompt_length", "poi_description_length"):
@@ -157,6 +180,12 @@ class NextLocLLMConfig(PreTrainedConfig):
         )
         require(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "a value in [0, 1)")
         require(self.duration_loss_weight >= 0.0, "duration_loss_weight", "a value >= 0")
+        require(
+            isinstance(self.num_mixture_components, int) and self.num_mixture_components >= 0,
+            "num_mixture_components", "an integer >= 0 (0: the paper's single-point head)",
+        )
+        require(self.mixture_distance_loss_weight >= 0.0, "mixture_distance_loss_weight", "a value >= 0")
+        require(self.candidate_loss_weight >= 0.0, "candidate_loss_weight", "a value >= 0")
 
     @property
     def num_poi_classes(self) -> int:
@@ -173,6 +202,17 @@ class NextLocLLMConfig(PreTrainedConfig):
             self.coordinate_embedding_dim + self.day_embedding_dim + self.hour_embedding_dim + self.duration_embedding_dim
         )
         return width if self.use_llm_poi else width + self.poi_embedding_dim
+
+    @property
+    def head_description(self) -> str:
+        """Which prediction head a checkpoint uses, in words (model cards, logs)."""
+        if self.num_mixture_components:
+            head = f"{self.num_mixture_components}-component Gaussian mixture, cells ranked by mixture density"
+        else:
+            head = "single point (paper), cells ranked by distance to it (KD-tree)"
+        if self.use_candidate_ranker:
+            head += "; history-aware candidate ranker re-ranks the input-record cells and the nearby cells"
+        return head
 
     def format_prompt(self) -> str:
         return self.prompt_template.format(

@@ -7,6 +7,10 @@ natural-language prompt is prepended, a truncated decoder reads the sequence thr
 head on the last position regresses the next visit's normalized coordinates, de-normalized with the city's own
 statistics, which is what lets one model serve cities it never saw. A KD-tree over the city's cells turns the point
 into top-k candidate cells.
+
+Two heads beyond the paper, both config options that keep every city-specific quantity out of the weights: a
+Gaussian-mixture head (`num_mixture_components`, ranking cells by density, see `mixture_nextlocllm.py`) and a
+history-aware candidate ranker (`use_candidate_ranker`, see `candidates_nextlocllm.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,19 @@ from transformers import AutoModel, DynamicCache, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbone_nextlocllm import load_backbone
+from .candidates_nextlocllm import (
+    CandidateScorer,
+    build_candidates,
+    candidate_feature_size,
+    candidate_listwise_loss,
+    merge_rankings,
+)
 from .configuration_nextlocllm import NextLocLLMConfig
+from .mixture_nextlocllm import (
+    mixture_negative_log_likelihood,
+    rank_cells_by_mixture_density,
+    split_mixture_parameters,
+)
 from .retrieval_nextlocllm import (
     RETRIEVERS_CONFIG_NAME,
     RETRIEVERS_WEIGHTS_NAME,
@@ -31,7 +47,8 @@ from .retrieval_nextlocllm import (
     save_retrievers,
 )
 
-# Columns a batch may carry for `forward`; a collator keeps these and drops the rest (user ids, cell ids...).
+# Columns a batch may carry for `forward`; a collator keeps these and drops the rest (user ids...). The cell ids are
+# read only by the candidate ranker.
 MODEL_INPUT_NAMES = (
     "history_coordinates",
     "history_day",
@@ -49,6 +66,9 @@ MODEL_INPUT_NAMES = (
     "target_hour",
     "labels",
     "duration_labels",
+    "history_cell",
+    "current_cell",
+    "target_cell",
 )
 
 
@@ -60,7 +80,12 @@ class NextLocLLMOutput(ModelOutput):
         coordinates: `(batch, 2)` predicted next position, projected metres (Web Mercator).
         normalized_coordinates: `(batch, 2)` the head's raw output, z-scored with the city's statistics.
         duration: `(batch,)` predicted stay duration in hours, when the duration head is on.
-        top_k_cells / top_k_distances: `(batch, k)` nearest candidate cells of the city and their distances (m).
+        top_k_cells / top_k_distances: `(batch, k)` the city's best-ranked cells and their distances (m) from the
+            predicted point (by distance for the paper's head, by density for the mixture, by score for candidates).
+        mixture_means / mixture_scales: `(batch, K, 2)` the modes' centres and standard deviations, projected metres;
+            mixture_weights: `(batch, K)`; with `num_mixture_components=K`. `coordinates` is then the heaviest mode.
+        candidate_cells / candidate_scores: `(batch, max_candidates)` the ranker's candidates (-1 = padding) and
+            their scores, with `use_candidate_ranker`.
         hidden_states: the backbone's hidden states at the record tokens (the shared prompt's are not repeated per
             sample), when requested.
     """
@@ -71,6 +96,11 @@ class NextLocLLMOutput(ModelOutput):
     duration: torch.Tensor | None = None
     top_k_cells: torch.Tensor | None = None
     top_k_distances: torch.Tensor | None = None
+    mixture_means: torch.Tensor | None = None
+    mixture_scales: torch.Tensor | None = None
+    mixture_weights: torch.Tensor | None = None
+    candidate_cells: torch.Tensor | None = None
+    candidate_scores: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
@@ -123,6 +153,13 @@ def _check_inputs(config: NextLocLLMConfig, inputs: Mapping[str, torch.Tensor | 
         if tuple(inputs["labels"].shape) != (batch_size, 2):
             raise ValueError(f"labels has shape {tuple(inputs['labels'].shape)}, expected ({batch_size}, 2)")
         _check_finite(inputs, "labels")
+    for name, shape in (
+        ("history_cell", (batch_size, config.history_length)),
+        ("current_cell", (batch_size, config.current_length)),
+        ("target_cell", (batch_size,)),
+    ):
+        if inputs.get(name) is not None and tuple(inputs[name].shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(inputs[name].shape)}, expected {shape}")
     if inputs["duration_labels"] is not None:
         if tuple(inputs["duration_labels"].shape) != (batch_size,):
             raise ValueError(f"duration_labels has shape {tuple(inputs['duration_labels'].shape)}, expected ({batch_size},)")
@@ -183,7 +220,15 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         if config.adaptation == "lora":
             self._inject_lora()
 
-        self.regression_head = nn.Linear(hidden, 2, bias=False)
+        if config.num_mixture_components:
+            # [means (2K) | log-scales (2K) | weight logits (K)], in the city's normalized coordinates.
+            self.mixture_head = nn.Linear(hidden, 5 * config.num_mixture_components)
+        else:
+            self.regression_head = nn.Linear(hidden, 2, bias=False)
+        if config.use_candidate_ranker:
+            self.candidate_scorer = CandidateScorer(
+                candidate_feature_size(config.num_poi_classes), hidden, config.candidate_ranker_width
+            )
         if config.use_duration_head:
             self.duration_head = nn.Linear(hidden, 1, bias=False)
 
@@ -342,6 +387,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         labels: torch.Tensor | None = None,
         duration_labels: torch.Tensor | None = None,
         top_k: int | None = None,
+        history_cell: torch.Tensor | None = None,
+        current_cell: torch.Tensor | None = None,
+        target_cell: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> NextLocLLMOutput | tuple:
@@ -352,7 +400,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             name per sample) and the registered retriever's statistics are used.
         target_day / target_hour: `(B,)` when the config uses the target-time query token.
         labels: `(B, 2)` true next position in projected metres; duration_labels: `(B,)` its stay hours.
-        top_k: with `city`, also return the k nearest candidate cells of the predicted point.
+        top_k: with `city`, also return the city's k best-ranked cells.
+        history_cell / current_cell: `(B, L)` the records' cell ids, and `city`: needed by the candidate ranker;
+            target_cell `(B,)` trains it (listwise loss on the true cell).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         inputs = {
@@ -370,6 +420,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             "target_hour": target_hour,
             "labels": labels,
             "duration_labels": duration_labels,
+            "history_cell": history_cell,
+            "current_cell": current_cell,
+            "target_cell": target_cell,
         }
         batch_size = _check_inputs(self.config, inputs)
         if (self.config.use_prompt or self.config.use_llm_poi) and not bool(self.text_features_encoded):
@@ -391,12 +444,23 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         backbone_outputs = self._run_backbone(torch.cat(pieces, dim=1), output_hidden_states)
         last_state = backbone_outputs.last_hidden_state[:, -1]
 
-        normalized = self.regression_head(last_state)
+        mixture = None
+        if self.config.num_mixture_components:
+            means, log_scales, log_weights = split_mixture_parameters(
+                self.mixture_head(last_state), self.config.num_mixture_components
+            )
+            mixture = (means, log_scales, log_weights)
+            normalized = means[torch.arange(batch_size, device=means.device), log_weights.argmax(-1)]
+        else:
+            normalized = self.regression_head(last_state)
         # De-normalize in float64: projected coordinates are ~1e7 m, beyond float32's metre precision.
         coordinates = normalized.double() * std + mean
         loss = None
         if labels is not None:
-            loss = torch.linalg.vector_norm(coordinates - labels.double(), dim=-1).mean().to(normalized.dtype)
+            if mixture is None:
+                loss = torch.linalg.vector_norm(coordinates - labels.double(), dim=-1).mean().to(normalized.dtype)
+            else:
+                loss = self._mixture_loss(*mixture, ((labels.double() - mean) / std).to(normalized.dtype))
         duration = None
         if self.config.use_duration_head:
             log_duration = torch.relu(self.duration_head(last_state)).squeeze(-1)
@@ -405,11 +469,31 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
                 duration_loss = nn.functional.mse_loss(log_duration, torch.log1p(duration_labels.to(log_duration.dtype)))
                 loss = loss + self.config.duration_loss_weight * duration_loss
 
+        mixture_metres = None
+        if mixture is not None:
+            means, log_scales, log_weights = mixture
+            mixture_metres = (means.double() * std[:, None] + mean[:, None], log_scales.double().exp() * std[:, None],
+                              log_weights.double().exp())
+        candidates = scores = None
+        if self.config.use_candidate_ranker:
+            if city is None or history_cell is None or current_cell is None:
+                raise ValueError("use_candidate_ranker=True needs city=, history_cell and current_cell")
+            anchors = coordinates[:, None] if mixture_metres is None else mixture_metres[0]
+            candidates = self._candidates(city, history_cell, current_cell, current_coordinates[:, -1], anchors)
+            scores = self.candidate_scorer(
+                torch.from_numpy(candidates.features).to(last_state.device),
+                torch.from_numpy(candidates.mask).to(last_state.device),
+                last_state,
+            )
+            if target_cell is not None and labels is not None:
+                ranking_loss, _ = candidate_listwise_loss(scores, candidates.cell_ids, target_cell)
+                loss = loss + self.config.candidate_loss_weight * ranking_loss.to(loss.dtype)
+
         top_k_cells = top_k_distances = None
         if top_k is not None:
             if city is None:
                 raise ValueError("top_k needs city= (the city whose candidate cells to rank)")
-            top_k_cells, top_k_distances = self._retrieve(coordinates, city, top_k)
+            top_k_cells, top_k_distances = self._rank(coordinates, mixture_metres, candidates, scores, city, top_k)
 
         output = NextLocLLMOutput(
             loss=loss,
@@ -418,6 +502,11 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             duration=duration,
             top_k_cells=top_k_cells,
             top_k_distances=top_k_distances,
+            mixture_means=None if mixture_metres is None else mixture_metres[0],
+            mixture_scales=None if mixture_metres is None else mixture_metres[1],
+            mixture_weights=None if mixture_metres is None else mixture_metres[2],
+            candidate_cells=None if candidates is None else torch.from_numpy(candidates.cell_ids).to(last_state.device),
+            candidate_scores=scores,
             hidden_states=backbone_outputs.hidden_states if output_hidden_states else None,
         )
         return output if return_dict else output.to_tuple()
@@ -512,14 +601,60 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             tokens = tokens + poi.to(dtype) @ class_tokens + poi_projection.bias
         return tokens
 
-    def _retrieve(self, coordinates: torch.Tensor, city: str | Sequence[str], k: int):
+    def _mixture_loss(self, means, log_scales, log_weights, targets) -> torch.Tensor:
+        """Negative log-likelihood of the true position (normalized units), plus the optional best-mode distance."""
+        loss = mixture_negative_log_likelihood(means, log_scales, log_weights, targets).mean()
+        if self.config.mixture_distance_loss_weight:
+            closest = torch.linalg.vector_norm(means - targets[:, None], dim=-1).min(dim=-1).values.mean()
+            loss = loss + self.config.mixture_distance_loss_weight * closest
+        return loss.to(means.dtype)
+
+    @staticmethod
+    def _city_groups(city: str | Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+        """Sample rows of each city in a batch (a batch may mix cities)."""
+        names = [city] * batch_size if isinstance(city, str) else list(city)
+        if len(names) != batch_size:
+            raise ValueError(f"city holds {len(names)} names for a batch of {batch_size}")
+        return {name: np.array([i for i, n in enumerate(names) if n == name]) for name in dict.fromkeys(names)}
+
+    def _candidates(self, city, history_cell, current_cell, last_point, anchors):
+        """Per-city candidate sets, merged back into batch order (every set has `max_candidates` columns)."""
+        arrays = [t.detach().cpu().numpy() for t in (history_cell, current_cell, last_point, anchors)]
+        groups = self._city_groups(city, len(arrays[0]))
+        parts = {
+            name: build_candidates(self.retriever(name), *(a[rows] for a in arrays),
+                                   neighbors_per_anchor=self.config.candidate_neighbors,
+                                   max_candidates=self.config.max_candidates)
+            for name, rows in groups.items()
+        }
+        if len(parts) == 1:
+            return next(iter(parts.values()))
+        first = next(iter(parts.values()))
+        merged = {}
+        for field in ("cell_ids", "mask", "features", "num_unknown_records"):
+            template = getattr(first, field)
+            merged[field] = np.zeros((len(arrays[0]), *template.shape[1:]), dtype=template.dtype)
+            for name, rows in groups.items():
+                merged[field][rows] = getattr(parts[name], field)
+        return type(first)(**merged)
+
+    def _rank(self, coordinates, mixture_metres, candidates, scores, city, k: int):
+        """The city's top-k cells: by the head (distance or density), then re-ranked by the candidate scores."""
         points = coordinates.detach().cpu().numpy()
-        names = [city] * len(points) if isinstance(city, str) else list(city)
         cells = np.zeros((len(points), k), dtype=np.int64)
         distances = np.zeros((len(points), k), dtype=np.float64)
-        for name in dict.fromkeys(names):
-            rows = np.array([i for i, n in enumerate(names) if n == name])
-            cells[rows], distances[rows] = self.retriever(name).query(points[rows], k)
+        for name, rows in self._city_groups(city, len(points)).items():
+            retriever = self.retriever(name)
+            if mixture_metres is None:
+                ranked, _ = retriever.query(points[rows], k)
+            else:
+                means, scales, weights = (t.detach().cpu().numpy()[rows] for t in mixture_metres)
+                ranked, _ = rank_cells_by_mixture_density(retriever, means, scales, np.log(weights), k)
+            if candidates is not None:
+                ranked = merge_rankings(candidates.cell_ids[rows], scores.detach()[rows].float().cpu().numpy(),
+                                        ranked, k)
+            cells[rows] = ranked
+            distances[rows] = np.linalg.norm(retriever.xy[retriever.rows_of(ranked)] - points[rows, None], axis=-1)
         device = coordinates.device
         return torch.from_numpy(cells).to(device), torch.from_numpy(distances).to(device)
 
@@ -550,7 +685,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             self.train(was_training)
         return NextLocLLMOutput(
             **{field: torch.cat([getattr(c, field) for c in chunks])
-               for field in ("coordinates", "normalized_coordinates", "duration", "top_k_cells", "top_k_distances")
+               for field in ("coordinates", "normalized_coordinates", "duration", "top_k_cells", "top_k_distances",
+                             "mixture_means", "mixture_scales", "mixture_weights", "candidate_cells", "candidate_scores")
                if getattr(chunks[0], field) is not None}
         )
 

@@ -91,6 +91,17 @@ class CityRetriever:
     def tree(self) -> cKDTree:
         return cKDTree(self.xy)
 
+    @cached_property
+    def _id_order(self) -> np.ndarray:
+        return np.argsort(self.cell_ids, kind="stable")
+
+    def rows_of(self, cell_ids: Any) -> np.ndarray:
+        """Row of each cell id in `cell_ids` / `xy` / `poi_frequency`; -1 where the id is not a cell of this city."""
+        ids = np.asarray(cell_ids, dtype=np.int64)
+        sorted_ids = self.cell_ids[self._id_order]
+        positions = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return np.where(sorted_ids[positions] == ids, self._id_order[positions], -1)
+
     def query(self, points: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k cells nearest to each projected point: `(cell_ids (M, k), distances in metres (M, k))`."""
         if not isinstance(k, (int, np.integer)) or k < 1:

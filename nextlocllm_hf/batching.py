@@ -68,6 +68,13 @@ def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The entries of a batch that `NextLocLLMForCoordinateRegression.forward` takes."""
-    return {name: batch[name] for name in MODEL_INPUT_NAMES if name in batch}
+def model_inputs(batch: Mapping[str, torch.Tensor], city_names: Sequence[str] | None = None) -> dict:
+    """The entries of a batch that `NextLocLLMForCoordinateRegression.forward` takes.
+
+    With `city_names` (the `CitySamples.city_names` behind `city_index`), each sample's city name is added as `city`:
+    the candidate ranker and top-k ranking need the city's cells, not only its statistics.
+    """
+    inputs: dict = {name: batch[name] for name in MODEL_INPUT_NAMES if name in batch}
+    if city_names is not None:
+        inputs["city"] = [city_names[i] for i in batch["city_index"].tolist()]
+    return inputs

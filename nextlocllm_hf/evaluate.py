@@ -23,15 +23,19 @@ MAX_RANK = 20  # deepest cut-off any reported metric needs (Hit@20)
 
 
 @torch.no_grad()
-def predict(model, dataloader, accelerator=None, description: str = "predict") -> dict[str, np.ndarray]:
-    """Predicted positions of every sample, with targets, gathered from all processes in dataset order."""
+def predict(
+    model, dataloader, city_names: Sequence[str], accelerator=None, description: str = "predict"
+) -> dict[str, np.ndarray]:
+    """Predicted positions and top-`MAX_RANK` cells of every sample, with targets, gathered from all processes in
+    dataset order. The model ranks the cells itself: by distance, mixture density or candidate scores (its head)."""
     model.eval()
     show = accelerator is None or accelerator.is_local_main_process
     chunks: dict[str, list[np.ndarray]] = defaultdict(list)
     for batch in tqdm(dataloader, desc=description, disable=not show, leave=False):
-        outputs = model(**model_inputs(batch))
+        outputs = model(**model_inputs(batch, city_names), top_k=MAX_RANK)
         values = {
             "coordinates": outputs.coordinates,
+            "ranked": outputs.top_k_cells,
             "labels": batch["labels"],
             "target_cell": batch["target_cell"],
             "city_index": batch["city_index"],
@@ -46,17 +50,14 @@ def predict(model, dataloader, accelerator=None, description: str = "predict") -
 ALL_CITIES = "all"
 
 
-def score_predictions(
-    predictions: Mapping[str, np.ndarray], city_names: Sequence[str], retrievers: Mapping
-) -> dict[str, dict[str, float]]:
-    """Metrics per city, each city's samples ranked against its own cells, and over all samples (key "all")."""
-    ranked = np.zeros((len(predictions["city_index"]), MAX_RANK), dtype=np.int64)
+def score_predictions(predictions: Mapping[str, np.ndarray], city_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Metrics per city (each sample ranked among its own city's cells) and over all samples (key "all")."""
+    ranked = predictions["ranked"]
     scores = {}
     for index, name in enumerate(city_names):
         rows = predictions["city_index"] == index
         if not rows.any():
             continue
-        ranked[rows], _ = retrievers[name].query(predictions["coordinates"][rows], MAX_RANK)
         scores[name] = compute_metrics(
             ranked[rows], predictions["target_cell"][rows], predictions["coordinates"][rows], predictions["labels"][rows]
         )
@@ -71,10 +72,8 @@ def evaluate_model(model, samples: CitySamples, batch_size: int = 64, accelerato
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
     if accelerator is not None:
         loader = accelerator.prepare(loader)
-    predictions = predict(model, loader, accelerator, description)
-    base_model = accelerator.unwrap_model(model) if accelerator is not None else model
-    retrievers = {name: base_model.retriever(name) for name in samples.city_names}
-    return score_predictions(predictions, samples.city_names, retrievers), predictions
+    predictions = predict(model, loader, samples.city_names, accelerator, description)
+    return score_predictions(predictions, samples.city_names), predictions
 
 
 def main(argv: Sequence[str] | None = None) -> None:

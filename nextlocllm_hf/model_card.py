@@ -72,6 +72,7 @@ def build_model_card(
         use_llm_poi=config.use_llm_poi,
         use_duration_head=config.use_duration_head,
         use_target_time_query=config.use_target_time_query,
+        head=config.head_description,
         poi_classes=", ".join(config.poi_class_names),
         cities=", ".join(model.cities) or "none",
         train_cities=", ".join(train_cities),

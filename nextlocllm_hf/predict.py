@@ -312,6 +312,7 @@ def model_inputs_from_records(
         batch[f"{part}_hour"] = torch.tensor(rows["hour"].to_numpy(dtype=np.int64)[None])
         batch[f"{part}_duration"] = torch.tensor(rows["duration"].to_numpy(dtype=np.float32)[None])
         batch[f"{part}_poi"] = torch.tensor(np.stack(rows["poi"].to_list()).astype(np.float32)[None])
+        batch[f"{part}_cell"] = torch.tensor(rows["cell_id"].to_numpy(dtype=np.int64)[None])  # for a candidate ranker
     if config.use_target_time_query:
         if target_time is None:
             raise ValueError("this model reads the time of the visit to predict (use_target_time_query=True): "
@@ -335,8 +336,6 @@ def rank_cells(
 
     `attrs` holds `city`, `predicted_lat`, `predicted_lon` (and `predicted_duration_hours` with a duration head).
     """
-    from .baselines.rules import CellIndex
-
     retriever = model.retriever(city)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= retriever.num_cells:
         raise ValueError(
@@ -346,7 +345,7 @@ def rank_cells(
     output = model.predict(batch, city=city, k=int(k))
     lon, lat = mercator_to_lonlat(*output.coordinates[0].double().cpu().numpy())
     cells = output.top_k_cells[0].cpu().numpy()
-    latlon = retriever.latlon[CellIndex(retriever).rows(cells)]
+    latlon = retriever.latlon[retriever.rows_of(cells)]
     table = pd.DataFrame(
         {
             "rank": np.arange(1, len(cells) + 1),

@@ -97,7 +97,7 @@ def make_retriever(name: str, num_cells: int = 50, seed: int = 0, centre=(-8_235
 
 
 def make_batch(config: NextLocLLMConfig, retriever: CityRetriever, batch_size: int = 3, seed: int = 0) -> dict:
-    """A valid batch whose records lie on the retriever's cells, with labels."""
+    """A valid batch whose records lie on the retriever's cells (cell ids included), with labels."""
     rng = np.random.default_rng(seed)
     batch = {}
     for part, length in (("history", config.history_length), ("current", config.current_length)):
@@ -107,7 +107,10 @@ def make_batch(config: NextLocLLMConfig, retriever: CityRetriever, batch_size: i
         batch[f"{part}_hour"] = torch.tensor(rng.integers(0, 24, (batch_size, length)))
         batch[f"{part}_duration"] = torch.tensor(rng.exponential(2.0, (batch_size, length)), dtype=torch.float32)
         batch[f"{part}_poi"] = torch.tensor(retriever.poi_frequency[rows])
-    batch["labels"] = torch.tensor(retriever.xy[rng.integers(0, retriever.num_cells, batch_size)])
+        batch[f"{part}_cell"] = torch.tensor(retriever.cell_ids[rows])
+    target_rows = rng.integers(0, retriever.num_cells, batch_size)
+    batch["labels"] = torch.tensor(retriever.xy[target_rows])
+    batch["target_cell"] = torch.tensor(retriever.cell_ids[target_rows])
     batch["target_day"] = torch.tensor(rng.integers(0, 7, batch_size))
     batch["target_hour"] = torch.tensor(rng.integers(0, 24, batch_size))
     return batch

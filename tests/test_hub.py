@@ -280,7 +280,8 @@ def exported(root):
     v2 = _reference(model, batches)
 
     torch.manual_seed(0)
-    lora = build_model(str(backbones["llama"]), adaptation="lora")
+    # The LoRA model also carries both heads beyond the paper, so the Hub round trip covers them.
+    lora = build_model(str(backbones["llama"]), adaptation="lora", num_mixture_components=3, use_candidate_ranker=True)
     for name, settings in CITIES.items():
         lora.add_city(make_retriever(name, num_cells=40, **settings))
     with torch.no_grad():  # LoRA B starts at zero: give the adapter weights that change the output, as training does
@@ -420,6 +421,7 @@ def test_private_repo_needs_the_token_for_weights_and_retrievers(loaded, exporte
 def test_lora_model_is_self_contained(loaded, exported, root):
     config = json.loads((root / "lora" / "config.json").read_text())
     assert config["adaptation"] == "lora"
+    assert config["num_mixture_components"] == 3 and config["use_candidate_ranker"]
     lora = outcome(loaded["lora"])
     assert_same_state(lora["state"], exported["lora"]["state"])
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in lora["state"].items())

@@ -59,8 +59,9 @@ def test_inference_reuses_the_prompt_cache_until_weights_change(tiny_backbone):
     assert model._prompt_cache is None
 
 
-def test_batch_inference_in_chunks_equals_one_batch_and_computes_the_prompt_once(tiny_backbone):
-    model = build_model(tiny_backbone)
+@pytest.mark.parametrize("heads", [{}, {"num_mixture_components": 3, "use_candidate_ranker": True}])
+def test_batch_inference_in_chunks_equals_one_batch_and_computes_the_prompt_once(tiny_backbone, heads):
+    model = build_model(tiny_backbone, **heads)
     model.add_city(make_retriever("nyc"))
     batch = make_batch(model.config, model.retriever("nyc"), batch_size=10)
     whole = model.predict(batch, city="nyc", k=5, batch_size=10)

@@ -1,0 +1,131 @@
+"""The heads beyond the paper inside the model: the Gaussian mixture and the history-aware candidate ranker."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_model, make_batch, make_retriever
+from transformers import AutoModel
+
+from nextlocllm_hf.modeling.mixture_nextlocllm import mixture_log_density_np, split_mixture_parameters
+
+
+@pytest.fixture
+def city():
+    return make_retriever("nyc", num_cells=60)
+
+
+def test_mixture_head_outputs_loss_and_density_ranking(tiny_backbone, city):
+    model = build_model(tiny_backbone, num_mixture_components=3).eval()
+    model.add_city(city)
+    batch = make_batch(model.config, city, batch_size=4)
+    with torch.no_grad():
+        out = model(**batch, city="nyc", top_k=8)
+    assert out.mixture_means.shape == (4, 3, 2) and out.mixture_scales.shape == (4, 3, 2)
+    torch.testing.assert_close(out.mixture_weights.sum(-1), torch.ones(4, dtype=torch.float64))
+    # The reported point is the heaviest mode.
+    heaviest = out.mixture_weights.argmax(-1)
+    torch.testing.assert_close(out.coordinates, out.mixture_means[torch.arange(4), heaviest])
+    # The loss is the mean negative log-likelihood of the true position in normalized units.
+    with torch.no_grad():
+        raw = model.mixture_head(model(**batch, city="nyc", output_hidden_states=True).hidden_states[-1][:, -1])
+    means, log_scales, log_weights = split_mixture_parameters(raw, 3)
+    std, mean = torch.tensor(city.coordinate_std), torch.tensor(city.coordinate_mean)
+    targets = ((batch["labels"] - mean) / std).float()
+    scales = log_scales.exp()
+    log_normal = (-0.5 * ((targets[:, None] - means) / scales) ** 2 - log_scales - 0.5 * np.log(2 * np.pi)).sum(-1)
+    expected = -torch.logsumexp(log_weights + log_normal, dim=-1).mean()
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
+    # Cells come out in the order of the mixture density at their centres (brute force over all cells).
+    density = mixture_log_density_np(
+        np.broadcast_to(city.xy, (4, *city.xy.shape)), out.mixture_means.numpy(), out.mixture_scales.numpy(),
+        np.log(out.mixture_weights.numpy()),
+    )
+    brute = city.cell_ids[np.argsort(-density, axis=1, kind="stable")[:, :8]]
+    np.testing.assert_array_equal(out.top_k_cells.numpy(), brute)
+
+
+def test_mixture_head_trains_and_round_trips(tiny_backbone, city, tmp_path):
+    model = build_model(tiny_backbone, num_mixture_components=2, mixture_distance_loss_weight=0.5)
+    model.add_city(city)
+    batch = make_batch(model.config, city)
+    model(**batch, city="nyc").loss.backward()
+    assert model.mixture_head.weight.grad.abs().sum() > 0
+    assert not hasattr(model, "regression_head")
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.num_mixture_components == 2
+    first, second = model.predict(batch, "nyc", k=5), loaded.predict(batch, "nyc", k=5)
+    np.testing.assert_array_equal(first.top_k_cells.numpy(), second.top_k_cells.numpy())
+
+
+@pytest.mark.parametrize("mixture", [0, 3])
+def test_candidate_ranker_ranks_its_candidates_first_and_trains(tiny_backbone, city, mixture):
+    model = build_model(tiny_backbone, use_candidate_ranker=True, num_mixture_components=mixture,
+                        candidate_neighbors=4, max_candidates=20)
+    model.add_city(city)
+    batch = make_batch(model.config, city, batch_size=3)
+    out = model(**batch, city="nyc", top_k=10)
+    assert out.candidate_cells.shape == (3, 20) and out.candidate_scores.shape == (3, 20)
+    out.loss.backward()
+    assert model.candidate_scorer.context_projection.weight.grad.abs().sum() > 0
+    for row in range(3):
+        real = out.candidate_cells[row] >= 0
+        by_score = out.candidate_cells[row][real][torch.argsort(out.candidate_scores[row][real], descending=True,
+                                                                stable=True)]
+        top = out.top_k_cells[row].tolist()
+        assert top == by_score[:10].tolist()[: len(top)]
+        # The input records' own cells are candidates.
+        assert set(batch["current_cell"][row].tolist()) <= set(out.candidate_cells[row].tolist())
+
+
+def test_candidate_ranker_has_no_per_cell_parameters_and_ranks_a_new_city(tiny_backbone, city, tmp_path):
+    model = build_model(tiny_backbone, use_candidate_ranker=True, num_mixture_components=2, max_candidates=16)
+    model.add_city(city)
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    other = make_retriever("calgary", num_cells=97, seed=5, centre=(-12_710_000.0, 6_610_000.0))
+    other.cell_ids = other.cell_ids + 10_000  # another id range: nothing in the weights refers to an id
+    loaded.add_city(other)
+    batch = make_batch(loaded.config, other, batch_size=4, seed=2)
+    result = loaded.predict(batch, "calgary", k=12)
+    assert result.top_k_cells.shape == (4, 12)
+    assert set(result.top_k_cells.flatten().tolist()) <= set(other.cell_ids.tolist())
+    assert all(len(set(row)) == 12 for row in result.top_k_cells.tolist())
+    assert not any(p.shape[0] in (city.num_cells, other.num_cells) for p in loaded.candidate_scorer.parameters())
+
+
+def test_candidate_ranker_needs_cells_and_city(tiny_backbone, city):
+    model = build_model(tiny_backbone, use_candidate_ranker=True)
+    model.add_city(city)
+    batch = make_batch(model.config, city)
+    del batch["history_cell"]
+    with pytest.raises(ValueError, match="history_cell"):
+        model(**batch, city="nyc")
+    batch = make_batch(model.config, city)
+    with pytest.raises(ValueError, match="use_candidate_ranker=True needs city="):
+        model(**batch, coordinate_mean=city.coordinate_mean, coordinate_std=city.coordinate_std)
+    batch["current_cell"] = batch["current_cell"][:, :1]
+    with pytest.raises(ValueError, match="current_cell has shape"):
+        model(**batch, city="nyc")
+
+
+@pytest.mark.parametrize("field, value", [("num_mixture_components", -1), ("max_candidates", 0),
+                                          ("candidate_loss_weight", -1.0)])
+def test_config_rejects_bad_head_fields(field, value):
+    from nextlocllm_hf import NextLocLLMConfig
+
+    with pytest.raises(ValueError, match=field):
+        NextLocLLMConfig(**{field: value})
+
+
+def test_model_card_names_the_head(tiny_backbone, city):
+    from nextlocllm_hf.model_card import build_model_card
+
+    for overrides, expected in (({}, "single point (paper)"),
+                                ({"num_mixture_components": 4, "use_candidate_ranker": True},
+                                 "4-component Gaussian mixture")):
+        model = build_model(tiny_backbone, **overrides)
+        model.add_city(city)
+        card = build_model_card(model, {"best_step": 1}, repo_id="org/x", train_cities=["nyc"])
+        assert f"| prediction head | {model.config.head_description} |" in str(card)
+        assert expected in str(card)
