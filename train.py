@@ -72,6 +72,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="re-rank the input-record cells and the cells near the prediction (listwise loss)")
     model.add_argument("--candidate_loss_weight", type=float, default=1.0, help="weight of the listwise loss")
     model.add_argument("--max_candidates", type=int, default=64, help="candidates per sample for the ranker")
+    model.add_argument("--candidate_neighbors", type=int, default=10,
+                       help="KD-tree neighbours of each predicted point / mode among the ranker's candidates")
 
     train = parser.add_argument_group("optimization")
     train.add_argument("--output_dir", required=True)
@@ -140,6 +142,7 @@ def build_model(args: argparse.Namespace, statistics: dict):
         use_candidate_ranker=args.candidate_ranker,
         candidate_loss_weight=args.candidate_loss_weight,
         max_candidates=args.max_candidates,
+        candidate_neighbors=args.candidate_neighbors,
     )
 
 

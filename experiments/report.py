@@ -37,6 +37,9 @@ LABELS = {
     "poi_hidden_states": "POI text from hidden states",
     "lora": "LoRA (r=8) instead of norms-only",
     "kd_tree_around_last_point": "KD-tree around the last point (no model)",
+    "mixture": "NextLocLLM, 5-mode mixture head",
+    "mixture_ranker": "NextLocLLM, mixture + candidate ranker",
+    "point_ranker": "NextLocLLM, point + candidate ranker",
 }
 
 
@@ -61,7 +64,7 @@ def method_table(results: dict, rows: str) -> str:
         "| MRR % | mean err km | median err km |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    methods = results["methods"]
+    methods = {name: by_rows for name, by_rows in results["methods"].items() if rows in by_rows}
     order = sorted(methods, key=lambda n: (n != MODEL, -methods[n][rows]["mean"]["hit@1"]))
     for name in order:
         s = methods[name][rows]
@@ -162,7 +165,7 @@ def plot_validation_curves(training: dict, path: Path) -> None:
 def plot_hit_at_k(results: dict, rows: str, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    methods = results["methods"]
+    methods = {name: by_rows for name, by_rows in results["methods"].items() if rows in by_rows}
     names = sorted(methods, key=lambda n: (n != MODEL, -methods[n][rows]["mean"]["hit@10"]))
     ks = (1, 5, 10, 20)
     width = 0.8 / len(names)
@@ -255,9 +258,19 @@ def main(argv=None) -> None:
     if "ablations" in results:
         doc = replace_block(doc, "ablations", ablation_table(results["ablations"]))
         training = {f"{name} (seed 0)": record for name, record in results["ablations"]["training"].items()}
-        if "supervised_nyc" in results:
+        if "supervised_nyc" in results:  # the same seed-0 run, under its supervised-table name
+            training.pop(f"{MODEL} (seed 0)", None)
             training.update(results["supervised_nyc"]["training"])
+        if "heads" in results:
+            training.update({f"{name} (seed 0)": record for name, record in results["heads"]["training"].items()})
         plot_validation_curves(training, FIGURES / "validation_curves.png")
+    if "heads" in results:
+        r = results["heads"]
+        tables = [f"**{rows}**\n\n" + method_table(r, rows) for rows in r["rows"]]
+        doc = replace_block(doc, "heads", "\n\n".join(tables) + "\n\n" + paired_lines(r))
+        for rows in r["rows"]:
+            city = rows.split("/")[0]
+            plot_hit_at_k(r, rows, f"Prediction heads, {rows}", FIGURES / f"hit_at_k_heads_{city}.png")
     if "split_seeds" in results:
         doc = replace_block(doc, "split_seeds", split_table(results["split_seeds"]))
     if (args.work_dir / "predictions").is_dir():

@@ -133,6 +133,9 @@ def heads(study: Study) -> None:
                 payload["paired_differences"][f"{head} - {best} ({rows}, {metric})"] = paired_gap(
                     methods[head], methods[best], targets, k
                 )
+                payload["paired_differences"][f"{head} - {MODEL} seed 0 ({rows}, {metric})"] = paired_gap(
+                    methods[head], methods[MODEL][:1], targets, k
+                )
     payload["training"] = {head: study.training_record(head, 0) for head in HEADS}
     write_results("heads", payload)
 

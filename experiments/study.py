@@ -163,7 +163,7 @@ class Study:
         return predictions
 
     def model_predictions(self, variant: str, seed: int, city_name: str, split_seed: int = 0) -> Predictions:
-        """The trained variant on a city's evaluation rows, ranked by that city's KD-tree retriever."""
+        """The trained variant on a city's evaluation rows, ranked by its own head among that city's cells."""
 
         def compute() -> Predictions:
             import nextlocllm_hf  # noqa: F401  (registers the Auto classes)

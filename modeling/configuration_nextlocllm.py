@@ -181,7 +181,8 @@ class NextLocLLMConfig(PreTrainedConfig):
         require(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "a value in [0, 1)")
         require(self.duration_loss_weight >= 0.0, "duration_loss_weight", "a value >= 0")
         require(
-            isinstance(self.num_mixture_components, int) and self.num_mixture_components >= 0,
+            isinstance(self.num_mixture_components, int) and not isinstance(self.num_mixture_components, bool)
+            and self.num_mixture_components >= 0,
             "num_mixture_components", "an integer >= 0 (0: the paper's single-point head)",
         )
         require(self.mixture_distance_loss_weight >= 0.0, "mixture_distance_loss_weight", "a value >= 0")

@@ -14,10 +14,11 @@ import math
 import numpy as np
 import torch
 from scipy.special import logsumexp
+from torch import nn
 
 from .retrieval_nextlocllm import CityRetriever
 
-# Log standard deviations are clamped to [LOG_SCALE_MIN, LOG_SCALE_MAX] in normalized units, i.e. sigma in about
+# Log standard deviations stay in [LOG_SCALE_MIN, LOG_SCALE_MAX] in normalized units (smooth floor, hard cap): sigma in
 # [0.0009, 20] city standard deviations (a few metres to a few hundred kilometres for a city with a 5-10 km spread).
 # The floor stops a component from collapsing onto repeated identical targets (NLL -> -inf); the ceiling keeps a
 # stray component from going flat over the whole city, where it no longer ranks anything.
@@ -38,9 +39,10 @@ def split_mixture_parameters(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split a head's `(B, 5K)` output into `means (B, K, 2)`, `log_scales (B, K, 2)` and `log_weights (B, K)`.
 
-    The layout is blocked, `[means (2K) | log-scales (2K) | weight logits (K)]`, so each group is one contiguous
-    slice of the head's weight and can be initialized on its own. Means are unconstrained, log-scales clamped to
-    [`LOG_SCALE_MIN`, `LOG_SCALE_MAX`], and log-weights are the log-softmax of the logits (normalized mixture).
+    The layout is blocked, `[means (2K) | log-scales (2K) | weight logits (K)]`: each group is one contiguous slice of
+    the head's weight. Means are unconstrained. Log-scales get a smooth floor, `LOG_SCALE_MIN + softplus(raw -
+    LOG_SCALE_MIN)` (near the identity above it, and a component squeezed onto repeated identical check-ins still gets
+    a gradient to widen again), and a hard cap at `LOG_SCALE_MAX`. Log-weights are the log-softmax of the logits.
     """
     if isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer)) or num_components < 1:
         raise ValueError(f"num_components={num_components!r}: expected a positive integer")
@@ -53,7 +55,8 @@ def split_mixture_parameters(
         )
     leading = raw.shape[:-1]
     means = raw[..., : 2 * k].reshape(*leading, k, 2)
-    log_scales = raw[..., 2 * k : 4 * k].reshape(*leading, k, 2).clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
+    raw_scales = raw[..., 2 * k : 4 * k].reshape(*leading, k, 2)
+    log_scales = (LOG_SCALE_MIN + nn.functional.softplus(raw_scales - LOG_SCALE_MIN)).clamp(max=LOG_SCALE_MAX)
     log_weights = torch.log_softmax(raw[..., 4 * k :], dim=-1)
     return means, log_scales, log_weights
 

@@ -35,6 +35,7 @@ from .candidates_nextlocllm import (
 )
 from .configuration_nextlocllm import NextLocLLMConfig
 from .mixture_nextlocllm import (
+    mixture_log_density_np,
     mixture_negative_log_likelihood,
     rank_cells_by_mixture_density,
     split_mixture_parameters,
@@ -226,9 +227,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         else:
             self.regression_head = nn.Linear(hidden, 2, bias=False)
         if config.use_candidate_ranker:
-            self.candidate_scorer = CandidateScorer(
-                candidate_feature_size(config.num_poi_classes), hidden, config.candidate_ranker_width
-            )
+            # With a mixture, one more feature: the mixture's log-density at the cell (so light modes count less).
+            num_features = candidate_feature_size(config.num_poi_classes) + bool(config.num_mixture_components)
+            self.candidate_scorer = CandidateScorer(num_features, hidden, config.candidate_ranker_width)
         if config.use_duration_head:
             self.duration_head = nn.Linear(hidden, 1, bias=False)
 
@@ -446,9 +447,10 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
 
         mixture = None
         if self.config.num_mixture_components:
-            means, log_scales, log_weights = split_mixture_parameters(
-                self.mixture_head(last_state), self.config.num_mixture_components
-            )
+            # In float32 even under autocast: bf16 rounds a z-score of 2 by ~1e-2, metres at the scale floor.
+            with torch.autocast(last_state.device.type, enabled=False):
+                raw = self.mixture_head(last_state.float())
+            means, log_scales, log_weights = split_mixture_parameters(raw, self.config.num_mixture_components)
             mixture = (means, log_scales, log_weights)
             normalized = means[torch.arange(batch_size, device=means.device), log_weights.argmax(-1)]
         else:
@@ -460,7 +462,7 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             if mixture is None:
                 loss = torch.linalg.vector_norm(coordinates - labels.double(), dim=-1).mean().to(normalized.dtype)
             else:
-                loss = self._mixture_loss(*mixture, ((labels.double() - mean) / std).to(normalized.dtype))
+                loss = self._mixture_loss(*mixture, ((labels.double() - mean) / std).float())
         duration = None
         if self.config.use_duration_head:
             log_duration = torch.relu(self.duration_head(last_state)).squeeze(-1)
@@ -473,13 +475,19 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         if mixture is not None:
             means, log_scales, log_weights = mixture
             mixture_metres = (means.double() * std[:, None] + mean[:, None], log_scales.double().exp() * std[:, None],
-                              log_weights.double().exp())
+                              log_weights.double())
         candidates = scores = None
         if self.config.use_candidate_ranker:
             if city is None or history_cell is None or current_cell is None:
                 raise ValueError("use_candidate_ranker=True needs city=, history_cell and current_cell")
-            anchors = coordinates[:, None] if mixture_metres is None else mixture_metres[0]
+            if mixture is None:
+                anchors = coordinates[:, None]
+            else:  # heaviest mode first: its neighbours come first among the candidates of each rank
+                order = mixture[2].argsort(dim=-1, descending=True)
+                anchors = mixture_metres[0].gather(1, order[..., None].expand(-1, -1, 2))
             candidates = self._candidates(city, history_cell, current_cell, current_coordinates[:, -1], anchors)
+            if mixture is not None:
+                candidates.features = self._with_mixture_density(candidates, mixture, mean, std, city)
             scores = self.candidate_scorer(
                 torch.from_numpy(candidates.features).to(last_state.device),
                 torch.from_numpy(candidates.mask).to(last_state.device),
@@ -504,7 +512,7 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             top_k_distances=top_k_distances,
             mixture_means=None if mixture_metres is None else mixture_metres[0],
             mixture_scales=None if mixture_metres is None else mixture_metres[1],
-            mixture_weights=None if mixture_metres is None else mixture_metres[2],
+            mixture_weights=None if mixture_metres is None else mixture_metres[2].exp(),
             candidate_cells=None if candidates is None else torch.from_numpy(candidates.cell_ids).to(last_state.device),
             candidate_scores=scores,
             hidden_states=backbone_outputs.hidden_states if output_hidden_states else None,
@@ -638,6 +646,21 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
                 merged[field][rows] = getattr(parts[name], field)
         return type(first)(**merged)
 
+    def _with_mixture_density(self, candidates, mixture, mean, std, city) -> np.ndarray:
+        """Candidate features plus the mixture's log-density at each cell centre, in normalized units (city-agnostic),
+        clipped to [-30, 10] and divided by 10; 0 at padding."""
+        means, log_scales, log_weights = (t.detach().double().cpu().numpy() for t in mixture)
+        mean, std = mean.cpu().numpy(), std.cpu().numpy()
+        centres = np.zeros((*candidates.cell_ids.shape, 2))
+        for name, rows in self._city_groups(city, len(centres)).items():
+            retriever = self.retriever(name)
+            cell_rows = retriever.rows_of(np.maximum(candidates.cell_ids[rows], 0))
+            centres[rows] = retriever.xy[cell_rows]
+        normalized = (centres - mean[:, None]) / std[:, None]
+        density = mixture_log_density_np(normalized, means, np.exp(log_scales), log_weights)
+        feature = np.where(candidates.mask, np.clip(density, -30.0, 10.0) / 10.0, 0.0).astype(np.float32)
+        return np.concatenate([candidates.features, feature[..., None]], axis=-1)
+
     def _rank(self, coordinates, mixture_metres, candidates, scores, city, k: int):
         """The city's top-k cells: by the head (distance or density), then re-ranked by the candidate scores."""
         points = coordinates.detach().cpu().numpy()
@@ -648,8 +671,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             if mixture_metres is None:
                 ranked, _ = retriever.query(points[rows], k)
             else:
-                means, scales, weights = (t.detach().cpu().numpy()[rows] for t in mixture_metres)
-                ranked, _ = rank_cells_by_mixture_density(retriever, means, scales, np.log(weights), k)
+                means, scales, log_weights = (t.detach().cpu().numpy()[rows] for t in mixture_metres)
+                ranked, _ = rank_cells_by_mixture_density(retriever, means, scales, log_weights, k)
             if candidates is not None:
                 ranked = merge_rankings(candidates.cell_ids[rows], scores.detach()[rows].float().cpu().numpy(),
                                         ranked, k)
@@ -671,6 +694,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         for label in ("labels", "duration_labels"):
             inputs.pop(label, None)
         total = len(inputs["history_coordinates"])
+        if total == 0:
+            raise ValueError("predict got an empty batch (0 trajectories)")
         was_training = self.training
         self.eval()
         try:

@@ -1,7 +1,8 @@
 """Scoring a model (and the baselines) on a city split: `python -m nextlocllm_hf.evaluate --model DIR --dataset DIR`.
 
-Predictions are gathered across processes with `gather_for_metrics` (every sample exactly once), then ranked with
-the city's KD-tree retriever and scored with `nextlocllm_hf.metrics`. A city the model never saw is evaluated
+Predictions and the model's own top-k cells (by distance for the paper's head, by density for the mixture head, by
+score with the candidate ranker) are gathered across processes with `gather_for_metrics` (every sample exactly once)
+and scored with `nextlocllm_hf.metrics`. A city the model never saw is evaluated
 zero-shot: its retriever (cells + statistics) is added to the model first.
 """
 
