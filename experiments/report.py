@@ -218,6 +218,12 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     ax.scatter(model_cells[:, 1], model_cells[:, 0], marker="s", s=40, facecolors="none", edgecolors="tab:red",
                label=f"NextLocLLM top-{k} cells")
     ax.scatter(predicted[:, 0], predicted[:, 1], marker="x", s=120, color="tab:red", label="predicted point")
+    head = "mixture_ranker"
+    if (study.work_dir / "predictions" / f"{head}_seed0_split0_nyc.npz").exists():  # drawn once the run exists
+        ranked = study.model_predictions(head, 0, "nyc").ranked[index, :k]
+        head_cells = retriever.latlon[[position[c] for c in ranked]]
+        ax.scatter(head_cells[:, 1], head_cells[:, 0], marker="D", s=25, color="tab:purple", alpha=0.7,
+                   label=f"{LABELS[head]} top-{k}")
     ax.scatter(target[:, 0], target[:, 1], marker="*", s=220, color="gold", edgecolors="k", label="true next")
     every = np.vstack([history, current, target, predicted, model_cells[:, ::-1], rule_cells[:, ::-1]])
     pad = 0.01

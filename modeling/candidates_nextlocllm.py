@@ -6,7 +6,7 @@ records plus the neighbours of the predicted point(s), with a per-candidate MLP.
 cell id: offsets are divided by the city's coordinate standard deviation, visit statistics are shares of the input
 records, so the same scorer serves a city with any number of cells and any id range.
 
-Candidate features, in this order (`candidate_feature_size(C) == C + 10`):
+Candidate features, in this order (`candidate_feature_size(C) == C + 11`):
 
     0-1    centre - last input point, divided by the city's coordinate_std
     2-3    centre - nearest anchor, divided by coordinate_std (nearest in these normalized units)
@@ -17,6 +17,7 @@ Candidate features, in this order (`candidate_feature_size(C) == C + 10`):
     C+7    recency 1 / (1 + number of records after its last visit); 0 if never visited
     C+8    1 if visited in the inputs, else 0
     C+9    1 if it is the last record's cell, else 0
+    C+10   within-sample Markov step: share of the visits to the last record's cell (before it) followed by this cell
 
 Unknown cell ids: a record whose cell id is not one of the retriever's cells (negative ids included, e.g. padding)
 has no centre or POI vector, so it never becomes a candidate and matches no candidate. It still counts as a record:
@@ -37,7 +38,7 @@ from .retrieval_nextlocllm import CityRetriever
 
 # Features besides the POI vector: last-point offset (2), anchor offset (2), anchor distance (1), 5 visit statistics.
 _NUM_GEOMETRY_FEATURES = 5
-_NUM_VISIT_FEATURES = 5
+_NUM_VISIT_FEATURES = 6
 
 
 def candidate_feature_size(num_poi_classes: int) -> int:
@@ -178,6 +179,10 @@ def build_candidates(
     last_visit = np.where(visits, np.arange(num_records), -1).max(axis=-1)
     visited = last_visit >= 0
     recency = np.where(visited, 1.0 / (num_records - last_visit.clip(min=0)), 0.0)
+    # Within-sample Markov step: of the records that were in the last record's cell, how many were followed by this one.
+    from_last = (record_rows[:, :-1] == record_rows[:, -1:]) & known[:, :-1] & known[:, -1:]  # (B, T-1)
+    transitions = (visits[:, :, 1:] & from_last[:, None, :]).sum(axis=-1)
+    transition_share = transitions / np.maximum(from_last.sum(axis=-1, keepdims=True), 1)
     visit_features = np.stack(
         [
             visits.sum(axis=-1) / num_records,
@@ -185,6 +190,7 @@ def build_candidates(
             recency,
             visited,
             visits[:, :, -1],
+            transition_share,
         ],
         axis=-1,
     )

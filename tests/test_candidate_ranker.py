@@ -42,15 +42,16 @@ def test_features_match_hand_computed_values():
     np.testing.assert_array_equal(candidates.mask, [[True, True, True, True, False]])
     np.testing.assert_array_equal(candidates.num_unknown_records, [1])
     assert candidates.features.dtype == np.float32
-    assert candidates.features.shape == (1, 5, candidate_feature_size(2)) == (1, 5, 12)
+    assert candidates.features.shape == (1, 5, candidate_feature_size(2)) == (1, 5, 13)
     # last offset / std, anchor offset / std, anchor distance, POI (2), record share (of all 6 records, the unknown
-    # one included), current share (of 2), recency 1 / (1 + records after the last visit), visited, is last.
+    # one included), current share (of 2), recency 1 / (1 + records after the last visit), visited, is last, and the
+    # Markov step out of the last cell (30 was never visited before t5: 0 for all).
     expected = [
-        [-0.2, 1.0, -5.8, -1.8, math.sqrt(5.8**2 + 1.8**2), 0.5, 0.5, 1 / 6, 1 / 2, 1.0, 1.0, 1.0],  # 30, last at t5
-        [1.8, 0.0, -3.8, -2.8, math.sqrt(3.8**2 + 2.8**2), 0.0, 1.0, 2 / 6, 1 / 2, 1 / 2, 1.0, 0.0],  # 20, last at t4
-        [-0.2, 0.0, -5.8, -2.8, math.sqrt(5.8**2 + 2.8**2), 1.0, 0.0, 2 / 6, 0.0, 1 / 4, 1.0, 0.0],  # 10, last at t2
-        [5.8, 3.0, 0.2, 0.2, math.sqrt(0.08), 0.25, 0.75, 0.0, 0.0, 0.0, 0.0, 0.0],  # 40, never visited
-        [0.0] * 12,  # padding
+        [-0.2, 1.0, -5.8, -1.8, math.sqrt(5.8**2 + 1.8**2), 0.5, 0.5, 1 / 6, 1 / 2, 1.0, 1.0, 1.0, 0.0],  # 30, t5
+        [1.8, 0.0, -3.8, -2.8, math.sqrt(3.8**2 + 2.8**2), 0.0, 1.0, 2 / 6, 1 / 2, 1 / 2, 1.0, 0.0, 0.0],  # 20, t4
+        [-0.2, 0.0, -5.8, -2.8, math.sqrt(5.8**2 + 2.8**2), 1.0, 0.0, 2 / 6, 0.0, 1 / 4, 1.0, 0.0, 0.0],  # 10, t2
+        [5.8, 3.0, 0.2, 0.2, math.sqrt(0.08), 0.25, 0.75, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # 40, never visited
+        [0.0] * 13,  # padding
     ]
     np.testing.assert_allclose(candidates.features[0], expected, rtol=1e-6, atol=1e-6)
 
@@ -87,10 +88,20 @@ def test_unknown_cell_ids_are_skipped_and_counted():
     np.testing.assert_array_equal(candidates.num_unknown_records, [4, 2])
     # Sample 0 knows no record: only the anchor's neighbour, with all visit features zero.
     np.testing.assert_array_equal(candidates.cell_ids, [[10, -1, -1], [10, -1, -1]])
-    np.testing.assert_array_equal(candidates.features[0, 0, -5:], np.zeros(5))
+    np.testing.assert_array_equal(candidates.features[0, 0, -6:], np.zeros(6))
     # Sample 1: cell 10 holds 2 of 4 records (unknown ones count); 1 record follows its last visit; the last record
     # (31) is unknown, so no candidate is the last record's cell.
-    np.testing.assert_allclose(candidates.features[1, 0, -5:], [0.5, 0.0, 1 / 2, 1.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(candidates.features[1, 0, -6:], [0.5, 0.0, 1 / 2, 1.0, 0.0, 0.0], rtol=1e-6)
+
+
+def test_markov_step_counts_what_followed_the_last_cell():
+    # Records 10, 20, 10, 30, 10 | 20, 10: the last cell 10 was left three times before, to 20, 30 and 20.
+    candidates = build_candidates(
+        tiny_retriever(), history_cell=[[10, 20, 10, 30, 10]], current_cell=[[20, 10]], last_point=ORIGIN[None],
+        anchors=ORIGIN[None, None], neighbors_per_anchor=0, max_candidates=3,
+    )
+    np.testing.assert_array_equal(candidates.cell_ids, [[10, 20, 30]])
+    np.testing.assert_allclose(candidates.features[0, :, -1], [0.0, 2 / 3, 1 / 3], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
