@@ -169,11 +169,13 @@ def plot_hit_at_k(results: dict, rows: str, title: str, path: Path) -> None:
     names = sorted(methods, key=lambda n: (n != MODEL, -methods[n][rows]["mean"]["hit@10"]))
     ks = (1, 5, 10, 20)
     width = 0.8 / len(names)
+    colours = plt.get_cmap("tab20").colors  # more methods than tab10 has colours
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, name in enumerate(names):
         s = methods[name][rows]
         ax.bar(np.arange(len(ks)) + i * width, [100 * s["mean"][f"hit@{k}"] for k in ks], width,
-               yerr=[100 * s["std"][f"hit@{k}"] for k in ks], label=LABELS.get(name, name), capsize=2)
+               yerr=[100 * s["std"][f"hit@{k}"] for k in ks], label=LABELS.get(name, name), capsize=2,
+               color=colours[i % len(colours)])
     ax.set_xticks(np.arange(len(ks)) + 0.4 - width / 2, [f"Hit@{k}" for k in ks])
     ax.set(ylabel="%", title=title)
     ax.legend(fontsize=7, ncol=2)

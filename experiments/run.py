@@ -41,6 +41,16 @@ def _rows_description(study: Study, city: str, split_seed: int) -> dict:
     return {"samples": int(len(targets["cell"])), "users": int(len(set(targets["user"]))), "split_seed": split_seed}
 
 
+def _gaps_to_strongest_baseline(methods: dict, scores: dict, targets: dict) -> dict:
+    """Paired Hit@1 and Hit@10 differences between the model and the best other method on each metric."""
+    baselines = [name for name in methods if name != MODEL]
+    paired = {}
+    for metric, k in (("hit@1", 1), ("hit@10", 10)):
+        best = strongest(scores, baselines, metric)
+        paired[f"{MODEL} - {best} ({metric})"] = paired_gap(methods[MODEL], methods[best], targets, k)
+    return paired
+
+
 def supervised(study: Study) -> None:
     targets = study.targets("nyc")
     methods = {
@@ -49,11 +59,7 @@ def supervised(study: Study) -> None:
         **{name: [p] for name, p in study.rule_predictions("nyc").items()},
     }
     scores = {name: score(runs, targets) for name, runs in methods.items()}
-    baselines = [name for name in methods if name != MODEL]
-    paired = {}
-    for metric, k in (("hit@1", 1), ("hit@10", 10)):
-        best = strongest(scores, baselines, metric)
-        paired[f"{MODEL} - {best} ({metric})"] = paired_gap(methods[MODEL], methods[best], targets, k)
+    paired = _gaps_to_strongest_baseline(methods, scores, targets)
     write_results("supervised_nyc", {
         "table": "NYC test, supervised", "rows": {"nyc/test": _rows_description(study, "nyc", 0)},
         "seeds": list(study.seeds), "id_classifier_epochs": ID_CLASSIFIER_EPOCHS,
@@ -71,11 +77,7 @@ def zero_shot(study: Study) -> None:
     scores = {name: score(runs, targets) for name, runs in methods.items()}
     supervised_hit1 = score([study.model_predictions(MODEL, seed, "nyc") for seed in study.seeds],
                             study.targets("nyc"))["mean"]["hit@1"]
-    baselines = [name for name in methods if name != MODEL]
-    paired = {}
-    for metric, k in (("hit@1", 1), ("hit@10", 10)):
-        best = strongest(scores, baselines, metric)
-        paired[f"{MODEL} - {best} ({metric})"] = paired_gap(methods[MODEL], methods[best], targets, k)
+    paired = _gaps_to_strongest_baseline(methods, scores, targets)
     write_results("zero_shot_calgary", {
         "table": "Calgary (all samples, never trained on), model trained on NYC",
         "rows": {"calgary/all": _rows_description(study, "calgary", 0)}, "seeds": list(study.seeds),
