@@ -211,7 +211,7 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     model_cells = retriever.latlon[[position[c] for c in prediction.ranked[index, :k]]]
     rule_cells = retriever.latlon[[position[c] for c in rules["markov_frequency_mixture"].ranked[index, :k]]]
 
-    fig, ax = plt.subplots(figsize=(7, 7))
+    fig, ax = plt.subplots(figsize=(10, 6))
     ax.scatter(retriever.latlon[:, 1], retriever.latlon[:, 0], s=2, color="0.85", label="candidate cells")
     ax.plot(history[:, 0], history[:, 1], "-o", color="0.5", ms=3, lw=0.6, label="history (40)")
     ax.plot(current[:, 0], current[:, 1], "-o", color="tab:blue", ms=4, lw=1, label="current (5)")
@@ -233,7 +233,7 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     ax.set_ylim(every[:, 1].min() - pad, every[:, 1].max() + pad)
     ax.set_aspect(1 / np.cos(np.radians(every[:, 1].mean())))
     ax.set(xlabel="longitude", ylabel="latitude", title=f"NYC test sample {index} (user with the median count)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: it must not hide a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
