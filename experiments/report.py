@@ -199,7 +199,6 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     prediction = study.model_predictions(MODEL, 0, "nyc")
     rules = study.rule_predictions("nyc")
     retriever = study.city("nyc").retriever()
-    position = {cell: i for i, cell in enumerate(retriever.cell_ids)}
 
     def lonlat(xy):
         return mercator_to_lonlat(np.asarray(xy, dtype=np.float64).reshape(-1, 2))
@@ -208,8 +207,8 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     current = lonlat(arrays["current_coordinates"][index])
     target = lonlat(arrays["target_coordinates"][index])
     predicted = lonlat(prediction.xy[index])
-    model_cells = retriever.latlon[[position[c] for c in prediction.ranked[index, :k]]]
-    rule_cells = retriever.latlon[[position[c] for c in rules["markov_frequency_mixture"].ranked[index, :k]]]
+    model_cells = retriever.latlon[retriever.rows_of(prediction.ranked[index, :k])]
+    rule_cells = retriever.latlon[retriever.rows_of(rules["markov_frequency_mixture"].ranked[index, :k])]
 
     fig, ax = plt.subplots(figsize=(10, 6))
     ax.scatter(retriever.latlon[:, 1], retriever.latlon[:, 0], s=2, color="0.85", label="candidate cells")
@@ -223,7 +222,7 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     head = "mixture_ranker"
     if (study.work_dir / "predictions" / f"{head}_seed0_split0_nyc.npz").exists():  # drawn once the run exists
         ranked = study.model_predictions(head, 0, "nyc").ranked[index, :k]
-        head_cells = retriever.latlon[[position[c] for c in ranked]]
+        head_cells = retriever.latlon[retriever.rows_of(ranked)]
         ax.scatter(head_cells[:, 1], head_cells[:, 0], marker="D", s=25, color="tab:purple", alpha=0.7,
                    label=f"{LABELS[head]} top-{k}")
     ax.scatter(target[:, 0], target[:, 1], marker="*", s=220, color="gold", edgecolors="k", label="true next")

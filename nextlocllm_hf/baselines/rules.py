@@ -130,8 +130,7 @@ class CellIndex:
 
     def __init__(self, retriever: CityRetriever):
         self.retriever = retriever
-        self.order = np.argsort(retriever.cell_ids, kind="stable")
-        self.sorted_ids = retriever.cell_ids[self.order]
+        self.sorted_ids = np.sort(retriever.cell_ids)
 
     def __len__(self) -> int:
         return len(self.sorted_ids)
@@ -150,8 +149,11 @@ class CellIndex:
         return pos_c
 
     def rows(self, ids: np.ndarray, what: str = "cell ids") -> np.ndarray:
-        """Row of each id in the retriever's arrays (``retriever.xy[rows(ids)]``)."""
-        return self.order[self.positions(ids, what)]
+        """Row of each id in the retriever's arrays (``retriever.xy[rows(ids)]``), via ``retriever.rows_of``."""
+        rows = self.retriever.rows_of(ids)
+        if (rows < 0).any():
+            self.positions(ids, what)  # raises the ValueError naming the unknown ids
+        return rows
 
 
 def top1_centroid_xy(ranked_cells: np.ndarray, retriever: CityRetriever) -> np.ndarray:
