@@ -1,8 +1,10 @@
 """The main job end to end on the embedded SmolLM2 backbone, offline, in a few minutes on 2 CPU cores.
 
-1. build two synthetic cities (EPR mobility model) with `dataset_scripts/build_city.py`'s pipeline;
-2. train NextLocLLM on the first with `train.py` (SmolLM2-135M cut to a few blocks), select on validation,
-   test once, score the baselines on the same samples and evaluate zero-shot on the second city;
+1. build two synthetic cities (EPR mobility with daily routines) with `dataset_scripts/build_city.py`'s pipeline;
+2. train NextLocLLM on the first with `train.py` in its best form on real check-ins (docs/results.md): the
+   `at_time` task ("where will this user be at t?") with the candidate ranker over query-time-aware features and the
+   backbone's states (SmolLM2-135M cut to a few blocks); select on validation, test once, score the rules and the
+   boosted-tree ranker on the same samples and evaluate zero-shot on the second city;
 3. reload the exported folder through `AutoModel` and print the top-k cells for one trajectory of the new city;
 4. save a figure: validation curve and that trajectory on a map.
 
@@ -53,7 +55,7 @@ def show_top_k(model_dir: Path, city_path: str, k: int) -> dict:
     """Reload through AutoModel (no flag) and rank the new city's cells for one of its test trajectories."""
     model = AutoModel.from_pretrained(model_dir)
     city = load_city_splits(city_path)
-    samples = CitySamples(city.splits["test"], {city.name: city.statistics})
+    samples = CitySamples(city.splits["test"], {city.name: city.statistics}, task_mode=model.config.task_mode)
     batch = samples[0]
     output = model.predict(batch, city=city.name, k=k)
     retriever = model.retriever(city.name)
@@ -64,8 +66,11 @@ def show_top_k(model_dir: Path, city_path: str, k: int) -> dict:
     for day, hour, cell in zip(batch["current_day"][0], batch["current_hour"][0], batch["current_cell"][0].tolist()):
         print(f"  day {int(day)} {int(hour):02d}h  cell {cell:4d}  ({lat[cell]:.5f}, {lon[cell]:.5f})")
     target = int(batch["target_cell"][0])
+    if model.config.task_mode == "at_time":
+        print(f"query: where at day {int(batch['target_day'][0])} {int(batch['target_hour'][0]):02d}h, "
+              f"{float(batch['target_time_gap'][0]):.1f} h after the last visit?")
     print(f"true next cell: {target} ({lat[target]:.5f}, {lon[target]:.5f})")
-    print(f"top-{k} predicted cells (distance from the regressed point):")
+    print(f"top-{k} cells ({model.config.head_description}; distance from the model's point):")
     for rank, (cell, distance) in enumerate(zip(output.top_k_cells[0].tolist(), output.top_k_distances[0]), start=1):
         mark = "  <- true next cell" if cell == target else ""
         print(f"  {rank}. cell {cell:4d}  ({lat[cell]:.5f}, {lon[cell]:.5f})  {float(distance):6.0f} m{mark}")
@@ -135,6 +140,12 @@ def main() -> None:
             "--max_eval_samples", "256",
             "--per_device_batch_size", "32",
             "--learning_rate", "1e-3",
+            "--task_mode", "at_time",
+            "--regression_target", "offset_from_last",
+            "--candidate_ranker",
+            "--candidate_loss_weight", "10000",
+            "--ranker_feature_path_learning_rate", "1e-4",
+            "--gbdt_baseline",
         ]
     )
     timings["train + test + baselines + zero-shot"] = time.perf_counter() - started

@@ -10,6 +10,13 @@ Reports training-step time (forward + backward + Adam step), inference samples/s
 (counted by torch's FlopCounterMode) against this machine's measured fp32 matmul peak. Then cKDTree against brute
 force for 1k to 1M cells. Writes benchmarks/RESULTS.md and ends with
 `train_speedup=X infer_speedup=Y max_abs_diff=Z` for SmolLM2 at batch 64.
+
+    python benchmarks/bench_model.py --ranker [--threads 2] [--repeats 3]
+
+Pairs, in one run, inference of the SmolLM2 model (default 6 blocks, `at_time`) with and without the candidate ranker
+on a 2,000-cell city: samples/s of `model.predict` (top-10), and the ranker's own cost (candidate features in numpy +
+the scorer) next to the backbone forward it rides on. Writes benchmarks/RANKER.md and ends with
+`ranker_over_backbone=X`, which must stay below 1.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
+RANKER_RESULTS = HERE / "RANKER.md"
 BACKBONES = ("smollm2-135m", "gpt2-small-random")
 
 
@@ -35,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--ranker", action="store_true", help="benchmark the candidate ranker instead (RANKER.md)")
     parser.add_argument("--worker", nargs=3, metavar=("BACKBONE", "VARIANT", "BATCH"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -145,6 +154,99 @@ def worker(backbone: str, variant: str, batch_size: int, repeats: int) -> dict:
     }
 
 
+def ranker_worker(variant: str, batch_size: int, repeats: int) -> dict:
+    """`model.predict` samples/s of the at_time SmolLM2 model with (`ranker`) or without (`plain`) the ranker, and the
+    ranker's parts timed alone: candidate features (numpy) and the scorer, against the backbone forward."""
+    import numpy as np
+    import torch
+
+    from nextlocllm_hf import CityRetriever, NextLocLLMForCoordinateRegression
+    from nextlocllm_hf.modeling.candidates_nextlocllm import build_candidates
+
+    torch.manual_seed(0)
+    model = NextLocLLMForCoordinateRegression.from_backbone(
+        "smollm2-135m", task_mode="at_time", regression_target="offset_from_last",
+        use_candidate_ranker=variant == "ranker")
+    rng = np.random.default_rng(0)
+    index = np.arange(2_000)
+    xy = np.stack([index % 50, index // 50], axis=1) * 795.0 + np.array([-8.24e6, 4.97e6])
+    poi = rng.dirichlet(np.ones(model.config.num_poi_classes), size=len(index)).astype(np.float32)
+    city = CityRetriever("bench", index, xy, np.zeros((len(index), 2)), poi, xy.mean(axis=0), xy.std(axis=0))
+    model.add_city(city)
+    batch = {}
+    for part, length in (("history", model.config.history_length), ("current", model.config.current_length)):
+        places = rng.integers(0, 40, (batch_size, length)) + rng.integers(0, 1_900, (batch_size, 1))  # a user's area
+        batch[f"{part}_cell"] = torch.from_numpy(places)
+        batch[f"{part}_coordinates"] = torch.from_numpy(xy[places])
+        batch[f"{part}_day"] = torch.from_numpy(rng.integers(0, 7, places.shape))
+        batch[f"{part}_hour"] = torch.from_numpy(rng.integers(0, 24, places.shape))
+        batch[f"{part}_duration"] = torch.from_numpy(rng.exponential(2.0, places.shape).astype(np.float32))
+        batch[f"{part}_poi"] = torch.from_numpy(poi[places])
+    batch.update(target_day=torch.from_numpy(rng.integers(0, 7, batch_size)),
+                 target_hour=torch.from_numpy(rng.integers(0, 24, batch_size)),
+                 target_time_gap=torch.from_numpy(rng.exponential(3.0, batch_size).astype(np.float32)))
+    model.eval()
+    predict = lambda: model.predict(batch, city="bench", k=10, batch_size=batch_size)  # noqa: E731
+    result = {"predict_seconds": median_seconds(predict, repeats)}
+    tokens = torch.randn(batch_size, model.config.history_length + model.config.current_length + 1,
+                         model.config.hidden_size)
+
+    def backbone():
+        with torch.no_grad():
+            model._run_backbone(tokens, False)
+
+    result["backbone_seconds"] = median_seconds(backbone, repeats)
+    if variant == "ranker":
+        arrays = {name: value.numpy() for name, value in batch.items()}
+        config = model.config
+        features = lambda: build_candidates(city, arrays, "at_time", config.candidate_neighbors,  # noqa: E731
+                                            config.max_candidates)
+        result["features_seconds"] = median_seconds(features, repeats)
+        candidates = features()
+        states = torch.randn(batch_size, tokens.shape[1] - 1, config.hidden_size)
+
+        def scorer():
+            with torch.no_grad():
+                model.candidate_scorer(torch.from_numpy(candidates.features), torch.from_numpy(candidates.mask),
+                                       states[:, -1], torch.from_numpy(candidates.record_weights) @ states)
+
+        result["scorer_seconds"] = median_seconds(scorer, repeats)
+    return result
+
+
+def ranker_main(args: argparse.Namespace) -> None:
+    batch = max(args.batches)
+    runs = {}
+    for variant in ("plain", "ranker"):
+        command = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats),
+                   "--worker", "ranker", variant, str(batch)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+        runs[variant] = json.loads(result.stdout.strip().splitlines()[-1])
+    plain, ranker = runs["plain"], runs["ranker"]
+    overhead = ranker["features_seconds"] + ranker["scorer_seconds"]
+    lines = [
+        "# Benchmark: the candidate ranker's inference cost",
+        "",
+        f"Machine: {machine_description(args.threads)}. Medians of {args.repeats} repeats after one warm-up; each "
+        f"variant in its own process. SmolLM2-135M, default 6 blocks, task_mode at_time, offset head, batch {batch}, "
+        "a 2,000-cell city, top-10.",
+        "",
+        "| variant | predict samples/s | backbone forward s | candidate features s | scorer s |",
+        "|---|---|---|---|---|",
+        f"| without ranker | {batch / plain['predict_seconds']:.1f} | {plain['backbone_seconds']:.3f} | - | - |",
+        f"| with ranker | {batch / ranker['predict_seconds']:.1f} | {ranker['backbone_seconds']:.3f} | "
+        f"{ranker['features_seconds']:.3f} | {ranker['scorer_seconds']:.3f} |",
+        "",
+        f"The ranker (features + scorer) costs {overhead:.3f} s per batch, {overhead / ranker['backbone_seconds']:.2f}x "
+        f"the backbone forward; predict slows by {plain['predict_seconds'] / ranker['predict_seconds']:.2f}x "
+        "(samples/s with / without).",
+    ]
+    RANKER_RESULTS.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"ranker_over_backbone={overhead / ranker['backbone_seconds']:.2f}")
+
+
 # ------------------------------------------------------------------------------------------------------ the driver
 def matmul_peak(threads: int) -> float:
     import torch
@@ -209,7 +311,12 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         backbone, variant, batch = args.worker
-        print(json.dumps(worker(backbone, variant, int(batch), args.repeats)))
+        work = ranker_worker(variant, int(batch), args.repeats) if backbone == "ranker" else worker(
+            backbone, variant, int(batch), args.repeats)
+        print(json.dumps(work))
+        return
+    if args.ranker:
+        ranker_main(args)
         return
 
     from tqdm.auto import tqdm

@@ -40,7 +40,16 @@ LABELS = {
     "mixture": "NextLocLLM, 5-mode mixture head",
     "mixture_ranker": "NextLocLLM, mixture + candidate ranker",
     "point_ranker": "NextLocLLM, point + candidate ranker",
+    "nextlocllm_ranker": "NextLocLLM, time-aware candidate ranker",
+    "nextlocllm_ranker_no_time_features": "NextLocLLM ranker without time-conditioned features",
+    "nextlocllm_offset_head": "NextLocLLM, offset-from-last-point head",
+    "nextlocllm_paper_head": "NextLocLLM, paper head (absolute point)",
+    "gbdt_ranker": "gbdt_ranker (boosted trees, same features)",
+    "feature_mlp_ranker": "ranker without the LLM (same scorer, features only)",
+    "hour_frequency": "hour frequency (±2 h of the reference hour)",
+    "geometric_median": "geometric median of the inputs (point)",
 }
+RANKING_ROWS = ("nyc/test/at_time", "nyc/test/next", "calgary/all/at_time", "calgary/all/next")
 
 
 def pct(value: float) -> str:
@@ -81,6 +90,82 @@ def paired_lines(results: dict) -> str:
         f"- {name}: {100 * d['estimate']:+.1f} points, 95% CI [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
         for name, d in results["paired_differences"].items()
     )
+
+
+def ranking_table(results: dict, rows: str) -> str:
+    """One task mode on one set of rows: every method, and its paired Hit@1 / Hit@10 gap to the strongest baseline."""
+    strongest = {metric: results["strongest_baseline"][f"{rows} {metric}"]["any"] for metric in ("hit@1", "hit@10")}
+    lines = [
+        f"| method | Hit@1 % | 95% CI (users) | Δ Hit@1 vs {LABELS.get(strongest['hit@1'], strongest['hit@1'])} "
+        f"| Hit@5 % | Hit@10 % | Δ Hit@10 vs {LABELS.get(strongest['hit@10'], strongest['hit@10'])} | MRR % "
+        "| median err km |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    methods = {name: by_rows[rows] for name, by_rows in results["methods"].items() if rows in by_rows}
+    diffs = results["paired_differences"]
+
+    def delta(name: str, metric: str) -> str:
+        d = diffs.get(f"{name} - {strongest[metric]} ({rows}, {metric})")
+        return "" if d is None else f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+    for name in sorted(methods, key=lambda n: ("nextlocllm" not in n, -methods[n]["mean"]["hit@1"])):
+        score = methods[name]
+        lines.append(
+            f"| {LABELS.get(name, name)} | {pct(score['mean']['hit@1'])} | {ci(score, 1)} | {delta(name, 'hit@1')} "
+            f"| {pct(score['mean']['hit@5'])} | {pct(score['mean']['hit@10'])} | {delta(name, 'hit@10')} "
+            f"| {pct(score['mean']['mrr'])} | {score['mean']['median_error_m'] / 1000:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def ranking_gaps(results: dict, rows: str, name: str = "nextlocllm_ranker") -> str:
+    """The model's ranker against gbdt_ranker and the strongest rule, paired, on these rows."""
+    out = []
+    for metric in ("hit@1", "hit@10"):
+        rule = results["strongest_baseline"][f"{rows} {metric}"]["rule"]
+        for other in dict.fromkeys(["gbdt_ranker", rule]):
+            d = results["paired_differences"].get(f"{name} - {other} ({rows}, {metric})")
+            if d is not None:
+                out.append(f"{metric} {name} − {other}: {100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, "
+                           f"{100 * d['high']:+.1f}]")
+    return "Paired (user bootstrap): " + "; ".join(out) + "."
+
+
+def ranking_training_lines(results: dict) -> str:
+    lines = [f"Budget per run: `{json.dumps(results['budget'])}` plus each variant's flags (`MODES` in "
+             "experiments/study.py); machine: " + results["machine"] + ".", "",
+             "| training run | steps | best step (validation Hit@1) | wall time (min) | features-only warm start |",
+             "|---|---|---|---|---|"]
+    for name, record in results["training"].items():
+        steps = record["validation_history"][-1]["step"]
+        best = f"{record['best_step']} ({pct(record['best_validation']['hit@1'])} %)"
+        warm = record.get("ranker_warm_start")
+        warm = "—" if not warm else f"{warm['epochs']} epochs, validation Hit@1 {pct(max(warm['validation_hit@1']))} %"
+        lines.append(f"| {name} | {steps} | {best} | {record['training_seconds'] / 60:.1f} | {warm} |")
+    return "\n".join(lines)
+
+
+def plot_ranking(results: dict, path: Path) -> None:
+    """Hit@1 with user-bootstrap intervals, per task mode and city, for the model's rows and the baselines."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(RANKING_ROWS), figsize=(16, 5), sharey=True)
+    for ax, rows in zip(axes, RANKING_ROWS):
+        methods = {n: by_rows[rows] for n, by_rows in results["methods"].items() if rows in by_rows}
+        names = sorted(methods, key=lambda n: -methods[n]["mean"]["hit@1"])
+        values = [100 * methods[n]["mean"]["hit@1"] for n in names]
+        low = [100 * methods[n]["hit@1_user_ci95"]["low"] for n in names]
+        high = [100 * methods[n]["hit@1_user_ci95"]["high"] for n in names]
+        colours = ["tab:red" if "nextlocllm" in n else "tab:orange" if n in ("gbdt_ranker", "feature_mlp_ranker")
+                   else "tab:grey" for n in names]
+        ax.barh(np.arange(len(names)), values, color=colours,
+                xerr=[np.subtract(values, low), np.subtract(high, values)], capsize=2)
+        ax.set_yticks(np.arange(len(names)), [LABELS.get(n, n) for n in names], fontsize=7)
+        ax.invert_yaxis()
+        ax.set(xlabel="Hit@1 % (95% CI, users)", title=rows)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def ablation_table(results: dict) -> str:
@@ -185,7 +270,8 @@ def plot_hit_at_k(results: dict, rows: str, title: str, path: Path) -> None:
 
 
 def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
-    """One NYC test sample, chosen by a fixed rule (first sample of the test user with the median sample count)."""
+    """One NYC test sample, chosen by a fixed rule (first sample of the test user with the median sample count): the
+    time-aware ranker (at_time), the boosted ranker and the strongest rule."""
     import matplotlib.pyplot as plt
 
     from nextlocllm_hf.columns import rows_to_arrays
@@ -196,8 +282,9 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     users, first, counts = np.unique(np.asarray(arrays["user_id"]).astype(str), return_index=True, return_counts=True)
     order = np.argsort(counts, kind="stable")
     index = int(first[order[len(order) // 2]])
-    prediction = study.model_predictions(MODEL, 0, "nyc")
-    rules = study.rule_predictions("nyc")
+    prediction = study.model_predictions("nextlocllm_ranker/at_time", 0, "nyc")
+    gbdt = study.feature_ranker_predictions("gbdt_ranker", "at_time", "nyc")
+    rules = study.rule_predictions("nyc", task_mode="at_time")
     retriever = study.city("nyc").retriever()
 
     def lonlat(xy):
@@ -217,14 +304,12 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     ax.scatter(rule_cells[:, 1], rule_cells[:, 0], s=90, facecolors="none", edgecolors="tab:green",
                label=f"Markov+frequency top-{k}")
     ax.scatter(model_cells[:, 1], model_cells[:, 0], marker="s", s=40, facecolors="none", edgecolors="tab:red",
-               label=f"NextLocLLM top-{k} cells")
-    ax.scatter(predicted[:, 0], predicted[:, 1], marker="x", s=120, color="tab:red", label="predicted point")
-    head = "mixture_ranker"
-    if (study.work_dir / "predictions" / f"{head}_seed0_split0_nyc.npz").exists():  # drawn once the run exists
-        ranked = study.model_predictions(head, 0, "nyc").ranked[index, :k]
-        head_cells = retriever.latlon[retriever.rows_of(ranked)]
-        ax.scatter(head_cells[:, 1], head_cells[:, 0], marker="D", s=25, color="tab:purple", alpha=0.7,
-                   label=f"{LABELS[head]} top-{k}")
+               label=f"NextLocLLM ranker (at_time) top-{k} cells")
+    ax.scatter(model_cells[:1, 1], model_cells[:1, 0], marker="s", s=40, color="tab:red", label="its top-1")
+    ax.scatter(predicted[:, 0], predicted[:, 1], marker="x", s=120, color="tab:red", label="its point (offset head)")
+    gbdt_cells = retriever.latlon[retriever.rows_of(gbdt.ranked[index, :k])]
+    ax.scatter(gbdt_cells[:, 1], gbdt_cells[:, 0], marker="D", s=25, color="tab:purple", alpha=0.7,
+               label=f"gbdt_ranker top-{k}")
     ax.scatter(target[:, 0], target[:, 1], marker="*", s=220, color="gold", edgecolors="k", label="true next")
     every = np.vstack([history, current, target, predicted, model_cells[:, ::-1], rule_cells[:, ::-1]])
     pad = 0.01
@@ -280,7 +365,13 @@ def main(argv=None) -> None:
             plot_hit_at_k(r, rows, f"Prediction heads, {rows}", FIGURES / f"hit_at_k_heads_{city}.png")
     if "split_seeds" in results:
         doc = replace_block(doc, "split_seeds", split_table(results["split_seeds"]))
-    if (args.work_dir / "predictions").is_dir():
+    if "ranking" in results:
+        r = results["ranking"]
+        tables = [f"**{rows}** ({r['rows'][rows]['samples']:,} samples, {r['rows'][rows]['users']} users)\n\n"
+                  + ranking_table(r, rows) + "\n\n" + ranking_gaps(r, rows) for rows in RANKING_ROWS]
+        doc = replace_block(doc, "ranking", "\n\n".join(tables) + "\n\n" + ranking_training_lines(r))
+        plot_ranking(r, FIGURES / "ranking_modes.png")
+    if (args.work_dir / "predictions" / "nextlocllm_ranker_at_time_seed0_split0_nyc.npz").exists():
         chosen = plot_trajectory_map(Study(args.data.resolve(), args.work_dir), FIGURES / "test_trajectory_map.png")
         print(f"map of NYC test {chosen}")
     doc_path.write_text(doc)

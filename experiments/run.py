@@ -5,6 +5,7 @@
     python experiments/run.py ablations   --data ../shared/data     # prompt, LLM-POI, POI text, LoRA, ID, KD-tree
     python experiments/run.py heads       --data ../shared/data     # mixture head and candidate ranker (beyond the paper)
     python experiments/run.py split_seeds --data ../shared/data     # does the ranking of methods hold on another split?
+    python experiments/run.py ranking     --data ../shared/data     # both task modes: model heads vs gbdt and rules
     python experiments/report.py                                    # plots + tables into docs/
 
 Trained models, predictions and built cities are cached in --work_dir (default runs/study), so tables that share
@@ -23,6 +24,7 @@ from study import (  # noqa: E402  (the experiments folder is not a package)
     BUDGET,
     HEADS,
     ID_CLASSIFIER_EPOCHS,
+    MODES,
     REPO_ROOT,
     VARIANTS,
     Study,
@@ -161,12 +163,53 @@ def split_seeds(study: Study) -> None:
     write_results("split_seeds", payload)
 
 
+def ranking(study: Study) -> None:
+    """Issue 12: NYC test and Calgary zero-shot in both task modes; every method on the same rows; paired
+    user-bootstrap gaps of each learned method against the strongest baseline of its mode (rules, point references
+    and learned rankers without a language model)."""
+    payload: dict = {"table": "task modes: NextLocLLM heads vs the boosted ranker and the rules (seed 0)",
+                     "methods": {}, "paired_differences": {}, "rows": {}, "strongest_baseline": {},
+                     "model_flags": MODES}
+    for city in ("nyc", "calgary"):
+        targets = study.targets(city)
+        split = "test" if city == "nyc" else "all"
+        for mode in ("next", "at_time"):
+            key = f"{city}/{split}/{mode}"
+            payload["rows"][key] = _rows_description(study, city, 0)
+            rules = study.rule_predictions(city, task_mode=mode)
+            baselines = {
+                **{name: [p] for name, p in rules.items()},
+                "geometric_median": [study.geometric_median_predictions(city)],
+                "gbdt_ranker": [study.feature_ranker_predictions("gbdt_ranker", mode, city)],
+                "feature_mlp_ranker": [study.feature_ranker_predictions("feature_mlp_ranker", mode, city)],
+            }
+            models = {variant.split("/")[0]: [study.model_predictions(variant, 0, city)]
+                      for variant in MODES if variant.endswith(f"/{mode}")}
+            methods = {**models, **baselines}
+            scores = {name: score(runs, targets) for name, runs in methods.items()}
+            for name, s in scores.items():
+                payload["methods"].setdefault(name, {})[key] = s
+            rule_names = [*rules, "geometric_median"]
+            for metric, k in (("hit@1", 1), ("hit@10", 10)):
+                best_rule = strongest(scores, rule_names, metric)
+                best_baseline = strongest(scores, list(baselines), metric)
+                payload["strongest_baseline"][f"{key} {metric}"] = {"rule": best_rule, "any": best_baseline}
+                for name in [*models, "gbdt_ranker", "feature_mlp_ranker"]:
+                    for other in dict.fromkeys([best_rule, best_baseline, "gbdt_ranker"]):
+                        if other != name:
+                            payload["paired_differences"][f"{name} - {other} ({key}, {metric})"] = paired_gap(
+                                methods[name], methods[other], targets, k)
+    payload["training"] = {variant: study.training_record(variant, 0) for variant in MODES}
+    write_results("ranking", payload)
+
+
 TABLES = {
     "supervised": supervised,
     "zero_shot": zero_shot,
     "ablations": ablations,
     "heads": heads,
     "split_seeds": split_seeds,
+    "ranking": ranking,
 }
 
 

@@ -39,7 +39,7 @@ BUDGET = {
     "per_device_batch_size": 32,
     "learning_rate": 1e-3,
     "eval_steps": 207,
-    "max_eval_samples": 1000,
+    "max_eval_samples": 5000,
 }
 
 # Ablations: extra train.py flags on top of the paper-default model.
@@ -57,6 +57,21 @@ HEADS: dict[str, list[str]] = {
     "mixture": ["--num_mixture_components", "5"],
     "mixture_ranker": ["--num_mixture_components", "5", "--candidate_ranker"],
     "point_ranker": ["--candidate_ranker", "--candidate_loss_weight", "1000"],
+}
+
+# Issue 12: every method in both task modes. The model's rows: the paper's point head, the offset-from-last-point head
+# and the time-aware candidate ranker (and the ranker without the time-conditioned features), keyed "<variant>/<mode>".
+# The scorer's feature path starts from the features-only ranker (warm start), so it learns slowly while the context
+# path, the record embeddings and the backbone's norms learn at the main rate; the listwise loss outweighs the point's
+# loss in metres (the ranking is the output).
+RANKER = ["--regression_target", "offset_from_last", "--candidate_ranker", "--candidate_loss_weight", "10000",
+          "--ranker_feature_path_learning_rate", "1e-4"]
+MODES: dict[str, list[str]] = {
+    "nextlocllm_ranker/at_time": ["--task_mode", "at_time", *RANKER],
+    "nextlocllm_ranker/next": ["--task_mode", "next", *RANKER],
+    "nextlocllm_offset_head/next": ["--task_mode", "next", "--regression_target", "offset_from_last"],
+    "nextlocllm_paper_head/next": ["--task_mode", "next"],
+    "nextlocllm_ranker_no_time_features/at_time": ["--task_mode", "at_time", *RANKER, "--no_candidate_time_features"],
 }
 
 ID_CLASSIFIER_EPOCHS = 15
@@ -80,6 +95,7 @@ class Study:
     work_dir: Path
     seeds: Sequence[int] = (0, 1, 2)
     _cities: dict = field(default_factory=dict)
+    _rankers: dict = field(default_factory=dict)  # fitted feature rankers, shared by the cities they rank
 
     # -------------------------------------------------------------------------------------------------------------
     # data
@@ -126,7 +142,7 @@ class Study:
     # training
 
     def run_dir(self, variant: str, seed: int, split_seed: int = 0) -> Path:
-        return self.work_dir / "runs" / f"{variant}_seed{seed}_split{split_seed}"
+        return self.work_dir / "runs" / f"{variant.replace('/', '_')}_seed{seed}_split{split_seed}"
 
     def train(self, variant: str, seed: int, split_seed: int = 0) -> Path:
         """Train one variant on NYC with `train.py` in a fresh process; returns the run folder."""
@@ -136,7 +152,7 @@ class Study:
         nyc = self.city("nyc", split_seed)
         command = [
             sys.executable, str(REPO_ROOT / "train.py"), "--dataset", nyc.path, "--output_dir", str(run_dir),
-            "--seed", str(seed), *[f"--{k}={v}" for k, v in BUDGET.items()], *{**VARIANTS, **HEADS}[variant],
+            "--seed", str(seed), *[f"--{k}={v}" for k, v in BUDGET.items()], *{**VARIANTS, **HEADS, **MODES}[variant],
         ]
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"training {run_dir.name} (log: {run_dir / 'train.log'})", flush=True)
@@ -147,7 +163,9 @@ class Study:
 
     def training_record(self, variant: str, seed: int, split_seed: int = 0) -> dict:
         results = json.loads((self.run_dir(variant, seed, split_seed) / "results.json").read_text())
-        return {k: results[k] for k in ("best_step", "best_validation", "validation_history", "training_seconds")}
+        keys = ("best_step", "best_validation", "validation_history", "training_seconds", "training_history",
+                "ranker_warm_start")
+        return {k: results[k] for k in keys if k in results}
 
     # -------------------------------------------------------------------------------------------------------------
     # predictions (cached per method, city and split)
@@ -176,16 +194,17 @@ class Study:
             city = self.city(city_name, split_seed)
             if city.name not in model.cities:
                 model.add_city(city.retriever())  # zero-shot: the new city's cells and statistics
-            samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.statistics})
+            samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.statistics},
+                                  task_mode=model.config.task_mode)
             _, raw = evaluate_model(model, samples, batch_size=128, description=f"{variant} seed {seed} {city_name}")
             return Predictions(raw["ranked"], raw["coordinates"])  # ranked by the model's own head
 
-        return self._cached(f"{variant}_seed{seed}_split{split_seed}_{city_name}", compute)
+        return self._cached(f"{variant.replace('/', '_')}_seed{seed}_split{split_seed}_{city_name}", compute)
 
-    def rule_predictions(self, city_name: str, split_seed: int = 0) -> dict[str, Predictions]:
-        """Every rule baseline; in the zero-shot city no rule may learn from that city's other users."""
-        from nextlocllm_hf.baselines import RULE_BASELINES, top1_centroid_xy
-        from nextlocllm_hf.baselines import rank_rule_baselines
+    def rule_predictions(self, city_name: str, split_seed: int = 0, task_mode: str = "next") -> dict[str, Predictions]:
+        """Every rule baseline; in the zero-shot city no rule may learn from that city's other users. The time-aware
+        rules refer to the query in `at_time` mode and to the last record in `next` mode."""
+        from nextlocllm_hf.baselines import RULE_BASELINES, TIME_AWARE_RULES, rank_rule_baselines, top1_centroid_xy
 
         city = self.city(city_name, split_seed)
         zero_shot = city_name == "calgary"
@@ -196,12 +215,47 @@ class Study:
             def compute(name=name) -> Predictions:
                 ranked = rank_rule_baselines(
                     None if zero_shot else city.splits["train"], self.rows(city_name, split_seed), retriever,
-                    k=MAX_RANK, names=[name],
+                    k=MAX_RANK, names=[name], task_mode=task_mode,
                 )[name]
                 return Predictions(ranked, top1_centroid_xy(ranked, retriever))
 
-            out[name] = self._cached(f"{name}_split{split_seed}_{city_name}", compute)
+            key = f"{name}_{task_mode}" if name in TIME_AWARE_RULES else name
+            out[name] = self._cached(f"{key}_split{split_seed}_{city_name}", compute)
         return out
+
+    def feature_ranker_predictions(self, name: str, task_mode: str, city_name: str, seed: int = 0,
+                                   split_seed: int = 0, **settings) -> Predictions:
+        """A learned ranker over the model's candidate features without a language model (`gbdt_ranker`,
+        `feature_mlp_ranker`), trained on NYC's training users and selected on its validation users."""
+        from nextlocllm_hf.baselines import FEATURE_RANKERS, top1_centroid_xy
+
+        def compute() -> Predictions:
+            key = (name, task_mode, seed, split_seed, tuple(sorted(settings.items())))
+            if key not in self._rankers:
+                nyc = self.city("nyc", split_seed)
+                self._rankers[key] = FEATURE_RANKERS[name](task_mode, seed=seed, **settings).fit(
+                    nyc.splits["train"], nyc.splits["validation"], nyc.retriever())
+            ranker = self._rankers[key]
+            retriever = self.city(city_name, split_seed).retriever()
+            ranked = ranker.rank(self.rows(city_name, split_seed), retriever, MAX_RANK)
+            return Predictions(ranked, top1_centroid_xy(ranked, retriever))
+
+        suffix = "".join(f"_{key}{value}" for key, value in sorted(settings.items()))
+        return self._cached(f"{name}_{task_mode}{suffix}_seed{seed}_split{split_seed}_{city_name}", compute)
+
+    def geometric_median_predictions(self, city_name: str, split_seed: int = 0) -> Predictions:
+        """A point reference: the geometric median of the sample's input positions, ranked by its nearest cells."""
+
+        def compute() -> Predictions:
+            from nextlocllm_hf.columns import rows_to_arrays
+
+            arrays = rows_to_arrays(self.rows(city_name, split_seed), ("history_coordinates", "current_coordinates"))
+            points = np.concatenate([arrays["history_coordinates"], arrays["current_coordinates"]], axis=1)
+            median = geometric_median(points)
+            ranked, _ = self.city(city_name, split_seed).retriever().query(median, MAX_RANK)
+            return Predictions(ranked, median)
+
+        return self._cached(f"geometric_median_split{split_seed}_{city_name}", compute)
 
     def id_classifier_predictions(self, seed: int, split_seed: int = 0) -> Predictions:
         """The LSTM over cell ids (classification over NYC's cells): the paper's non-coordinate alternative."""
@@ -218,6 +272,20 @@ class Study:
             return Predictions(ranked, top1_centroid_xy(ranked, retriever))
 
         return self._cached(f"id_classifier_seed{seed}_split{split_seed}_nyc", compute)
+
+
+def geometric_median(points: np.ndarray, iterations: int = 200) -> np.ndarray:
+    """`(N, T, 2)` -> `(N, 2)`: the point minimizing the summed distance to each row's points (Weiszfeld's iteration,
+    started at the mean; a point that lands on an input is kept there, which is optimal or within a step of it)."""
+    estimate = points.mean(axis=1)
+    for _ in range(iterations):
+        distance = np.linalg.norm(points - estimate[:, None], axis=-1)
+        weights = 1.0 / np.maximum(distance, 1e-6)
+        updated = (weights[..., None] * points).sum(axis=1) / weights.sum(axis=1, keepdims=True)
+        if np.abs(updated - estimate).max() < 1e-3:
+            return updated
+        estimate = updated
+    return estimate
 
 
 # -----------------------------------------------------------------------------------------------------------------

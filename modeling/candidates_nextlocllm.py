@@ -1,23 +1,38 @@
-"""History-aware candidate ranking on top of the regressed point, built to transfer across cities.
+"""Candidate ranking: the one home of the candidate set, its id-free features and the scorer.
 
-The regression head gives one point; the KD-tree ranks cells by distance alone, so a user's own frequent places lose
-to whatever cell lies nearest. This module re-ranks a small candidate set per sample, the cells of the sample's own
-records plus the neighbours of the predicted point(s), with a per-candidate MLP. No feature or parameter refers to a
-cell id: offsets are divided by the city's coordinate standard deviation, visit statistics are shares of the input
-records, so the same scorer serves a city with any number of cells and any id range.
+A single regressed point ranked by nearest cells is capped near "copy the last place", because a person's places are
+not spatial neighbours. Ranking works on a small candidate set per sample instead: the cells of the sample's own
+records (most recent first) and the cells nearest the last record's point. Each candidate is described by features
+computed from the sample's records and, in the `at_time` task, the query time ("where will this user be at t?").
+No feature or parameter refers to a cell id: offsets are divided by the city's coordinate standard deviation and
+visit statistics are shares of the input records, so the same features serve a city with any number of cells and any
+id range, which is what makes zero-shot ranking work. The same features feed the model's scorer and the
+`gbdt_ranker` baseline, so the two are compared on equal information.
 
-Candidate features, in this order (`candidate_feature_size(C) == C + 11`):
+The reference time of the time-conditioned features is the query in `at_time` mode (the target's local day and
+hour, and the gap since the last record), and the last record's day and hour in `next` mode (the present; the gap is
+then unknown and not a feature). `candidate_feature_names` lists the features in order:
 
-    0-1    centre - last input point, divided by the city's coordinate_std
-    2-3    centre - nearest anchor, divided by coordinate_std (nearest in these normalized units)
-    4      that normalized distance to the nearest anchor
-    5..    the cell's POI frequency vector (C)
-    C+5    share of all input records (history + current) in this cell
-    C+6    share of the current records in this cell
-    C+7    recency 1 / (1 + number of records after its last visit); 0 if never visited
-    C+8    1 if visited in the inputs, else 0
-    C+9    1 if it is the last record's cell, else 0
-    C+10   within-sample Markov step: share of the visits to the last record's cell (before it) followed by this cell
+    dx_last, dy_last       centre - last input point, divided by the city's coordinate_std
+    distance_last          the norm of that offset
+    distance_gyration      log1p(distance to the last point / radius of gyration of the inputs, at least 50 m)
+    poi_0 .. poi_{C-1}     the cell's POI frequency vector
+    visit_share            records in the cell / all input records
+    log_visits             log1p(records in the cell)
+    current_share          current records in the cell / current records
+    recency                1 / (1 + records after its last visit); 0 if never visited
+    visited, is_last       1 if visited in the inputs / if it is the last record's cell
+    markov_1               of the earlier visits to the last cell, the share followed by this cell
+    markov_2               the same for the last two cells as a pair
+    log_rule_rank          log1p(rank by 0.5 markov_1 + 0.5 visit_share), the Markov + frequency rule
+  time-conditioned (unless `time_features=False`):
+    window_share           records in the cell within +-2 h of the reference hour / all input records
+    window_fraction        the same / records within +-2 h (0 when there are none)
+    daytype_fraction       records in the cell on the reference's day type (weekday/weekend) / such records
+    window_daytype_fraction  both conditions at once
+    hour_distance          smallest time-of-day distance (h) of a visit to the reference hour / 12; 1 if never visited
+    hour_sin, hour_cos, weekend   the reference time itself (same for every candidate of a sample)
+    log_gap                log1p(hours from the last record to the query), `at_time` only
 
 Unknown cell ids: a record whose cell id is not one of the retriever's cells (negative ids included, e.g. padding)
 has no centre or POI vector, so it never becomes a candidate and matches no candidate. It still counts as a record:
@@ -28,22 +43,47 @@ records happen to be known. `CandidateSet.num_unknown_records` reports how many 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from .configuration_nextlocllm import TASK_MODES
 from .retrieval_nextlocllm import CityRetriever
 
-# Features besides the POI vector: last-point offset (2), anchor offset (2), anchor distance (1), 5 visit statistics.
-_NUM_GEOMETRY_FEATURES = 5
-_NUM_VISIT_FEATURES = 6
+TIME_WINDOW_HOURS = 2  # "around the reference hour": a circular distance of at most this many hours
+RULE_ALPHA = 0.5  # weight of markov_1 in the rule whose rank is a feature (the Markov + frequency rule's weight)
+MIN_GYRATION_M = 50.0  # floor of the radius of gyration: a user who never moved still has a finite scale
+
+_GEOMETRY = ("dx_last", "dy_last", "distance_last", "distance_gyration")
+_VISITS = ("visit_share", "log_visits", "current_share", "recency", "visited", "is_last", "markov_1", "markov_2",
+           "log_rule_rank")
+_TIME = ("window_share", "window_fraction", "daytype_fraction", "window_daytype_fraction", "hour_distance",
+         "hour_sin", "hour_cos", "weekend")
+
+# Columns `build_candidates` reads from a batch (model inputs and dataset rows use the same names).
+RECORD_COLUMNS = tuple(f"{part}_{field}" for part in ("history", "current")
+                       for field in ("cell", "coordinates", "day", "hour"))
+QUERY_COLUMNS = ("target_day", "target_hour", "target_time_gap")
 
 
-def candidate_feature_size(num_poi_classes: int) -> int:
-    """Number of features per candidate for a city with `num_poi_classes` POI classes."""
-    return _NUM_GEOMETRY_FEATURES + int(num_poi_classes) + _NUM_VISIT_FEATURES
+def candidate_feature_names(num_poi_classes: int, task_mode: str, time_features: bool = True) -> list[str]:
+    """The features of a candidate, in column order (see the module docstring)."""
+    _check_mode(task_mode)
+    names = [*_GEOMETRY, *(f"poi_{i}" for i in range(int(num_poi_classes))), *_VISITS]
+    if time_features:
+        names += [*_TIME, *(("log_gap",) if task_mode == "at_time" else ())]
+    return names
+
+
+def candidate_feature_size(num_poi_classes: int, task_mode: str, time_features: bool = True) -> int:
+    return len(candidate_feature_names(num_poi_classes, task_mode, time_features))
+
+
+def _check_mode(task_mode: str) -> None:
+    if task_mode not in TASK_MODES:
+        raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
 
 
 @dataclass
@@ -53,13 +93,16 @@ class CandidateSet:
     Args:
         cell_ids: `(B, M)` int64 candidate cell ids, -1 at padding.
         mask: `(B, M)` bool, True at real candidates (they come first in each row).
-        features: `(B, M, F)` float32 city-agnostic features (see the module docstring), zeros at padding.
+        features: `(B, M, F)` float32 city-agnostic features (see `candidate_feature_names`), zeros at padding.
+        record_weights: `(B, M, T)` float32, each candidate's visits among the T input records (history then
+            current) as weights summing to 1 (all zero for a candidate never visited): pools per-record states.
         num_unknown_records: `(B,)` int64 input records whose cell id the retriever does not know (skipped).
     """
 
     cell_ids: np.ndarray
     mask: np.ndarray
     features: np.ndarray
+    record_weights: np.ndarray
     num_unknown_records: np.ndarray
 
 
@@ -107,58 +150,84 @@ def _compact(values: np.ndarray, keep: np.ndarray, width: int) -> tuple[np.ndarr
     return out, mask
 
 
+def hour_distance(hours: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Circular time-of-day distance in whole hours (0..12)."""
+    difference = np.abs(np.asarray(hours, dtype=np.int64) - np.asarray(reference, dtype=np.int64)) % 24
+    return np.minimum(difference, 24 - difference)
+
+
+def reference_time(batch: Mapping[str, Any], task_mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`(day, hour, gap_hours)` the time-conditioned features refer to: the query in `at_time` mode, the last record's
+    day and hour in `next` mode (gap None: the time of the next visit is what is not known)."""
+    _check_mode(task_mode)
+    if task_mode == "next":
+        return (_to_numpy(batch["current_day"])[:, -1].astype(np.int64),
+                _to_numpy(batch["current_hour"])[:, -1].astype(np.int64), None)
+    missing = [name for name in QUERY_COLUMNS if batch.get(name) is None]
+    if missing:
+        raise ValueError(f"task_mode='at_time' needs the query time: {missing} missing")
+    day = _to_numpy(batch["target_day"]).reshape(-1).astype(np.int64)
+    hour = _to_numpy(batch["target_hour"]).reshape(-1).astype(np.int64)
+    gap = _to_numpy(batch["target_time_gap"]).reshape(-1).astype(np.float64)
+    if not (np.isfinite(gap).all() and (gap >= 0).all()):
+        bad = gap[~(np.isfinite(gap) & (gap >= 0))][0]
+        raise ValueError(f"target_time_gap holds {bad}, expected finite hours >= 0")
+    return day, hour, gap
+
+
 def build_candidates(
     retriever: CityRetriever,
-    history_cell: Any,
-    current_cell: Any,
-    last_point: Any,
-    anchors: Any,
-    neighbors_per_anchor: int,
+    batch: Mapping[str, Any],
+    task_mode: str,
+    neighbors: int,
     max_candidates: int,
+    time_features: bool = True,
 ) -> CandidateSet:
     """Candidate cells and their features for a batch of one city.
 
     Each row lists the distinct known cells of the sample's records, most recently visited first, then the
-    `neighbors_per_anchor` nearest cells of every anchor interleaved by rank (every anchor's nearest, then every
-    anchor's second...) so that truncation keeps the closest cells of all anchors; duplicates keep their first place
-    and the row is cut or padded to `max_candidates`. `neighbors_per_anchor` is capped at the city's number of cells,
-    so one setting serves small and large cities.
+    `neighbors` cells nearest the last record's point (capped at the city's number of cells); duplicates keep their
+    first place and the row is cut or padded to `max_candidates`.
 
     Args:
-        history_cell / current_cell: `(B, Lh)` / `(B, Lc)` integer cell ids of the input records, oldest first.
-        last_point: `(B, 2)` the last input record's position, projected metres.
-        anchors: `(B, A, 2)` predicted point(s), projected metres, A >= 1.
+        batch: `history_*` / `current_*` `cell` `(B, L)` integer ids, `coordinates` `(B, L, 2)` projected metres,
+            `day` and `hour` `(B, L)`, oldest first; in `at_time` mode also `target_day`, `target_hour` and
+            `target_time_gap` `(B,)` (the query; never the target's cell or position).
     """
-    history = _integer_ids(history_cell, "history_cell")
-    current = _integer_ids(current_cell, "current_cell")
-    last_point = _to_numpy(last_point).astype(np.float64, copy=False)
-    anchors = _to_numpy(anchors).astype(np.float64, copy=False)
+    missing = [name for name in RECORD_COLUMNS if batch.get(name) is None]
+    if missing:
+        raise ValueError(f"candidate features need the records' {missing}")
+    history = _integer_ids(batch["history_cell"], "history_cell")
+    current = _integer_ids(batch["current_cell"], "current_cell")
     batch_size = len(history)
     if len(current) != batch_size:
         raise ValueError(f"history_cell has {batch_size} rows but current_cell {len(current)}")
     if current.shape[1] == 0:
         raise ValueError("current_cell has no records: the last record's cell is a feature")
-    if last_point.shape != (batch_size, 2) or not np.isfinite(last_point).all():
-        raise ValueError(f"last_point has shape {last_point.shape}, expected ({batch_size}, 2) finite metres")
-    if anchors.ndim != 3 or anchors.shape[0] != batch_size or anchors.shape[1] < 1 or anchors.shape[2] != 2:
-        raise ValueError(f"anchors has shape {anchors.shape}, expected ({batch_size}, A >= 1, 2)")
-    if not isinstance(neighbors_per_anchor, (int, np.integer)) or neighbors_per_anchor < 0:
-        raise ValueError(f"neighbors_per_anchor={neighbors_per_anchor!r}: expected a non-negative integer")
-    if not isinstance(max_candidates, (int, np.integer)) or max_candidates < 1:
-        raise ValueError(f"max_candidates={max_candidates!r}: expected a positive integer")
-
+    xy = np.concatenate([_to_numpy(batch["history_coordinates"]), _to_numpy(batch["current_coordinates"])], axis=1)
+    xy = xy.astype(np.float64, copy=False)
     records = np.concatenate([history, current], axis=1)
     num_records = records.shape[1]
+    if xy.shape != (batch_size, num_records, 2) or not np.isfinite(xy).all():
+        raise ValueError(f"record coordinates have shape {xy.shape}, expected ({batch_size}, {num_records}, 2) finite")
+    day = np.concatenate([_to_numpy(batch["history_day"]), _to_numpy(batch["current_day"])], axis=1)
+    hour = np.concatenate([_to_numpy(batch["history_hour"]), _to_numpy(batch["current_hour"])], axis=1)
+    if day.shape != records.shape or hour.shape != records.shape:
+        raise ValueError(f"record day {day.shape} / hour {hour.shape} must match the cell ids {records.shape}")
+    query_day, query_hour, gap = reference_time(batch, task_mode)
+    if len(query_day) != batch_size:
+        raise ValueError(f"the query time has {len(query_day)} rows for a batch of {batch_size}")
+    if isinstance(neighbors, bool) or not isinstance(neighbors, (int, np.integer)) or neighbors < 0:
+        raise ValueError(f"neighbors={neighbors!r}: expected a non-negative integer")
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, (int, np.integer)) or max_candidates < 1:
+        raise ValueError(f"max_candidates={max_candidates!r}: expected a positive integer")
+
     record_rows = retriever.rows_of(records)
     known = record_rows >= 0
-
-    num_anchors = anchors.shape[1]
-    k = min(int(neighbors_per_anchor), retriever.num_cells)
+    last_point = xy[:, -1]
+    k = min(int(neighbors), retriever.num_cells)
     if k > 0:
-        neighbor_ids, _ = retriever.query(anchors.reshape(-1, 2), k)
-        # (B*A, k) -> (B, k, A) -> (B, k*A): rank-major, so each anchor's nearest cells come before anyone's farther.
-        neighbor_rows = retriever.rows_of(neighbor_ids).reshape(batch_size, num_anchors, k).transpose(0, 2, 1)
-        neighbor_rows = neighbor_rows.reshape(batch_size, k * num_anchors)
+        neighbor_rows = retriever.rows_of(retriever.query(last_point, k)[0])
     else:
         neighbor_rows = np.zeros((batch_size, 0), dtype=np.int64)
     pool = np.concatenate([record_rows[:, ::-1], neighbor_rows], axis=1)
@@ -166,48 +235,109 @@ def build_candidates(
 
     safe_rows = np.where(mask, rows, 0)
     std = retriever.coordinate_std
-    centres = retriever.xy[safe_rows]  # (B, M, 2)
-    last_offset = (centres - last_point[:, None]) / std
-    anchor_offsets = (centres[:, :, None] - anchors[:, None]) / std  # (B, M, A, 2)
-    anchor_distances = np.linalg.norm(anchor_offsets, axis=-1)
-    nearest = anchor_distances.argmin(axis=-1)[..., None]
-    anchor_offset = np.take_along_axis(anchor_offsets, nearest[..., None], axis=2)[:, :, 0]
-    anchor_distance = np.take_along_axis(anchor_distances, nearest, axis=2)
+    offset = (retriever.xy[safe_rows] - last_point[:, None]) / std  # (B, M, 2)
+    distance = np.linalg.norm(offset, axis=-1)
+    metres = np.linalg.norm(retriever.xy[safe_rows] - last_point[:, None], axis=-1)
+    gyration = np.sqrt(((xy - xy.mean(axis=1, keepdims=True)) ** 2).sum(axis=-1).mean(axis=1))
+    distance_gyration = np.log1p(metres / np.maximum(gyration, MIN_GYRATION_M)[:, None])
 
     # visits[b, m, t]: record t of sample b lies in candidate m (unknown records and padding match nothing).
     visits = (rows[:, :, None] == record_rows[:, None, :]) & mask[:, :, None] & known[:, None, :]
+    counts = visits.sum(axis=-1)
     last_visit = np.where(visits, np.arange(num_records), -1).max(axis=-1)
     visited = last_visit >= 0
     recency = np.where(visited, 1.0 / (num_records - last_visit.clip(min=0)), 0.0)
-    # Within-sample Markov step: of the records that were in the last record's cell, how many were followed by this one.
-    from_last = (record_rows[:, :-1] == record_rows[:, -1:]) & known[:, :-1] & known[:, -1:]  # (B, T-1)
-    transitions = (visits[:, :, 1:] & from_last[:, None, :]).sum(axis=-1)
-    transition_share = transitions / np.maximum(from_last.sum(axis=-1, keepdims=True), 1)
-    visit_features = np.stack(
-        [
-            visits.sum(axis=-1) / num_records,
-            visits[:, :, history.shape[1]:].sum(axis=-1) / current.shape[1],
-            recency,
-            visited,
-            visits[:, :, -1],
-            transition_share,
-        ],
-        axis=-1,
-    )
-    features = np.concatenate(
-        [last_offset, anchor_offset, anchor_distance, retriever.poi_frequency[safe_rows], visit_features], axis=-1
-    ).astype(np.float32)
+    markov_1 = _successor_share(visits, record_rows, known, order=1)
+    markov_2 = _successor_share(visits, record_rows, known, order=2)
+    visit_share = counts / num_records
+    rule = np.where(mask, RULE_ALPHA * markov_1 + (1 - RULE_ALPHA) * visit_share, -np.inf)
+    rule_rank = np.empty_like(rows)
+    np.put_along_axis(rule_rank, np.argsort(-rule, axis=1, kind="stable"), np.arange(rows.shape[1])[None], axis=1)
+    columns = [
+        offset[..., 0], offset[..., 1], distance, distance_gyration,
+        *np.moveaxis(retriever.poi_frequency[safe_rows], -1, 0),
+        visit_share, np.log1p(counts), visits[:, :, history.shape[1]:].sum(axis=-1) / current.shape[1], recency,
+        visited, visits[:, :, -1], markov_1, markov_2, np.log1p(rule_rank + 1),
+    ]
+    if time_features:
+        columns += _time_columns(visits, day, hour, query_day, query_hour, gap, num_records)
+    features = np.stack(np.broadcast_arrays(*columns), axis=-1).astype(np.float32)
     features[~mask] = 0.0
+    weights = visits / np.maximum(counts, 1)[..., None]
     return CandidateSet(
         cell_ids=np.where(mask, retriever.cell_ids[safe_rows], -1),
         mask=mask,
         features=features,
+        record_weights=weights.astype(np.float32),
         num_unknown_records=(~known).sum(axis=1).astype(np.int64),
     )
 
 
+def merge_candidate_sets(parts: Mapping[str, CandidateSet], rows: Mapping[str, np.ndarray], total: int) -> CandidateSet:
+    """One batch's candidate sets built per city (`parts[name]` for the batch rows `rows[name]`), in batch order."""
+    first = next(iter(parts.values()))
+    if len(parts) == 1 and len(next(iter(rows.values()))) == total:
+        return first
+    merged = {}
+    for field in ("cell_ids", "mask", "features", "record_weights", "num_unknown_records"):
+        template = getattr(first, field)
+        merged[field] = np.zeros((total, *template.shape[1:]), dtype=template.dtype)
+        for name, part_rows in rows.items():
+            merged[field][part_rows] = getattr(parts[name], field)
+    return CandidateSet(**merged)
+
+
+def _successor_share(visits: np.ndarray, record_rows: np.ndarray, known: np.ndarray, order: int) -> np.ndarray:
+    """`(B, M)`: of the earlier occurrences of the last `order` cells (as a sequence), the share followed by each
+    candidate (within-sample Markov chain of that order; 0 where the pattern never occurred before)."""
+    num_records = record_rows.shape[1]
+    if num_records <= order:
+        return np.zeros(visits.shape[:2])
+    # pattern_end[b, t]: records t-order+1 .. t equal the last `order` records, for t < T-1 (so t+1 is a record).
+    pattern_end = known[:, -order:].all(axis=1, keepdims=True).repeat(num_records - order, axis=1)
+    for lag in range(order):
+        window = slice(order - 1 - lag, num_records - 1 - lag)
+        pattern_end &= (record_rows[:, window] == record_rows[:, num_records - 1 - lag, None]) & known[:, window]
+    followed = (visits[:, :, order:] & pattern_end[:, None, :]).sum(axis=-1)
+    return followed / np.maximum(pattern_end.sum(axis=-1, keepdims=True), 1)
+
+
+def _time_columns(visits, day, hour, query_day, query_hour, gap, num_records) -> list[np.ndarray]:
+    distance = hour_distance(hour, query_hour[:, None])  # (B, T)
+    in_window = distance <= TIME_WINDOW_HOURS
+    same_daytype = (day >= 5) == (query_day[:, None] >= 5)
+
+    def fraction(condition: np.ndarray) -> np.ndarray:
+        return (visits & condition[:, None]).sum(axis=-1) / np.maximum(condition.sum(axis=-1), 1)[:, None]
+
+    nearest_hour = np.where(visits, distance[:, None], 12).min(axis=-1) / 12.0
+    angle = 2 * np.pi * query_hour / 24.0
+    columns = [
+        (visits & in_window[:, None]).sum(axis=-1) / num_records,
+        fraction(in_window),
+        fraction(same_daytype),
+        fraction(in_window & same_daytype),
+        nearest_hour,
+        np.sin(angle)[:, None],
+        np.cos(angle)[:, None],
+        (query_day >= 5).astype(np.float64)[:, None],
+    ]
+    if gap is not None:
+        columns.append(np.log1p(gap)[:, None])
+    return columns
+
+
 class CandidateScorer(nn.Module):
-    """Scores each candidate from its features and the sample's context (e.g. the backbone's last hidden state).
+    """Scores each candidate from its features and, optionally, the sample's context and the candidate's own records.
+
+    `context` is the backbone's state at the readout position (it has read the whole sequence and, in `at_time`
+    mode, the query); `record_states` are the backbone's states at each input record, pooled per candidate with
+    `CandidateSet.record_weights`, so a candidate is also described by what the language model made of its visits.
+    Their product lets the query state select candidates by those visits (as in pointer / attention models of
+    returns). The context path starts at zero, so an untrained context adds nothing and a scorer warm-started from a
+    features-only one (`warm_start_from`) first scores exactly like it; training then adds what the states know.
+    Features are standardized with statistics fitted on training candidates (`fit_feature_scaling`), persistent
+    buffers so they travel with the weights.
 
     The same MLP runs on every candidate independently, so scores are permutation-equivariant over candidates, any
     number of candidates works, and no parameter belongs to a cell. Masked candidates get the dtype's lowest finite
@@ -217,15 +347,72 @@ class CandidateScorer(nn.Module):
 
     def __init__(self, num_features: int, context_size: int, width: int):
         super().__init__()
-        self.context_projection = nn.Linear(context_size, width)
-        self.mlp = nn.Sequential(nn.Linear(num_features + width, width), nn.GELU(), nn.Linear(width, 1))
+        self.register_buffer("feature_shift", torch.zeros(num_features))
+        self.register_buffer("feature_scale", torch.ones(num_features))
+        self.feature_projection = nn.Linear(num_features, width)
+        if context_size:
+            self.context_projection = nn.Linear(context_size, width, bias=False)
+            self.record_projection = nn.Linear(context_size, width, bias=False)
+            self.query_projection = nn.Linear(context_size, width, bias=False)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1))
+        self.reset_context_path()
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """features `(B, M, F)`, mask `(B, M)` bool, context `(B, context_size)` -> scores `(B, M)`."""
-        dtype = self.context_projection.weight.dtype
-        context = self.context_projection(context.to(dtype))
-        inputs = torch.cat([features.to(dtype), context[:, None].expand(-1, features.shape[1], -1)], dim=-1)
-        scores = self.mlp(inputs).squeeze(-1)
+    @torch.no_grad()
+    def reset_context_path(self) -> None:
+        """Zero the context's and the records' projections (the query's stays random, else their product would
+        have no gradient)."""
+        if hasattr(self, "context_projection"):
+            self.context_projection.weight.zero_()
+            self.record_projection.weight.zero_()
+
+    @torch.no_grad()
+    def warm_start_from(self, features_only: "CandidateScorer") -> None:
+        """Copy a features-only scorer (same width, the same leading features) into this one's feature path and MLP;
+        extra features of this scorer start with zero weight."""
+        source, target = features_only.feature_projection, self.feature_projection
+        width = source.in_features
+        if source.out_features != target.out_features or width > target.in_features:
+            raise ValueError(f"cannot warm-start a scorer of {target.in_features} features and width "
+                             f"{target.out_features} from one of {width} features and width {source.out_features}")
+        self.feature_shift[:width], self.feature_scale[:width] = features_only.feature_shift, features_only.feature_scale
+        target.weight.zero_()
+        target.weight[:, :width] = source.weight
+        target.bias.copy_(source.bias)
+        self.mlp.load_state_dict(features_only.mlp.state_dict())
+        self.reset_context_path()
+
+    @torch.no_grad()
+    def fit_feature_scaling(self, features: np.ndarray, mask: np.ndarray) -> None:
+        """Mean and standard deviation of the leading `features.shape[-1]` features over real candidates (training
+        data only); later features (e.g. ones that depend on an untrained head) keep the identity scaling."""
+        real = np.asarray(features, dtype=np.float64)[np.asarray(mask, dtype=bool)]
+        width = real.shape[-1]
+        if len(real) == 0 or width > len(self.feature_shift):
+            raise ValueError(f"fit_feature_scaling got {len(real)} real candidates of {width} features "
+                             f"(this scorer reads {len(self.feature_shift)})")
+        std = real.std(axis=0)
+        self.feature_shift[:width] = torch.from_numpy(real.mean(axis=0))
+        self.feature_scale[:width] = torch.from_numpy(np.where(std > 1e-6, std, 1.0))
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        context: torch.Tensor | None = None,
+        record_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """features `(B, M, F)`, mask `(B, M)` bool, context `(B, H)`, record_states `(B, M, H)` -> scores `(B, M)`."""
+        dtype = self.feature_projection.weight.dtype
+        standardized = (features.to(dtype) - self.feature_shift.to(dtype)) / self.feature_scale.to(dtype)
+        hidden = self.feature_projection(standardized)
+        if hasattr(self, "context_projection"):
+            if context is None or record_states is None:
+                raise ValueError("this scorer reads the backbone's states: pass context and record_states")
+            context = context.to(dtype)
+            records = self.record_projection(record_states.to(dtype))
+            hidden = hidden + self.context_projection(context)[:, None] + records
+            hidden = hidden + self.query_projection(context)[:, None] * records
+        scores = self.mlp(hidden).squeeze(-1)
         return scores.masked_fill(~mask.bool(), torch.finfo(scores.dtype).min)
 
 
@@ -280,10 +467,16 @@ def merge_rankings(candidate_ids: Any, scores: Any, fallback_ranked: Any, k: int
 
 
 __all__ = [
+    "QUERY_COLUMNS",
+    "RECORD_COLUMNS",
     "CandidateSet",
     "CandidateScorer",
     "build_candidates",
+    "candidate_feature_names",
     "candidate_feature_size",
+    "hour_distance",
+    "merge_candidate_sets",
+    "reference_time",
     "candidate_listwise_loss",
     "merge_rankings",
 ]

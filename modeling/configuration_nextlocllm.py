@@ -49,6 +49,11 @@ SMOLLM2_135M_SHAPE = {
 }
 
 ADAPTATION_MODES = ("norms", "lora", "full", "frozen")
+# `next`: nothing is known about the visit to predict. `at_time`: its local day and hour and the gap since the last
+# record are given ("where will this user be at t?").
+TASK_MODES = ("next", "at_time")
+# What the point head regresses: the paper's absolute normalized position, or the offset from the last input point.
+REGRESSION_TARGETS = ("absolute", "offset_from_last")
 POI_TEXT_ENCODINGS = ("token_embeddings", "hidden_states")
 
 
@@ -69,9 +74,14 @@ class NextLocLLMConfig(PreTrainedConfig):
             `{poi_class_names}` are filled in.
         prompt_length / poi_description_length (`int`): token counts of the encoded prompt and the longest POI
             description; set when text features are encoded from a tokenizer (they fix buffer shapes).
-        use_prompt, use_llm_poi, use_duration_head, use_target_time_query (`bool`): switch the prompt prefix,
-            the LLM-enhanced POI embedding (else a linear POI embedding), the duration head and an extra query
-            token carrying the target's day and hour (readout then happens at that token).
+        task_mode (`str`, "next"): `next` predicts the next visit from the records alone; `at_time` also reads the
+            query (the target's local day, hour and the gap since the last record) as one extra token, where the
+            readout then happens, and conditions the candidate features on it. A model refuses the other mode's input.
+        use_prompt, use_llm_poi, use_duration_head (`bool`): switch the prompt prefix, the LLM-enhanced POI
+            embedding (else a linear POI embedding) and the duration head.
+        regression_target (`str`, "absolute"): `absolute` (paper) regresses the normalized position;
+            `offset_from_last` regresses the offset from the last input point in units of the city's coordinate std,
+            with the head initialised at zero ("stay where you are"), which trains far faster.
         duration_loss_weight (`float`, 1.0): weight of the duration loss (MSE on log1p hours) in the total loss.
         adaptation (`str`): which backbone parameters train: `norms` (paper: LayerNorm/RMSNorm weights and
             learned position embeddings), `lora` (PEFT LoRA adapters), `full`, or `frozen`.
@@ -85,10 +95,11 @@ class NextLocLLMConfig(PreTrainedConfig):
         mixture_distance_loss_weight (`float`, 0.0): adds the paper's distance loss on the closest mode, in
             normalized units, to the mixture likelihood.
         use_candidate_ranker (`bool`, False): re-rank a per-sample candidate set (the cells of the input records and
-            the KD-tree neighbours of the predicted point or modes) with a scorer over city-agnostic features
-            against the last hidden state, trained with a listwise loss on the true cell. Needs the records' cell
-            ids and the city at forward time.
-        candidate_neighbors (`int`, 10): KD-tree neighbours of each predicted point / mode added as candidates.
+            the cells nearest the last point) with a scorer over city-agnostic, query-time-aware features (see
+            `candidates_nextlocllm.py`), the backbone's readout state and its states at each candidate's visits,
+            trained with a listwise loss on the true cell. Needs the records' cell ids and the city at forward time.
+        candidate_time_features (`bool`, True): include the time-conditioned candidate features (off: an ablation).
+        candidate_neighbors (`int`, 10): cells nearest the last input point added as candidates.
         max_candidates (`int`, 64): candidates per sample (input-record cells first, then neighbours).
         candidate_ranker_width (`int`, 128): hidden width of the candidate scorer.
         candidate_loss_weight (`float`, 1.0): weight of the listwise loss (with the paper's head, whose loss is in
@@ -117,7 +128,8 @@ class NextLocLLMConfig(PreTrainedConfig):
     use_prompt: bool = True
     use_llm_poi: bool = True
     use_duration_head: bool = False
-    use_target_time_query: bool = False
+    task_mode: str = "next"
+    regression_target: str = "absolute"
     duration_loss_weight: float = 1.0
     adaptation: str = "norms"
     lora_r: int = 8
@@ -129,6 +141,7 @@ class NextLocLLMConfig(PreTrainedConfig):
     num_mixture_components: int = 0
     mixture_distance_loss_weight: float = 0.0
     use_candidate_ranker: bool = False
+    candidate_time_features: bool = True
     candidate_neighbors: int = 10
     max_candidates: int = 64
     candidate_ranker_width: int = 128
@@ -170,6 +183,8 @@ class NextLocLLMConfig(PreTrainedConfig):
             require(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field, "a positive integer")
         for field in ("prompt_length", "poi_description_length"):
             require(isinstance(getattr(self, field), int) and getattr(self, field) >= 0, field, "an integer >= 0")
+        require(self.task_mode in TASK_MODES, "task_mode", f"one of {TASK_MODES}")
+        require(self.regression_target in REGRESSION_TARGETS, "regression_target", f"one of {REGRESSION_TARGETS}")
         require(self.adaptation in ADAPTATION_MODES, "adaptation", f"one of {ADAPTATION_MODES}")
         require(self.poi_text_encoding in POI_TEXT_ENCODINGS, "poi_text_encoding", f"one of {POI_TEXT_ENCODINGS}")
         require(len(self.poi_class_names) > 0, "poi_class_names", "at least one class")
@@ -209,10 +224,13 @@ class NextLocLLMConfig(PreTrainedConfig):
         """Which prediction head a checkpoint uses, in words (model cards, logs)."""
         if self.num_mixture_components:
             head = f"{self.num_mixture_components}-component Gaussian mixture, cells ranked by mixture density"
+        elif self.regression_target == "offset_from_last":
+            head = "single point as an offset from the last input point, cells ranked by distance to it (KD-tree)"
         else:
             head = "single point (paper), cells ranked by distance to it (KD-tree)"
         if self.use_candidate_ranker:
-            head += "; history-aware candidate ranker re-ranks the input-record cells and the nearby cells"
+            head += "; candidate ranker re-ranks the input-record cells and the cells near the last point"
+        head += f" (task: {self.task_mode})"
         return head
 
     def format_prompt(self) -> str:
@@ -226,4 +244,4 @@ class NextLocLLMConfig(PreTrainedConfig):
         return [f"{name}: {text}" for name, text in zip(self.poi_class_names, self.poi_class_descriptions)]
 
 
-__all__ = ["NextLocLLMConfig"]
+__all__ = ["NextLocLLMConfig", "TASK_MODES", "REGRESSION_TARGETS"]

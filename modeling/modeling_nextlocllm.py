@@ -8,9 +8,11 @@ head on the last position regresses the next visit's normalized coordinates, de-
 statistics, which is what lets one model serve cities it never saw. A KD-tree over the city's cells turns the point
 into top-k candidate cells.
 
-Two heads beyond the paper, both config options that keep every city-specific quantity out of the weights: a
-Gaussian-mixture head (`num_mixture_components`, ranking cells by density, see `mixture_nextlocllm.py`) and a
-history-aware candidate ranker (`use_candidate_ranker`, see `candidates_nextlocllm.py`).
+Two task modes (`task_mode`): `next` (the records alone) and `at_time` (the query time of the visit to predict is one
+more token). Beyond the paper, all config options that keep every city-specific quantity out of the weights: an
+offset-from-last-point parameterization of the point head, a Gaussian-mixture head (`num_mixture_components`,
+ranking cells by density, see `mixture_nextlocllm.py`) and a candidate ranker over query-time-aware features and the
+backbone's states (`use_candidate_ranker`, see `candidates_nextlocllm.py`).
 """
 
 from __future__ import annotations
@@ -19,18 +21,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModel, DynamicCache, PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbone_nextlocllm import load_backbone
 from .candidates_nextlocllm import (
+    QUERY_COLUMNS,
+    RECORD_COLUMNS,
     CandidateScorer,
     build_candidates,
     candidate_feature_size,
     candidate_listwise_loss,
+    merge_candidate_sets,
     merge_rankings,
 )
 from .configuration_nextlocllm import NextLocLLMConfig
@@ -65,6 +73,7 @@ MODEL_INPUT_NAMES = (
     "coordinate_std",
     "target_day",
     "target_hour",
+    "target_time_gap",
     "labels",
     "duration_labels",
     "history_cell",
@@ -79,7 +88,9 @@ class NextLocLLMOutput(ModelOutput):
     Args:
         loss: mean Euclidean distance in projected metres (plus the weighted duration loss when that head is on).
         coordinates: `(batch, 2)` predicted next position, projected metres (Web Mercator).
-        normalized_coordinates: `(batch, 2)` the head's raw output, z-scored with the city's statistics.
+        normalized_coordinates: `(batch, 2)` the head's raw output in units of the city's coordinate std: the position
+            z-scored with the city's statistics, or with `regression_target="offset_from_last"` the offset from the
+            last input point.
         duration: `(batch,)` predicted stay duration in hours, when the duration head is on.
         top_k_cells / top_k_distances: `(batch, k)` the city's best-ranked cells and their distances (m) from the
             predicted point (by distance for the paper's head, by density for the mixture, by score for candidates).
@@ -113,6 +124,28 @@ class NextLocLLMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
+    def _init_weights(self, module: nn.Module) -> None:
+        """PyTorch's default initialization for NextLocLLM's own layers, as in the authors' code: the library's
+        N(0, 0.02) would start the record embeddings' signal ~30x smaller. The offset head starts at zero, i.e. at
+        "stay at the last point", and so does the candidate scorer's context path. The backbone (a PreTrainedModel)
+        initializes itself."""
+        if isinstance(module, nn.Linear):
+            if module is getattr(self, "regression_head", None) and self.config.regression_target == "offset_from_last":
+                init.zeros_(module.weight)
+                return
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.in_features) if module.in_features else 0.0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, CandidateScorer) and hasattr(module, "context_projection"):
+            # After its layers (children first): the context path starts at zero (see CandidateScorer).
+            init.zeros_(module.context_projection.weight)
+            init.zeros_(module.record_projection.weight)
+        else:
+            super()._init_weights(module)
+
 
 def _check_inputs(config: NextLocLLMConfig, inputs: Mapping[str, torch.Tensor | None]) -> int:
     """Shapes and value ranges of a batch; a `ValueError` names the field and the offending value."""
@@ -143,13 +176,25 @@ def _check_inputs(config: NextLocLLMConfig, inputs: Mapping[str, torch.Tensor | 
         _check_range(inputs, f"{part}_duration", 0, None)
         _check_finite(inputs, f"{part}_poi")
         _check_range(inputs, f"{part}_poi", 0, None)
-    if config.use_target_time_query:
-        for name, high in (("target_day", 6), ("target_hour", 23)):
-            if inputs[name] is None:
-                raise ValueError(f"{name} is required when use_target_time_query=True")
+    query = [name for name in QUERY_COLUMNS if inputs.get(name) is not None]
+    if config.task_mode == "at_time":
+        for name in QUERY_COLUMNS:
+            if inputs.get(name) is None:
+                raise ValueError(
+                    f"{name} is required: this model was trained for task_mode='at_time' (where will the user be at a "
+                    f"given time?) and reads the query's target_day, target_hour and target_time_gap"
+                )
             if tuple(inputs[name].shape) != (batch_size,):
                 raise ValueError(f"{name} has shape {tuple(inputs[name].shape)}, expected ({batch_size},)")
-            _check_range(inputs, name, 0, high)
+        _check_range(inputs, "target_day", 0, 6)
+        _check_range(inputs, "target_hour", 0, 23)
+        _check_finite(inputs, "target_time_gap")
+        _check_range(inputs, "target_time_gap", 0, None)
+    elif query:
+        raise ValueError(
+            f"{query} given, but this model was trained for task_mode='next' (the time of the visit to predict is "
+            f"unknown to it); use a model trained with task_mode='at_time' to predict at a given time"
+        )
     if inputs["labels"] is not None:
         if tuple(inputs["labels"].shape) != (batch_size, 2):
             raise ValueError(f"labels has shape {tuple(inputs['labels'].shape)}, expected ({batch_size}, 2)")
@@ -214,8 +259,11 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         self.register_buffer("prompt_token_ids", torch.zeros(config.prompt_length, dtype=torch.long))
         self.register_buffer("text_features_encoded", torch.zeros((), dtype=torch.bool))
 
-        if config.use_target_time_query:
-            self.target_time_projection = nn.Linear(config.day_embedding_dim + config.hour_embedding_dim, hidden)
+        if config.task_mode == "at_time":
+            # The query token: the target's day and hour (sharing the record embeddings) and the gap since the last record.
+            self.gap_embedding = nn.Linear(1, config.duration_embedding_dim, bias=False)
+            query_width = config.day_embedding_dim + config.hour_embedding_dim + config.duration_embedding_dim
+            self.target_time_projection = nn.Linear(query_width, hidden)
 
         self.backbone = AutoModel.from_config(config.llm_config)
         if config.adaptation == "lora":
@@ -227,8 +275,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         else:
             self.regression_head = nn.Linear(hidden, 2, bias=False)
         if config.use_candidate_ranker:
-            # With a mixture, one more feature: the mixture's log-density at the cell (so light modes count less).
-            num_features = candidate_feature_size(config.num_poi_classes) + bool(config.num_mixture_components)
+            # The shared features, and with a mixture its log-density at the cell (so light modes count less).
+            num_features = candidate_feature_size(config.num_poi_classes, config.task_mode, config.candidate_time_features)
+            num_features += bool(config.num_mixture_components)
             self.candidate_scorer = CandidateScorer(num_features, hidden, config.candidate_ranker_width)
         if config.use_duration_head:
             self.duration_head = nn.Linear(hidden, 1, bias=False)
@@ -385,6 +434,7 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         city: str | Sequence[str] | None = None,
         target_day: torch.Tensor | None = None,
         target_hour: torch.Tensor | None = None,
+        target_time_gap: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         duration_labels: torch.Tensor | None = None,
         top_k: int | None = None,
@@ -399,7 +449,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             `(B, L)` 0..23, duration `(B, L)` stay hours >= 0, poi `(B, L, C)` the cell's POI frequencies.
         coordinate_mean / coordinate_std: `(B, 2)` or `(2,)` the city's statistics; or give `city` (a name or one
             name per sample) and the registered retriever's statistics are used.
-        target_day / target_hour: `(B,)` when the config uses the target-time query token.
+        target_day / target_hour / target_time_gap: `(B,)` the query (local day 0..6, hour 0..23, hours since the
+            last record), required with task_mode='at_time' and refused with task_mode='next'.
         labels: `(B, 2)` true next position in projected metres; duration_labels: `(B,)` its stay hours.
         top_k: with `city`, also return the city's k best-ranked cells.
         history_cell / current_cell: `(B, L)` the records' cell ids, and `city`: needed by the candidate ranker;
@@ -419,6 +470,7 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             "current_poi": current_poi,
             "target_day": target_day,
             "target_hour": target_hour,
+            "target_time_gap": target_time_gap,
             "labels": labels,
             "duration_labels": duration_labels,
             "history_cell": history_cell,
@@ -439,11 +491,16 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         current_tokens = self._record_tokens(current_coordinates, current_day, current_hour, current_duration,
                                              current_poi, mean, std, "current")
         pieces = [history_tokens, current_tokens]
-        if self.config.use_target_time_query:
-            query = torch.cat([self.day_embedding(target_day), self.hour_embedding(target_hour)], dim=-1)
+        if self.config.task_mode == "at_time":
+            dtype = self.gap_embedding.weight.dtype
+            query = torch.cat([self.day_embedding(target_day.long()), self.hour_embedding(target_hour.long()),
+                               self.gap_embedding(torch.log1p(target_time_gap.to(dtype))[:, None])], dim=-1)
             pieces.append(self.target_time_projection(query)[:, None])
         backbone_outputs = self._run_backbone(torch.cat(pieces, dim=1), output_hidden_states)
         last_state = backbone_outputs.last_hidden_state[:, -1]
+        # The record tokens' states (the prompt's precede them in the reference computation, the query follows).
+        end = backbone_outputs.last_hidden_state.shape[1] - (len(pieces) - 2)
+        record_states = backbone_outputs.last_hidden_state[:, end - history_tokens.shape[1] - current_tokens.shape[1]:end]
 
         mixture = None
         if self.config.num_mixture_components:
@@ -456,7 +513,10 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         else:
             normalized = self.regression_head(last_state)
         # De-normalize in float64: projected coordinates are ~1e7 m, beyond float32's metre precision.
-        coordinates = normalized.double() * std + mean
+        if self.config.regression_target == "offset_from_last" and mixture is None:
+            coordinates = normalized.double() * std + current_coordinates[:, -1].double()
+        else:
+            coordinates = normalized.double() * std + mean
         loss = None
         if labels is not None:
             if mixture is None:
@@ -480,18 +540,17 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         if self.config.use_candidate_ranker:
             if city is None or history_cell is None or current_cell is None:
                 raise ValueError("use_candidate_ranker=True needs city=, history_cell and current_cell")
-            if mixture is None:
-                anchors = coordinates[:, None]
-            else:  # heaviest mode first: its neighbours come first among the candidates of each rank
-                order = mixture[2].argsort(dim=-1, descending=True)
-                anchors = mixture_metres[0].gather(1, order[..., None].expand(-1, -1, 2))
-            candidates = self._candidates(city, history_cell, current_cell, current_coordinates[:, -1], anchors)
+            candidates = self._candidates(city, {name: inputs[name] for name in (*RECORD_COLUMNS, *QUERY_COLUMNS)})
+            features = candidates.features
             if mixture is not None:
-                candidates.features = self._with_mixture_density(candidates, mixture, mean, std, city)
+                features = self._with_mixture_density(candidates, mixture, mean, std, city)
+            device = last_state.device
+            weights = torch.from_numpy(candidates.record_weights).to(device=device, dtype=record_states.dtype)
             scores = self.candidate_scorer(
-                torch.from_numpy(candidates.features).to(last_state.device),
-                torch.from_numpy(candidates.mask).to(last_state.device),
+                torch.from_numpy(features).to(device),
+                torch.from_numpy(candidates.mask).to(device),
                 last_state,
+                weights @ record_states,  # (B, M, T) x (B, T, H): each candidate's mean state over its visits
             )
             if target_cell is not None and labels is not None:
                 ranking_loss, _ = candidate_listwise_loss(scores, candidates.cell_ids, target_cell)
@@ -625,26 +684,20 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             raise ValueError(f"city holds {len(names)} names for a batch of {batch_size}")
         return {name: np.array([i for i, n in enumerate(names) if n == name]) for name in dict.fromkeys(names)}
 
-    def _candidates(self, city, history_cell, current_cell, last_point, anchors):
-        """Per-city candidate sets, merged back into batch order (every set has `max_candidates` columns)."""
-        arrays = [t.detach().cpu().numpy() for t in (history_cell, current_cell, last_point, anchors)]
-        groups = self._city_groups(city, len(arrays[0]))
+    def _candidates(self, city, batch: Mapping[str, torch.Tensor | None]):
+        """Per-city candidate sets (see `build_candidates`), merged back into batch order (each has `max_candidates`
+        columns)."""
+        arrays = {name: value.detach().cpu().numpy() for name, value in batch.items()
+                  if value is not None and value.dim() > 0}
+        groups = self._city_groups(city, len(arrays["history_cell"]))
         parts = {
-            name: build_candidates(self.retriever(name), *(a[rows] for a in arrays),
-                                   neighbors_per_anchor=self.config.candidate_neighbors,
-                                   max_candidates=self.config.max_candidates)
+            name: build_candidates(self.retriever(name), {key: value[rows] for key, value in arrays.items()},
+                                   self.config.task_mode, neighbors=self.config.candidate_neighbors,
+                                   max_candidates=self.config.max_candidates,
+                                   time_features=self.config.candidate_time_features)
             for name, rows in groups.items()
         }
-        if len(parts) == 1:
-            return next(iter(parts.values()))
-        first = next(iter(parts.values()))
-        merged = {}
-        for field in ("cell_ids", "mask", "features", "num_unknown_records"):
-            template = getattr(first, field)
-            merged[field] = np.zeros((len(arrays[0]), *template.shape[1:]), dtype=template.dtype)
-            for name, rows in groups.items():
-                merged[field][rows] = getattr(parts[name], field)
-        return type(first)(**merged)
+        return merge_candidate_sets(parts, groups, len(arrays["history_cell"]))
 
     def _with_mixture_density(self, candidates, mixture, mean, std, city) -> np.ndarray:
         """Candidate features plus the mixture's log-density at each cell centre, in normalized units (city-agnostic),
@@ -654,8 +707,7 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         centres = np.zeros((*candidates.cell_ids.shape, 2))
         for name, rows in self._city_groups(city, len(centres)).items():
             retriever = self.retriever(name)
-            cell_rows = retriever.rows_of(np.maximum(candidates.cell_ids[rows], 0))
-            centres[rows] = retriever.xy[cell_rows]
+            centres[rows] = retriever.xy[retriever.rows_of(np.maximum(candidates.cell_ids[rows], 0)).clip(min=0)]
         normalized = (centres - mean[:, None]) / std[:, None]
         density = mixture_log_density_np(normalized, means, np.exp(log_scales), log_weights)
         feature = np.where(candidates.mask, np.clip(density, -30.0, 10.0) / 10.0, 0.0).astype(np.float32)
@@ -728,9 +780,10 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             batch[f"{part}_poi"] = torch.rand(2, length, self.config.num_poi_classes, generator=generator)
         batch["coordinate_mean"] = torch.zeros(2, 2, dtype=torch.float64)
         batch["coordinate_std"] = torch.full((2, 2), 1000.0, dtype=torch.float64)
-        if self.config.use_target_time_query:
+        if self.config.task_mode == "at_time":
             batch["target_day"] = torch.randint(0, 7, (2,), generator=generator)
             batch["target_hour"] = torch.randint(0, 24, (2,), generator=generator)
+            batch["target_time_gap"] = torch.rand(2, generator=generator, dtype=torch.float32) * 5
         return batch
 
     # ------------------------------------------------------------------------------------------------- save/load

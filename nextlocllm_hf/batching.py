@@ -2,7 +2,8 @@
 
 Row-by-row access of nested lists through `datasets` costs more than the model on small backbones, so a split is
 read once into contiguous arrays. Each batch also carries the per-sample city statistics the model normalizes
-with, so batches may mix cities.
+with, so batches may mix cities. The task mode decides whether the query (the target's day, hour and the gap since
+the last record) is part of the inputs: in `next` mode it is not, so nothing about the target reaches the model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .columns import rows_to_arrays
+from .modeling.candidates_nextlocllm import QUERY_COLUMNS
+from .modeling.configuration_nextlocllm import TASK_MODES
 from .modeling.modeling_nextlocllm import MODEL_INPUT_NAMES
 
 RECORD_FIELDS = ("coordinates", "day", "hour", "duration", "poi", "cell")
@@ -22,11 +25,21 @@ RECORD_FIELDS = ("coordinates", "day", "hour", "duration", "poi", "cell")
 class CitySamples(Dataset):
     """A city split (or several cities' splits) in memory; `__getitems__` returns a whole batch as tensors."""
 
-    def __init__(self, split, city_statistics: Mapping[str, Mapping], city_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        split,
+        city_statistics: Mapping[str, Mapping],
+        city_names: Sequence[str] | None = None,
+        task_mode: str = "next",
+    ):
         """`split`: a `datasets.Dataset` with the city-sample Features; `city_statistics`: name -> city.json dict.
 
-        `city_names` fixes the order behind `city_index` (default: the order of `city_statistics`).
+        `city_names` fixes the order behind `city_index` (default: the order of `city_statistics`); `task_mode`
+        (`next` or `at_time`) whether batches carry the query fields.
         """
+        if task_mode not in TASK_MODES:
+            raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
+        self.task_mode = task_mode
         self.city_names = list(city_names or city_statistics)
         columns = rows_to_arrays(split, split.column_names)
         unknown = sorted(set(np.unique(columns["city"]).tolist()) - set(self.city_names))
@@ -41,11 +54,12 @@ class CitySamples(Dataset):
             "coordinate_std": std[self.city_index],
             "labels": columns["target_coordinates"].astype(np.float64),
             "duration_labels": columns["target_duration"].astype(np.float32),
-            "target_day": columns["target_day"].astype(np.int64),
-            "target_hour": columns["target_hour"].astype(np.int64),
             "target_cell": columns["target_cell"].astype(np.int64),
             "city_index": self.city_index,
         }
+        if task_mode == "at_time":
+            for name in QUERY_COLUMNS:
+                self.arrays[name] = columns[name].astype(np.float32 if name == "target_time_gap" else np.int64)
         for part in ("history", "current"):
             for field in RECORD_FIELDS:
                 dtype = {"coordinates": np.float64, "duration": np.float32, "poi": np.float32}.get(field, np.int64)

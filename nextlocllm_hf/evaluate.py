@@ -97,12 +97,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if city.name not in model.cities:
         print(f"city {city.name!r} is new to this model: evaluating zero-shot with its own cells and statistics")
         model.add_city(city.retriever())
-    samples = CitySamples(city.splits[args.split], {city.name: city.statistics})
+    samples = CitySamples(city.splits[args.split], {city.name: city.statistics}, task_mode=model.config.task_mode)
     scores, _ = evaluate_model(model, samples, args.batch_size)
     rows = {"NextLocLLM": scores[city.name]}
     if args.baselines:
-        rows.update(evaluate_rule_baselines(city.splits["train"], city.splits[args.split], city.retriever()))
-    print(f"{city.name} / {args.split} ({len(samples)} samples)")
+        rows.update(evaluate_rule_baselines(city.splits["train"], city.splits[args.split], city.retriever(),
+                                            task_mode=model.config.task_mode))
+    print(f"{city.name} / {args.split} ({len(samples)} samples), task {model.config.task_mode}")
     print(format_table(rows))
 
 

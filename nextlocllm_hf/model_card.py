@@ -71,7 +71,7 @@ def build_model_card(
         use_prompt=config.use_prompt,
         use_llm_poi=config.use_llm_poi,
         use_duration_head=config.use_duration_head,
-        use_target_time_query=config.use_target_time_query,
+        task_mode=config.task_mode,
         head=config.head_description,
         poi_classes=", ".join(config.poi_class_names),
         cities=", ".join(model.cities) or "none",

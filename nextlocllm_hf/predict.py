@@ -24,8 +24,13 @@ whenever two candidate cells are adjacent). A record lies in the candidate cell 
 spacing on both axes; a record in no candidate cell gets zero POI frequencies (a cell the builder kept out had
 none), and one outside the cells' bounding box is an error (the builder drops records outside its grid).
 
-The model's point is turned into the top-k candidate cells by the city's KD-tree (Web Mercator distance, as in
-evaluation); `distance_m` is the great-circle distance from the predicted point (`nextlocllm_hf.metrics.haversine_m`).
+Two tasks, fixed when the model was trained (`config.task_mode`): `next` (where will the user go next?) takes the
+records alone; `at_time` (where will the user be at t?) also needs `--at "2012-06-01 18:00"`, the local wall-clock
+time of the visit to predict, which gives the query's day, hour and the gap since the last record (it may not precede
+the last record). Each model refuses the other task's input with a message saying which it was trained for.
+
+The model ranks the city's cells with its own head (KD-tree distance to its point, mixture density, or the candidate
+ranker); `distance_m` is the great-circle distance from the predicted point (`nextlocllm_hf.metrics.haversine_m`).
 `--cells DIR` adds a city built by `dataset_scripts/build_city.py` for zero-shot use; `--plot out.png` draws the
 trajectory, the predicted point and the top-k cells.
 """
@@ -280,7 +285,8 @@ def prepare_records(
 def _candidate_rows(xy: np.ndarray, records: pd.DataFrame, retriever: CityRetriever) -> np.ndarray:
     """Row in the retriever of the candidate cell holding each point, -1 where no candidate cell does."""
     half = cell_spacing(retriever) / 2.0
-    tolerance = half * 1e-6  # float rounding of centroids ~1e7 m from the origin; far below a millimetre
+    # The spacing is read from centroids rounded to the millimetre (`cell_spacing`), so it may be up to 1 mm short.
+    tolerance = 2e-3
     low, high = retriever.xy.min(axis=0) - half - tolerance, retriever.xy.max(axis=0) + half + tolerance
     outside = np.flatnonzero(((xy < low) | (xy > high)).any(axis=1))
     if len(outside):
@@ -301,9 +307,10 @@ def _candidate_rows(xy: np.ndarray, records: pd.DataFrame, retriever: CityRetrie
 
 
 def model_inputs_from_records(
-    prepared: pd.DataFrame, config: NextLocLLMConfig, target_time: str | None = None
+    prepared: pd.DataFrame, config: NextLocLLMConfig, at: str | None = None
 ) -> dict[str, torch.Tensor]:
-    """A batch of one sample, in the dtypes of `CitySamples`, from `prepare_records`' output."""
+    """A batch of one sample, in the dtypes of `CitySamples`, from `prepare_records`' output; `at` (local time of the
+    visit to predict) is required by `at_time` models and refused by `next` ones."""
     batch = {}
     for part in ("history", "current"):
         rows = prepared[prepared["part"] == part]
@@ -313,24 +320,34 @@ def model_inputs_from_records(
         batch[f"{part}_duration"] = torch.tensor(rows["duration"].to_numpy(dtype=np.float32)[None])
         batch[f"{part}_poi"] = torch.tensor(np.stack(rows["poi"].to_list()).astype(np.float32)[None])
         batch[f"{part}_cell"] = torch.tensor(rows["cell_id"].to_numpy(dtype=np.int64)[None])  # for a candidate ranker
-    if config.use_target_time_query:
-        if target_time is None:
-            raise ValueError("this model reads the time of the visit to predict (use_target_time_query=True): "
-                             "give target_time (--target_time), e.g. 2024-05-03 18:00:00")
+    if config.task_mode == "at_time":
+        if at is None:
+            raise ValueError("this model was trained for task_mode='at_time' (where will the user be at a given time?): "
+                             "give the local time of the visit to predict, --at / at=, e.g. 2024-05-03 18:00")
         try:
-            stamp = _wall_clock(_parse_time(target_time))
+            stamp = _parse_time(at)
         except ValueError as error:
-            raise ValueError(f"target_time{error}") from None
-        day, hour = _day_hour(np.array([(stamp - _EPOCH) // _SECOND], dtype=np.int64))
+            raise ValueError(f"at{error}") from None
+        last = prepared.iloc[-1]
+        if stamp.tzinfo is not None:  # an offset: the gap is between absolute times
+            gap_s = (stamp.tz_convert("UTC").tz_localize(None) - _EPOCH) // _SECOND - int(last["time_s"])
+        else:
+            gap_s = (stamp - _EPOCH) // _SECOND - int(last["local_s"])
+        if gap_s < 0:
+            raise ValueError(f"at={at!r} is {-gap_s / 3600:.2f} h before the last record ({last['local_time']}); "
+                             f"the visit to predict must come after the records")
+        day, hour = _day_hour(np.array([(_wall_clock(stamp) - _EPOCH) // _SECOND], dtype=np.int64))
         batch["target_day"], batch["target_hour"] = torch.tensor(day), torch.tensor(hour)
-    elif target_time is not None:
-        raise ValueError("target_time is given but this model has no target-time query (use_target_time_query=False)")
+        batch["target_time_gap"] = torch.tensor([gap_s / 3600.0], dtype=torch.float32)
+    elif at is not None:
+        raise ValueError(f"at={at!r} is given, but this model was trained for task_mode='next' (it predicts the next "
+                         f"visit, whenever it happens); drop --at, or use a model trained with --task_mode at_time")
     return batch
 
 
 # ------------------------------------------------------------------------------------------------ prediction
 def rank_cells(
-    model, city: str, prepared: pd.DataFrame, k: int = 10, target_time: str | None = None
+    model, city: str, prepared: pd.DataFrame, k: int = 10, at: str | None = None
 ) -> pd.DataFrame:
     """Top-k cells of `city` for prepared records: columns `rank, cell_id, lat, lon, distance_m`.
 
@@ -341,7 +358,7 @@ def rank_cells(
         raise ValueError(
             f"k={k!r}: expected an integer from 1 to the {retriever.num_cells} candidate cells of city {city!r}"
         )
-    batch = model_inputs_from_records(prepared, model.config, target_time)
+    batch = model_inputs_from_records(prepared, model.config, at)
     output = model.predict(batch, city=city, k=int(k))
     lon, lat = mercator_to_lonlat(*output.coordinates[0].double().cpu().numpy())
     cells = output.top_k_cells[0].cpu().numpy()
@@ -366,13 +383,13 @@ def predict_next(
     city: str,
     records: str | os.PathLike | pd.DataFrame,
     k: int = 10,
-    target_time: str | None = None,
+    at: str | None = None,
     max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS,
 ) -> pd.DataFrame:
     """Top-k next cells of one user in `city` (see `rank_cells`) from a records file or DataFrame."""
     retriever = model.retriever(city)
     prepared = prepare_records(read_records(records), retriever, model.config, max_duration_hours)
-    return rank_cells(model, city, prepared, k, target_time)
+    return rank_cells(model, city, prepared, k, at)
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -447,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--max_duration_hours", type=float,
         help="duration cap the city was built with; 0 = none [the --cells city's value, else 24]",
     )
-    parser.add_argument("--target_time", help="local time of the visit to predict (models with a target-time query)")
+    parser.add_argument("--at", help='local time of the visit to predict, e.g. "2012-06-01 18:00" (at_time models only)')
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error(f"--k {args.k}: expected a positive integer")
@@ -474,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"its cells with --cells CITY_DIR (a folder built by dataset_scripts/build_city.py)"
             )
         prepared = prepare_records(records, model.retriever(args.city), model.config, max_duration_hours)
-        table = rank_cells(model, args.city, prepared, args.k, args.target_time)
+        table = rank_cells(model, args.city, prepared, args.k, args.at)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     print(format_prediction(table, prepared))

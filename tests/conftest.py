@@ -111,8 +111,10 @@ def make_batch(config: NextLocLLMConfig, retriever: CityRetriever, batch_size: i
     target_rows = rng.integers(0, retriever.num_cells, batch_size)
     batch["labels"] = torch.tensor(retriever.xy[target_rows])
     batch["target_cell"] = torch.tensor(retriever.cell_ids[target_rows])
-    batch["target_day"] = torch.tensor(rng.integers(0, 7, batch_size))
-    batch["target_hour"] = torch.tensor(rng.integers(0, 24, batch_size))
+    if config.task_mode == "at_time":  # the query exists only in that task; a `next` model refuses it
+        batch["target_day"] = torch.tensor(rng.integers(0, 7, batch_size))
+        batch["target_hour"] = torch.tensor(rng.integers(0, 24, batch_size))
+        batch["target_time_gap"] = torch.tensor(rng.exponential(3.0, batch_size), dtype=torch.float32)
     return batch
 
 

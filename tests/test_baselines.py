@@ -18,6 +18,7 @@ from nextlocllm_hf.baselines import (
     MIXTURE_ALPHA,
     RULE_BASELINES,
     IDClassifier,
+    HourFrequency,
     MarkovTrainUsers,
     evaluate_rule_baselines,
     metrics_for_rankings,
@@ -84,8 +85,18 @@ EXPECTED = {  # k = 5
         [8, 6, 7, 5, 1],  # C: no transitions out of 5 -> frequency order
         [6, 8, 7, 1, 2],  # D: 6: .5 + .1875; 8: .1875; 7: .125
     ],
+    "hour_frequency": [
+        # next mode: the reference is the last record's hour, 19 h; records at 18-21 h are positions 3, 4, 5, 7.
+        # score = visits within the window + visits / 9
+        [1, 0, 2, 4, 5],  # A: 1: 2 + 3/9; 0: 1 + 4/9; 2: 1 + 1/9
+        [3, 6, 4, 2, 5],  # B: 3: 2 + 4/9; 6 and 4: 1 + 1/9 (6 more recent); 2 and 5: 1/9 (2 more recent)
+        [6, 8, 5, 7, 1],  # C: 6: 2 + 2/9; 8: 1 + 3/9; 5: 1 + 1/9; 7: 2/9
+        [6, 7, 8, 1, 2],  # D: 6: 2 + 3/9; 7: 2 + 2/9; 8: 3/9
+    ],
     "nearest_cells": [NEAREST_ORDER[:5]] * 4,
 }
+# Every sample's records happen at these hours (all on a Monday).
+HOURS = [8, 9, 12, 18, 19, 20, 8, 19]
 
 
 def toy_retriever(name: str = "toy") -> CityRetriever:
@@ -105,6 +116,9 @@ def toy_rows(sequences, targets=None, city: str = "toy") -> dict:
         "history_cell": seq[:, :6],
         "current_cell": seq[:, 6:],
         "current_coordinates": np.tile(np.array([[0.0, 0.0], LAST_POINT]), (n, 1, 1)),
+        "history_hour": np.tile(HOURS[:6], (n, 1)),
+        "current_hour": np.tile(HOURS[6:], (n, 1)),
+        "current_day": np.zeros((n, 2), dtype=np.int64),
     }
     if targets is not None:
         rows["target_cell"] = np.asarray(targets, dtype=np.int64)
@@ -124,6 +138,9 @@ def as_dataset(rows: dict, fixed_length: bool):
         "history_cell": List(Value("int64"), length=6),
         "current_cell": List(Value("int64"), length=2),
         "current_coordinates": List(List(Value("float64"), length=2), length=2),
+        "history_hour": List(Value("int64"), length=6),
+        "current_hour": List(Value("int64"), length=2),
+        "current_day": List(Value("int64"), length=2),
         **({"target_cell": Value("int64"), "target_coordinates": List(Value("float64"), length=2)}
            if "target_cell" in rows else {}),
     })
@@ -140,10 +157,10 @@ def train_rows():
     return toy_rows(TRAIN_SEQUENCES, TRAIN_TARGETS)
 
 
-def test_registry_lists_the_six_rules():
+def test_registry_lists_the_seven_rules():
     assert list(RULE_BASELINES) == [
         "last_location", "most_frequent", "markov_within_sample", "markov_train_users",
-        "markov_frequency_mixture", "nearest_cells",
+        "markov_frequency_mixture", "hour_frequency", "nearest_cells",
     ]
     assert MIXTURE_ALPHA == 0.5
 
@@ -158,6 +175,21 @@ def test_rule_on_hand_made_samples(name, retriever, train_rows):
     ranked = RULE_BASELINES[name]().fit(train_rows, retriever).rank(toy_rows(TEST_SEQUENCES), 5)
     assert ranked.dtype == np.int64 and ranked.shape == (4, 5)
     assert ranked.tolist() == EXPECTED[name]
+
+
+def test_hour_frequency_refers_to_the_query_hour_in_at_time_mode(retriever):
+    # The query is 8 h: records at 6-10 h are positions 0, 1 and 6.
+    rows = toy_rows(TEST_SEQUENCES[:2])
+    rows.update(target_day=np.zeros(2, dtype=np.int64), target_hour=np.full(2, 8), target_time_gap=np.ones(2))
+    ranked = HourFrequency("at_time").fit(None, retriever).rank(rows, 5)
+    # A: 0: 2 + 4/9; 1: 1 + 3/9; 2: 1/9.  B: 3: 1 + 4/9; 2 and 5: 1 + 1/9 (2 more recent); 6 and 4: 1/9 (6 more recent).
+    assert ranked.tolist() == [[0, 1, 2, 4, 5], [3, 2, 5, 6, 4]]
+    # The same rows in next mode ignore the query and refer to the last record (19 h).
+    assert HourFrequency("next").fit(None, retriever).rank(rows, 5).tolist() == EXPECTED["hour_frequency"][:2]
+    with pytest.raises(ValueError, match=r"rows lack columns \['target_day', 'target_hour', 'target_time_gap'\]"):
+        HourFrequency("at_time").fit(None, retriever).rank(toy_rows(TEST_SEQUENCES[:2]), 5)
+    with pytest.raises(ValueError, match="task_mode='soon'"):
+        HourFrequency("soon")
 
 
 @pytest.mark.parametrize("fixed_length", [True, False])

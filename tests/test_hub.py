@@ -87,7 +87,7 @@ def attempt(name, fn):
 
 def summary(model):
     predictions = {}
-    for city, batch in batches.items():
+    for city, batch in batches[model.config.task_mode].items():  # each task mode has its own inputs
         if city in model.cities:
             p = model.predict(batch, city=city, k=5)
             predictions[city] = (p.coordinates, p.top_k_cells, p.top_k_distances)
@@ -135,7 +135,7 @@ sys.modules["nextlocllm_hf"] = None  # the package is unimportable here: only th
 spec = json.load(open(sys.argv[1]))
 import torch
 from transformers import AutoModel
-batches = torch.load(spec["batches"])
+batches = torch.load(spec["batches"])["next"]
 out = {}
 try:
     AutoModel.from_pretrained(spec["model_repo"])
@@ -160,7 +160,7 @@ import torch
 import nextlocllm_hf
 from transformers import AutoModel
 from nextlocllm_hf.data import load_city_splits
-batches = torch.load(spec["batches"])
+batches = torch.load(spec["batches"])["next"]
 model = AutoModel.from_pretrained(spec["model_repo"])
 predictions = {}
 for city, batch in batches.items():
@@ -280,8 +280,10 @@ def exported(root):
     v2 = _reference(model, batches)
 
     torch.manual_seed(0)
-    # The LoRA model also carries both heads beyond the paper, so the Hub round trip covers them.
-    lora = build_model(str(backbones["llama"]), adaptation="lora", num_mixture_components=3, use_candidate_ranker=True)
+    # The LoRA model also carries both heads beyond the paper and the other task mode (at_time, with the query as
+    # input), so the Hub round trip covers them.
+    lora = build_model(str(backbones["llama"]), adaptation="lora", num_mixture_components=3, use_candidate_ranker=True,
+                       task_mode="at_time")
     for name, settings in CITIES.items():
         lora.add_city(make_retriever(name, num_cells=40, **settings))
     with torch.no_grad():  # LoRA B starts at zero: give the adapter weights that change the output, as training does
@@ -289,8 +291,9 @@ def exported(root):
             if "lora_B" in key:
                 parameter.normal_(0, 0.5)
     lora.save_pretrained(root / "lora")
-    torch.save(batches, root / "batches.pt")
-    return {"v1": v1, "v2": v2, "lora": _reference(lora, batches), "results": results, "batches": batches}
+    at_time_batches = {name: make_batch(lora.config, lora.retriever(name), batch_size=8, seed=7) for name in CITIES}
+    torch.save({"next": batches, "at_time": at_time_batches}, root / "batches.pt")
+    return {"v1": v1, "v2": v2, "lora": _reference(lora, at_time_batches), "results": results, "batches": batches}
 
 
 @pytest.fixture(scope="module")
@@ -422,6 +425,7 @@ def test_lora_model_is_self_contained(loaded, exported, root):
     config = json.loads((root / "lora" / "config.json").read_text())
     assert config["adaptation"] == "lora"
     assert config["num_mixture_components"] == 3 and config["use_candidate_ranker"]
+    assert config["task_mode"] == "at_time"
     lora = outcome(loaded["lora"])
     assert_same_state(lora["state"], exported["lora"]["state"])
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in lora["state"].items())

@@ -72,18 +72,49 @@ def test_duration_head_adds_weighted_log_duration_mse(tiny_backbone, city):
     assert with_duration.duration.shape == (3,) and bool(torch.all(with_duration.duration >= 0))
 
 
-def test_target_time_query_reads_the_target_time(tiny_backbone, city):
-    model = build_model(tiny_backbone, use_target_time_query=True).eval()
+def test_at_time_model_reads_the_query(tiny_backbone, city):
+    model = build_model(tiny_backbone, task_mode="at_time").eval()
     model.add_city(city)
     batch = make_batch(model.config, city)
     first = model(**batch, city="nyc").normalized_coordinates
-    batch["target_hour"] = (batch["target_hour"] + 6) % 24
-    assert differs(first, model(**batch, city="nyc").normalized_coordinates)
-    plain = build_model(tiny_backbone).eval()
-    plain.add_city(city)
-    ignored = plain(**batch, city="nyc").coordinates
-    batch["target_hour"] = (batch["target_hour"] + 6) % 24
-    torch.testing.assert_close(ignored, plain(**batch, city="nyc").coordinates, rtol=0, atol=0)
+    for name, change in (("target_hour", lambda v: (v + 6) % 24), ("target_day", lambda v: (v + 3) % 7),
+                         ("target_time_gap", lambda v: v + 10.0)):
+        changed = {**batch, name: change(batch[name])}
+        assert differs(first, model(**changed, city="nyc").normalized_coordinates), name
+
+
+def models_in_eval_mode(tiny_backbone, city, *overrides: dict) -> list:
+    """One model per set of config overrides, each knowing `city`."""
+    models = [build_model(tiny_backbone, **settings).eval() for settings in overrides]
+    for model in models:
+        model.add_city(city)
+    return models
+
+
+def test_each_task_mode_refuses_the_other_modes_input(tiny_backbone, city):
+    at_time, next_model = models_in_eval_mode(tiny_backbone, city, {"task_mode": "at_time"}, {})
+    query_batch = make_batch(at_time.config, city)
+    plain_batch = make_batch(next_model.config, city)
+    with pytest.raises(ValueError, match=r"target_day is required: this model was trained for task_mode='at_time'"):
+        at_time(**plain_batch, city="nyc")
+    with pytest.raises(ValueError, match=r"trained for task_mode='next'"):
+        next_model(**query_batch, city="nyc")
+    with pytest.raises(ValueError, match=r"target_time_gap holds -1.0"):
+        at_time(**{**query_batch, "target_time_gap": torch.full((3,), -1.0)}, city="nyc")
+
+
+def test_offset_head_starts_at_the_last_point_and_paper_head_does_not(tiny_backbone, city):
+    offset, paper = models_in_eval_mode(tiny_backbone, city, {"regression_target": "offset_from_last"}, {})
+    batch = make_batch(offset.config, city)
+    last = batch["current_coordinates"][:, -1].double()
+    torch.testing.assert_close(offset(**batch, city="nyc").coordinates, last, rtol=0, atol=1e-9)
+    assert differs(paper(**batch, city="nyc").coordinates, last)
+    # The offset is in units of the city's std: a head output of (1, -2) lands 1 std east, 2 std south of the point.
+    with torch.no_grad():
+        offset.regression_head.weight.zero_()
+    std = torch.as_tensor(city.coordinate_std)
+    out = offset(**batch, city="nyc")
+    torch.testing.assert_close(out.coordinates - last, out.normalized_coordinates.double() * std)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +154,7 @@ def test_poi_frequencies_drive_the_llm_poi_embedding(tiny_backbone, city):
 
 
 def test_dummy_inputs_are_a_valid_batch(tiny_backbone):
-    model = build_model(tiny_backbone, use_target_time_query=True)
+    model = build_model(tiny_backbone, task_mode="at_time")
     out = model(**model.dummy_inputs)
     assert out.coordinates.shape == (2, 2)
 

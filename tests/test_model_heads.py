@@ -1,4 +1,4 @@
-"""The heads beyond the paper inside the model: the Gaussian mixture and the history-aware candidate ranker."""
+"""The heads beyond the paper inside the model: the Gaussian mixture and the query-time-aware candidate ranker."""
 
 import numpy as np
 import pytest
@@ -58,16 +58,24 @@ def test_mixture_head_trains_and_round_trips(tiny_backbone, city, tmp_path):
     np.testing.assert_array_equal(first.top_k_cells.numpy(), second.top_k_cells.numpy())
 
 
-@pytest.mark.parametrize("mixture", [0, 3])
-def test_candidate_ranker_ranks_its_candidates_first_and_trains(tiny_backbone, city, mixture):
+@pytest.mark.parametrize("mixture, task_mode", [(0, "next"), (3, "next"), (0, "at_time")])
+def test_candidate_ranker_ranks_its_candidates_first_and_trains(tiny_backbone, city, mixture, task_mode):
     model = build_model(tiny_backbone, use_candidate_ranker=True, num_mixture_components=mixture,
-                        candidate_neighbors=4, max_candidates=20)
+                        candidate_neighbors=4, max_candidates=20, task_mode=task_mode)
     model.add_city(city)
     batch = make_batch(model.config, city, batch_size=3)
     out = model(**batch, city="nyc", top_k=10)
     assert out.candidate_cells.shape == (3, 20) and out.candidate_scores.shape == (3, 20)
     out.loss.backward()
-    assert model.candidate_scorer.context_projection.weight.grad.abs().sum() > 0
+    # The context path starts at zero: the readout state and the pooled record states get gradients at once; their
+    # product (query x records) only after one step has made the record projection non-zero.
+    scorer = model.candidate_scorer
+    assert scorer.context_projection.weight.grad.abs().sum() > 0 and scorer.record_projection.weight.grad.abs().sum() > 0
+    assert scorer.query_projection.weight.grad.abs().sum() == 0
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    model(**batch, city="nyc").loss.backward()
+    assert scorer.query_projection.weight.grad.abs().sum() > 0
     for row in range(3):
         real = out.candidate_cells[row] >= 0
         by_score = out.candidate_cells[row][real][torch.argsort(out.candidate_scores[row][real], descending=True,
@@ -92,6 +100,15 @@ def test_candidate_ranker_has_no_per_cell_parameters_and_ranks_a_new_city(tiny_b
     assert set(result.top_k_cells.flatten().tolist()) <= set(other.cell_ids.tolist())
     assert all(len(set(row)) == 12 for row in result.top_k_cells.tolist())
     assert not any(p.shape[0] in (city.num_cells, other.num_cells) for p in loaded.candidate_scorer.parameters())
+
+
+def test_candidate_ranker_scores_depend_on_the_query_time(tiny_backbone, city):
+    model = build_model(tiny_backbone, use_candidate_ranker=True, task_mode="at_time", max_candidates=20).eval()
+    model.add_city(city)
+    batch = make_batch(model.config, city, batch_size=3)
+    first = model(**batch, city="nyc").candidate_scores
+    later = model(**{**batch, "target_hour": (batch["target_hour"] + 8) % 24}, city="nyc").candidate_scores
+    assert not torch.equal(first, later)
 
 
 def test_candidate_ranker_needs_cells_and_city(tiny_backbone, city):

@@ -17,7 +17,7 @@ def outputs_and_gradients(model, batch):
 
 @pytest.mark.parametrize("adaptation", ["norms", "lora"])
 def test_shared_prefix_and_poi_projection_match_reference(tiny_backbone, adaptation):
-    model = build_model(tiny_backbone, adaptation=adaptation, lora_dropout=0.0, use_target_time_query=True)
+    model = build_model(tiny_backbone, adaptation=adaptation, lora_dropout=0.0, task_mode="at_time")
     model.add_city(make_retriever("nyc"))
     batch = make_batch(model.config, model.retriever("nyc"), batch_size=5)
     with torch.no_grad():  # non-zero LoRA B so the adapters take part in the comparison

@@ -16,7 +16,7 @@ from nextlocllm_hf.batching import CitySamples
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
 from nextlocllm_hf.data.projection import lonlat_to_mercator, mercator_to_lonlat
 from nextlocllm_hf.data.synthetic import SyntheticCityParams, generate_synthetic_city
-from nextlocllm_hf.predict import main, predict_next, prepare_records, read_records
+from nextlocllm_hf.predict import main, model_inputs_from_records, predict_next, prepare_records, read_records
 
 CITY = "synth-p"
 SEED = 3
@@ -45,10 +45,10 @@ def models(tiny_backbone, city_dir, tmp_path_factory):
     return {"model": model, "bare": str(folder / "bare"), "with_city": str(folder / "with_city")}
 
 
-def sample_and_records(city_dir: str, index: int = 0):
+def sample_and_records(city_dir: str, index: int = 0, task_mode: str = "next"):
     """A test sample of the built city and the raw records (oldest first) its H + L inputs were built from."""
     city = load_city_splits(city_dir)
-    samples = CitySamples(city.splits["test"], {city.name: city.statistics})
+    samples = CitySamples(city.splits["test"], {city.name: city.statistics}, task_mode=task_mode)
     sample = samples[index]
     user = city.splits["test"][index]["user_id"]
     raw, _, _ = generate_synthetic_city(SyntheticCityParams(city=CITY, seed=SEED, **SYNTHETIC))
@@ -255,19 +255,54 @@ def test_bad_requests_raise_before_the_model_runs(models):
         predict_next(model, "atlantis", frame)
     with pytest.raises(ValueError, match=rf"k={retriever.num_cells + 1}: expected an integer from 1 to the"):
         predict_next(model, CITY, frame, k=retriever.num_cells + 1)
-    with pytest.raises(ValueError, match="no target-time query"):
-        predict_next(model, CITY, frame, target_time="2024-03-05 09:00")
+    with pytest.raises(ValueError, match=r"trained for task_mode='next'.*drop --at"):
+        predict_next(model, CITY, frame, at="2024-03-05 09:00")
 
 
-def test_target_time_query_model_needs_the_target_time(tiny_backbone, city_dir):
-    model = build_model(tiny_backbone, use_target_time_query=True)
+def test_at_time_model_needs_a_time_after_the_records(tiny_backbone, city_dir):
+    model = build_model(tiny_backbone, task_mode="at_time")
     model.add_city(load_city_splits(city_dir).retriever())
     frame = records_frame(model.retriever(CITY))
-    with pytest.raises(ValueError, match="give target_time"):
+    last = pd.Timestamp(frame["local_time"].max())
+    with pytest.raises(ValueError, match=r"trained for task_mode='at_time'.*--at"):
         predict_next(model, CITY, frame, k=3)
-    with pytest.raises(ValueError, match="target_time='soon' is not an ISO 8601 time"):
-        predict_next(model, CITY, frame, k=3, target_time="soon")
-    assert len(predict_next(model, CITY, frame, k=3, target_time="2024-03-05 09:00")) == 3
+    with pytest.raises(ValueError, match="at='soon' is not an ISO 8601 time"):
+        predict_next(model, CITY, frame, k=3, at="soon")
+    with pytest.raises(ValueError, match=r"is 2.00 h before the last record"):
+        predict_next(model, CITY, frame, k=3, at=str(last - pd.Timedelta(hours=2)))
+    assert len(predict_next(model, CITY, frame, k=3, at=str(last + pd.Timedelta(hours=5)))) == 3
+
+
+def test_at_time_query_is_the_day_hour_and_gap_of_the_given_time(tiny_backbone, city_dir):
+    model = build_model(tiny_backbone, task_mode="at_time")
+    retriever = load_city_splits(city_dir).retriever()
+    frame = records_frame(retriever)
+    prepared = prepare_records(read_records(frame), retriever, model.config)
+    last = pd.Timestamp(prepared["local_time"].iloc[-1])
+    at = (last + pd.Timedelta(hours=30)).floor("h")
+    batch = model_inputs_from_records(prepared, model.config, str(at))
+    assert batch["target_day"].item() == at.dayofweek and batch["target_hour"].item() == at.hour
+    assert batch["target_time_gap"].item() == pytest.approx((at - last) / pd.Timedelta(hours=1), abs=1e-4)
+
+
+def test_cli_at_time_builds_the_query_of_the_training_samples(tiny_backbone, city_dir, tmp_path, capsys):
+    model = build_model(tiny_backbone, task_mode="at_time", use_candidate_ranker=True, max_candidates=16)
+    model.add_city(load_city_splits(city_dir).retriever())
+    model.save_pretrained(tmp_path / "at_time")
+    sample, raw = sample_and_records(city_dir, index=1, task_mode="at_time")
+    csv = write_csv(raw, tmp_path / "user.csv")
+    # The time of the visit to predict, as a user would write it: the last record's local time plus the sample's gap.
+    last = pd.to_datetime(raw["local_ts"].iloc[-1], unit="s")
+    at = last + pd.Timedelta(seconds=round(float(sample["target_time_gap"][0]) * 3600))
+    main(["--model", str(tmp_path / "at_time"), "--city", CITY, "--input", csv, "--k", str(K),
+          "--at", at.strftime("%Y-%m-%d %H:%M:%S")])
+    table = printed_table(capsys.readouterr().out)
+    expected = AutoModel.from_pretrained(tmp_path / "at_time").predict(sample, city=CITY, k=K)
+    assert table["cell_id"].tolist() == expected.top_k_cells[0].tolist()
+    with pytest.raises(SystemExit) as exit_info:  # the same model without --at
+        main(["--model", str(tmp_path / "at_time"), "--city", CITY, "--input", csv])
+    assert exit_info.value.code == 2
+    assert "trained for task_mode='at_time'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -276,6 +311,7 @@ def test_target_time_query_model_needs_the_target_time(tiny_backbone, city_dir):
         (["--city", "atlantis"], None, r"--city 'atlantis' is not a city of this model; its cities: \['synth-p'\]"),
         (["--city", CITY], "lat,lon\n40.0,-74.0\n", r"missing column 'local_time'"),
         (["--city", CITY, "--k", "0"], None, r"--k 0: expected a positive integer"),
+        (["--city", CITY, "--at", "2024-03-05 09:00"], None, r"trained for task_mode='next'.*drop --at"),
         (["--city", "other", "--cells", "CITY_DIR"], None, r"holds city 'synth-p', not --city 'other'"),
     ],
 )

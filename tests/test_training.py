@@ -104,6 +104,26 @@ def test_best_checkpoint_is_the_best_validation_score_and_is_exported(workspace)
     assert "model-index" in card and f"{results['test']['city-a']['hit@1']:.6f}".rstrip("0") in card
 
 
+def test_at_time_ranker_starts_from_the_features_only_ranker(workspace):
+    output = workspace["root"] / "ranker"
+    results = train_script.main(arguments(
+        workspace, output, "--max_steps", "4", "--eval_steps", "2", "--task_mode", "at_time",
+        "--regression_target", "offset_from_last", "--candidate_ranker", "--ranker_feature_path_learning_rate", "1e-4",
+        "--gbdt_baseline", "--zero_shot_dataset", workspace["other_city"],
+    ))
+    assert results["task_mode"] == "at_time"
+    # Step 0 is the warm-started model: its context path is zero, so it ranks exactly like the features-only ranker.
+    history = results["validation_history"]
+    assert [entry["step"] for entry in history] == [0, 2, 4]
+    assert history[0]["hit@1"] == pytest.approx(max(results["ranker_warm_start"]["validation_hit@1"]))
+    assert {"gbdt_ranker / city-a", "gbdt_ranker / city-b (zero-shot)", "hour_frequency / city-a"} <= set(
+        results["baselines"])
+    exported = AutoModel.from_pretrained(output / "model")
+    assert exported.config.task_mode == "at_time" and exported.config.use_candidate_ranker
+    assert float(exported.candidate_scorer.feature_scale.min()) > 0  # scaling fitted on training candidates
+    assert len(results["training_history"]) == 4 and "copy_last_loss" in results["training_history"][0]
+
+
 @pytest.mark.parametrize(
     "metric, values, best_index",
     [("hit@1", [0.2, 0.5, 0.4, 0.5], 1), ("mean_error_m", [900.0, 700.0, 800.0, 700.0], 1), ("mrr", [0.1], 0)],

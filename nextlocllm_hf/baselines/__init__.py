@@ -7,6 +7,11 @@ Rules (``rules.py``, no learning except ``markov_train_users``)::
     table = metrics_for_rankings(rankings, city.splits["test"], city.retriever())   # {name: compute_metrics(...)}
     table = evaluate_rule_baselines(city.splits["train"], city.splits["test"], city.retriever())  # both steps
 
+Learned rankers over the model's candidate features, without a language model (``feature_rankers.py``)::
+
+    ranker = GBDTRanker("at_time").fit(city.splits["train"], city.splits["validation"], city.retriever())
+    ranked = ranker.rank(other_city.splits["test"], other_city.retriever(), k=20)   # zero-shot works the same way
+
 ID classification (``id_classifier.py``, LSTM over cell ids + hour + day, softmax over the city's cells)::
 
     model, history = train_id_classifier(train, validation, retriever.num_cells, epochs=10, batch_size=256,
@@ -16,6 +21,7 @@ ID classification (``id_classifier.py``, LSTM over cell ids + hour + day, softma
 
 from __future__ import annotations
 
+from .feature_rankers import FEATURE_RANKERS, FeatureMLPRanker, GBDTRanker
 from .id_classifier import IDClassifier, rank_with_id_classifier, train_id_classifier
 from .rules import (
     MIXTURE_ALPHA,
@@ -25,6 +31,9 @@ from .rules import (
     MarkovTrainUsers,
     MarkovWithinSample,
     MostFrequent,
+    HourFrequency,
+    TIME_AWARE_RULES,
+    make_rule,
     NearestCells,
     RuleBaseline,
     evaluate_rule_baselines,
@@ -36,6 +45,12 @@ from .rules import (
 )
 
 __all__ = [
+    "FEATURE_RANKERS",
+    "FeatureMLPRanker",
+    "GBDTRanker",
+    "HourFrequency",
+    "TIME_AWARE_RULES",
+    "make_rule",
     "MIXTURE_ALPHA",
     "RULE_BASELINES",
     "RuleBaseline",

@@ -31,6 +31,11 @@ The rules (``RULE_BASELINES`` maps these names to classes):
     the within-sample transition share (count of ``last -> c`` over all transitions out of the last cell; 0 when there
     are none) and ``alpha = MIXTURE_ALPHA = 0.5``, fixed a priori (not tuned on any split). Scores equal to 12 decimals
     tie; ties: most recent visit, then cell id.
+``hour_frequency``
+    every cell visited in ``s``, scored first by its visits within ±2 h (``TIME_WINDOW_HOURS``, circular) of the
+    reference hour, then by its visit count; ties: most recent visit, then cell id. The reference hour is the query's
+    ``target_hour`` in ``at_time`` mode and the last record's hour in ``next`` mode (``reference_time``), so the rule
+    needs ``task_mode=`` and the records' hours.
 ``nearest_cells``
     no candidates: the k cells nearest to the last point (the padding alone).
 
@@ -47,6 +52,8 @@ import numpy as np
 
 from ..columns import rows_to_arrays
 from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics
+from ..modeling.candidates_nextlocllm import QUERY_COLUMNS, TIME_WINDOW_HOURS, hour_distance, reference_time
+from ..modeling.configuration_nextlocllm import TASK_MODES
 from ..modeling.retrieval_nextlocllm import CityRetriever
 
 #: Weight of the within-sample transition share in ``markov_frequency_mixture`` (fixed, not tuned).
@@ -237,6 +244,8 @@ class RuleBaseline:
     """Common interface: ``fit(train_rows, cells_or_retriever)`` then ``rank(rows, k) -> (N, k)`` int64 cell ids."""
 
     name = "rule"
+    #: columns besides ``RANK_COLUMNS`` that ``_candidates`` reads
+    extra_columns: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.retriever: CityRetriever | None = None
@@ -274,7 +283,7 @@ class RuleBaseline:
             )
         k = int(k)
         self._check_city(rows, "rows")
-        arrays = rows_to_arrays(rows, RANK_COLUMNS)
+        arrays = rows_to_arrays(rows, (*RANK_COLUMNS, *self.extra_columns))
         seq = record_cells(arrays)
         points = last_points(arrays)
         if len(points) != len(seq):
@@ -282,10 +291,10 @@ class RuleBaseline:
         if len(seq) == 0:
             return np.zeros((0, k), dtype=np.int64)
         self.index.positions(seq, "record cell ids")
-        return pad_with_nearest(self._candidates(seq, k), points, self.retriever, k)
+        return pad_with_nearest(self._candidates(seq, k, arrays), points, self.retriever, k)
 
-    def _candidates(self, seq: np.ndarray, k: int) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _candidates(self, seq: np.ndarray, k: int, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover - abstract
 
 
 class LastLocation(RuleBaseline):
@@ -293,7 +302,7 @@ class LastLocation(RuleBaseline):
 
     name = "last_location"
 
-    def _candidates(self, seq, k):
+    def _candidates(self, seq, k, arrays):
         out = np.full((len(seq), k), -1, dtype=np.int64)
         out[:, 0] = seq[:, -1]
         return out
@@ -304,7 +313,7 @@ class MostFrequent(RuleBaseline):
 
     name = "most_frequent"
 
-    def _candidates(self, seq, k):
+    def _candidates(self, seq, k, arrays):
         return _frequency_candidates(seq, k)
 
 
@@ -313,7 +322,7 @@ class MarkovWithinSample(RuleBaseline):
 
     name = "markov_within_sample"
 
-    def _candidates(self, seq, k):
+    def _candidates(self, seq, k, arrays):
         (s, c, count, last), _ = _within_transitions(seq)
         return _select_top(s, c, count, last, len(seq), k)
 
@@ -346,7 +355,7 @@ class MarkovTrainUsers(RuleBaseline):
         order = np.lexsort((row.indices, -row.data))[:k]
         return self.index.sorted_ids[row.indices[order]]
 
-    def _candidates(self, seq, k):
+    def _candidates(self, seq, k, arrays):
         out = np.full((len(seq), k), -1, dtype=np.int64)
         last = seq[:, -1]
         unique_last, inverse = np.unique(last, return_inverse=True)
@@ -374,7 +383,7 @@ class MarkovFrequencyMixture(RuleBaseline):
             raise ValueError(f"alpha={alpha!r} must lie in [0, 1]")
         self.alpha = float(alpha)
 
-    def _candidates(self, seq, k):
+    def _candidates(self, seq, k, arrays):
         n, t = seq.shape
         vs, vc, visits, last = _group(np.repeat(np.arange(n), t), seq.ravel(), np.tile(np.arange(t), n))
         (ts, tc, tcount, _), n_out = _within_transitions(seq)
@@ -388,19 +397,49 @@ class MarkovFrequencyMixture(RuleBaseline):
         return _select_top(vs, vc, np.round(score, _SCORE_DECIMALS), last, n, k)
 
 
+class HourFrequency(RuleBaseline):
+    """Visits within ±2 h of the reference hour, then visit count; ties: most recent visit, then cell id."""
+
+    name = "hour_frequency"
+
+    def __init__(self, task_mode: str = "next") -> None:
+        super().__init__()
+        if task_mode not in TASK_MODES:
+            raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
+        self.task_mode = task_mode
+        self.extra_columns = ("history_hour", "current_hour", "current_day",
+                              *(QUERY_COLUMNS if task_mode == "at_time" else ()))
+
+    def _candidates(self, seq, k, arrays):
+        n, t = seq.shape
+        _, hour, _ = reference_time(arrays, self.task_mode)
+        hours = np.concatenate([np.asarray(arrays["history_hour"]), np.asarray(arrays["current_hour"])], axis=1)
+        in_window = (hour_distance(hours, hour[:, None]) <= TIME_WINDOW_HOURS).ravel()
+        samples, positions = np.repeat(np.arange(n), t), np.tile(np.arange(t), n)
+        vs, vc, visits, last = _group(samples, seq.ravel(), positions)
+        ws, wc, window_visits, _ = _group(samples[in_window], seq.ravel()[in_window], positions[in_window])
+        base = int(seq.max()) + 1
+        window_count = np.zeros(len(vs))
+        window_count[np.searchsorted(vs * base + vc, ws * base + wc)] = window_visits  # a subset of the visited cells
+        return _select_top(vs, vc, window_count + visits / (t + 1), last, n, k)  # visits / (t + 1) < 1: a tie-break
+
+
 class NearestCells(RuleBaseline):
     """The k cells nearest to the last point."""
 
     name = "nearest_cells"
 
-    def _candidates(self, seq, k):
+    def _candidates(self, seq, k, arrays):
         return np.full((len(seq), k), -1, dtype=np.int64)
 
 
 RULE_BASELINES: dict[str, type[RuleBaseline]] = {
     cls.name: cls
-    for cls in (LastLocation, MostFrequent, MarkovWithinSample, MarkovTrainUsers, MarkovFrequencyMixture, NearestCells)
+    for cls in (LastLocation, MostFrequent, MarkovWithinSample, MarkovTrainUsers, MarkovFrequencyMixture,
+                HourFrequency, NearestCells)
 }
+#: Rules that read the reference time and so take ``task_mode=``.
+TIME_AWARE_RULES = ("hour_frequency",)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -413,14 +452,23 @@ def rank_rule_baselines(
     cells_or_retriever: Any,
     k: int = 20,
     names: Sequence[str] | None = None,
+    task_mode: str = "next",
 ) -> dict[str, np.ndarray]:
-    """``{name: (N, k) ranking}`` of each rule (all of ``RULE_BASELINES`` by default), fitted on ``train_rows``."""
+    """``{name: (N, k) ranking}`` of each rule (all of ``RULE_BASELINES`` by default), fitted on ``train_rows``;
+    ``task_mode`` is the reference time of the time-aware rules."""
     names = list(RULE_BASELINES) if names is None else list(names)
     unknown = [n for n in names if n not in RULE_BASELINES]
     if unknown:
         raise ValueError(f"unknown rule baselines {unknown}; known: {list(RULE_BASELINES)}")
     retriever = as_retriever(cells_or_retriever)
-    return {name: RULE_BASELINES[name]().fit(train_rows, retriever).rank(rows, k) for name in names}
+    return {name: make_rule(name, task_mode).fit(train_rows, retriever).rank(rows, k) for name in names}
+
+
+def make_rule(name: str, task_mode: str = "next") -> RuleBaseline:
+    """A rule by name; the time-aware ones get ``task_mode``."""
+    if name not in RULE_BASELINES:
+        raise ValueError(f"unknown rule baseline {name!r}; known: {list(RULE_BASELINES)}")
+    return RULE_BASELINES[name](task_mode) if name in TIME_AWARE_RULES else RULE_BASELINES[name]()
 
 
 def metrics_for_rankings(
@@ -452,13 +500,14 @@ def evaluate_rule_baselines(
     names: Sequence[str] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
+    task_mode: str = "next",
 ) -> dict[str, dict[str, float]]:
     """``{name: metrics}`` of each rule on ``rows``: :func:`rank_rule_baselines` then :func:`metrics_for_rankings`.
 
     ``k`` must be at least ``max(ks + ndcg_ks)`` (20 by default). ``rows`` also need ``target_cell`` and
     ``target_coordinates``; ``train_rows`` are used by ``markov_train_users`` only.
     """
-    rankings = rank_rule_baselines(train_rows, rows, cells_or_retriever, k=k, names=names)
+    rankings = rank_rule_baselines(train_rows, rows, cells_or_retriever, k=k, names=names, task_mode=task_mode)
     return metrics_for_rankings(rankings, rows, cells_or_retriever, ks=ks, ndcg_ks=ndcg_ks)
 
 
@@ -471,7 +520,10 @@ __all__ = [
     "MarkovWithinSample",
     "MarkovTrainUsers",
     "MarkovFrequencyMixture",
+    "HourFrequency",
     "NearestCells",
+    "TIME_AWARE_RULES",
+    "make_rule",
     "rank_rule_baselines",
     "evaluate_rule_baselines",
     "metrics_for_rankings",

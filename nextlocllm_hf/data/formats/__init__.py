@@ -18,7 +18,7 @@ def read_synthetic(path, pois_path, report: BuildReport, opts: ReadOptions) -> R
     records, pois, info = generate_synthetic_city(params, show_progress=opts.show_progress)
     report.input_rows = len(records)
     report.info["local_time_from"] = "synthetic local clock"
-    return RawInput(records, pois, source={"format": "synthetic", "model": "EPR (Song et al. 2010) + home/work rhythm",
+    return RawInput(records, pois, source={"format": "synthetic", "model": "EPR (Song et al. 2010) + daily routines (home, work, leisure, weekend and day anchors)",
                                            "params": info}, poi_source="synthetic POI layout")
 
 

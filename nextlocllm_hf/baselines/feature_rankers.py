@@ -1,0 +1,235 @@
+"""Learned rankers over the model's own candidate features, without a language model: the opponents the NextLocLLM
+ranker has to beat, and its ablation without the backbone.
+
+Both rank the candidate set of `build_candidates` (the sample's record cells and the cells nearest its last point)
+from the same id-free features the model's scorer reads, so they run zero-shot in any city, and fill the ranking with
+the cells nearest the last point where the candidates run out.
+
+``gbdt_ranker`` (``GBDTRanker``)
+    scikit-learn's ``HistGradientBoostingClassifier`` on candidate rows (is this candidate the next cell?), ranked by
+    its decision function. The number of boosting iterations is chosen on the validation users' Hit@1 (staged
+    predictions), then the model is refitted with that many, so no test sample ever influences it.
+``feature_mlp_ranker`` (``FeatureMLPRanker``)
+    the model's ``CandidateScorer`` without a context (no backbone states), trained listwise with Adam; the epoch
+    with the best validation Hit@1 is kept. It is "the NextLocLLM ranker without the LLM".
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..columns import rows_to_arrays
+from ..modeling.candidates_nextlocllm import (
+    QUERY_COLUMNS,
+    RECORD_COLUMNS,
+    CandidateScorer,
+    CandidateSet,
+    build_candidates,
+    candidate_feature_names,
+    candidate_listwise_loss,
+    merge_candidate_sets,
+    merge_rankings,
+)
+from ..modeling.configuration_nextlocllm import TASK_MODES
+from ..modeling.retrieval_nextlocllm import CityRetriever
+
+
+@dataclass
+class CandidateTable:
+    """A split's candidates, features and true cells, ready for a learner."""
+
+    candidates: CandidateSet
+    target_cell: np.ndarray | None  # (N,), None when the rows carry no target
+    last_point: np.ndarray  # (N, 2) projected metres, for the nearest-cell fallback
+
+    @property
+    def hits(self) -> np.ndarray:
+        """`(N, M)` bool: the candidate is the true cell."""
+        return (self.candidates.cell_ids == self.target_cell[:, None]) & self.candidates.mask
+
+
+def hit_at_1(scores: np.ndarray, table: CandidateTable) -> float:
+    """Share of samples whose best-scored candidate is the true cell (ties: the earlier candidate)."""
+    scores = np.where(table.candidates.mask, scores, -np.inf)
+    best = scores.argmax(axis=1)
+    return float(table.hits[np.arange(len(best)), best].mean())
+
+
+class CandidateFeatureRanker:
+    """Common part: the candidate table of a split, ranking, and the settings shared with the model's ranker."""
+
+    name = "feature_ranker"
+
+    def __init__(self, task_mode: str = "next", neighbors: int = 10, max_candidates: int = 64,
+                 time_features: bool = True, seed: int = 0) -> None:
+        if task_mode not in TASK_MODES:
+            raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
+        self.task_mode, self.neighbors, self.max_candidates = task_mode, neighbors, max_candidates
+        self.time_features, self.seed = time_features, seed
+        self.fitted = False
+
+    def feature_names(self, num_poi_classes: int) -> list[str]:
+        return candidate_feature_names(num_poi_classes, self.task_mode, self.time_features)
+
+    def table(self, rows: Any, cities: CityRetriever | Mapping[str, CityRetriever]) -> CandidateTable:
+        """Candidates of `rows`: all of one city's (a retriever), or of several (name -> retriever, rows by their
+        `city` column)."""
+        columns = [*RECORD_COLUMNS, *(QUERY_COLUMNS if self.task_mode == "at_time" else ())]
+        names = set(rows.column_names if hasattr(rows, "column_names") else rows)
+        several = not isinstance(cities, CityRetriever)
+        extra = [name for name in ("target_cell", "city") if name in names and (name != "city" or several)]
+        arrays = rows_to_arrays(rows, [*columns, *extra])
+        total = len(arrays["history_cell"])
+        if several:
+            city = np.asarray(arrays["city"]).astype(str) if "city" in arrays else np.array([], dtype=str)
+            unknown = sorted(set(city.tolist()) - set(cities))
+            if len(city) != total or unknown:
+                raise ValueError(f"{self.name}: rows from cities {unknown or 'without a city column'}; "
+                                 f"known: {sorted(cities)}")
+            groups = {name: np.flatnonzero(city == name) for name in cities if (city == name).any()}
+        else:
+            groups, cities = {cities.name: np.arange(total)}, {cities.name: cities}
+        parts = {
+            name: build_candidates(cities[name], {key: value[part] for key, value in arrays.items() if key in columns},
+                                   self.task_mode, self.neighbors, self.max_candidates, self.time_features)
+            for name, part in groups.items()
+        }
+        candidates = merge_candidate_sets(parts, groups, total) if parts else build_candidates(
+            next(iter(cities.values())), arrays, self.task_mode, self.neighbors, self.max_candidates, self.time_features)
+        target = np.asarray(arrays["target_cell"], dtype=np.int64).reshape(-1) if "target_cell" in arrays else None
+        return CandidateTable(candidates, target, np.asarray(arrays["current_coordinates"], dtype=np.float64)[:, -1])
+
+    def fit(self, train_rows: Any, validation_rows: Any,
+            cities: CityRetriever | Mapping[str, CityRetriever]) -> "CandidateFeatureRanker":
+        """Learn on the training users' samples, select on the validation users' (see `table` for `cities`)."""
+        train, validation = self.table(train_rows, cities), self.table(validation_rows, cities)
+        if not train.hits.any(axis=1).any() or not validation.hits.any(axis=1).any():
+            raise ValueError(f"{self.name}: no training or validation sample has its true cell among the candidates")
+        self._fit(train, validation)
+        self.fitted = True
+        return self
+
+    def rank(self, rows: Any, retriever: CityRetriever, k: int = 20) -> np.ndarray:
+        """`(N, k)` cell ids of `retriever`'s city, best first: candidates by score, then the nearest cells."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() before rank()")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= retriever.num_cells:
+            raise ValueError(f"k={k!r}: expected an integer from 1 to the {retriever.num_cells} cells of "
+                             f"city {retriever.name!r}")
+        table = self.table(rows, retriever)
+        if len(table.last_point) == 0:
+            return np.zeros((0, k), dtype=np.int64)
+        nearest, _ = retriever.query(table.last_point, int(k))
+        return merge_rankings(table.candidates.cell_ids, self.scores(table), nearest, int(k))
+
+    def _fit(self, train: CandidateTable, validation: CandidateTable) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def scores(self, table: CandidateTable) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class GBDTRanker(CandidateFeatureRanker):
+    """Gradient-boosted trees (scikit-learn HistGradientBoosting) scoring each candidate; see the module docstring."""
+
+    name = "gbdt_ranker"
+
+    def __init__(self, task_mode: str = "next", max_iter: int = 400, learning_rate: float = 0.1,
+                 max_leaf_nodes: int = 31, min_samples_leaf: int = 40, l2_regularization: float = 1.0, **settings):
+        super().__init__(task_mode, **settings)
+        self.params = dict(max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
+                           min_samples_leaf=min_samples_leaf, l2_regularization=l2_regularization)
+
+    def _estimator(self, max_iter: int):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(**{**self.params, "max_iter": max_iter}, early_stopping=False,
+                                              random_state=self.seed)
+
+    def _fit(self, train: CandidateTable, validation: CandidateTable) -> None:
+        covered = train.hits.any(axis=1)  # a sample whose true cell is no candidate says nothing about ranking
+        rows = train.candidates.mask & covered[:, None]
+        features, labels = train.candidates.features[rows], train.hits[rows]
+        model = self._estimator(self.params["max_iter"]).fit(features, labels)
+        mask = validation.candidates.mask
+        history = []
+        for stage in model.staged_decision_function(validation.candidates.features[mask]):
+            scores = np.full(mask.shape, -np.inf)
+            scores[mask] = stage
+            history.append(hit_at_1(scores, validation))
+        self.validation_hit_at_1 = history
+        self.best_iteration = int(np.argmax(history)) + 1
+        # Deterministic boosting: refitting with the chosen number of iterations rebuilds exactly those trees.
+        self.model = model if self.best_iteration == len(history) else self._estimator(self.best_iteration).fit(
+            features, labels)
+
+    def scores(self, table: CandidateTable) -> np.ndarray:
+        mask = table.candidates.mask
+        scores = np.full(mask.shape, -np.inf)
+        if mask.any():
+            scores[mask] = self.model.decision_function(table.candidates.features[mask])
+        return scores
+
+
+class FeatureMLPRanker(CandidateFeatureRanker):
+    """The model's candidate scorer on the shared features alone (no backbone), trained listwise."""
+
+    name = "feature_mlp_ranker"
+
+    def __init__(self, task_mode: str = "next", width: int = 128, epochs: int = 15, batch_size: int = 256,
+                 learning_rate: float = 2e-3, patience: int = 3, **settings):
+        super().__init__(task_mode, **settings)
+        self.width, self.epochs, self.batch_size = width, epochs, batch_size
+        self.learning_rate, self.patience = learning_rate, patience
+
+    def _fit(self, train: CandidateTable, validation: CandidateTable) -> None:
+        torch.manual_seed(self.seed)
+        generator = np.random.default_rng(self.seed)
+        candidates = train.candidates
+        self.scorer = CandidateScorer(candidates.features.shape[-1], context_size=0, width=self.width)
+        self.scorer.fit_feature_scaling(candidates.features, candidates.mask)
+        optimizer = torch.optim.Adam(self.scorer.parameters(), lr=self.learning_rate)
+        covered = np.flatnonzero(train.hits.any(axis=1))
+        features, mask = torch.from_numpy(candidates.features), torch.from_numpy(candidates.mask)
+        cell_ids, targets = torch.from_numpy(candidates.cell_ids), torch.from_numpy(train.target_cell.copy())
+        best, best_state, waited, self.validation_hit_at_1 = -1.0, None, 0, []
+        for _ in tqdm(range(self.epochs), desc=self.name, leave=False):
+            self.scorer.train()
+            order = generator.permutation(covered)
+            for start in range(0, len(order), self.batch_size):
+                batch = torch.from_numpy(order[start:start + self.batch_size])
+                loss, _ = candidate_listwise_loss(self.scorer(features[batch], mask[batch]), cell_ids[batch],
+                                                  targets[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            score = hit_at_1(self.scores(validation), validation)
+            self.validation_hit_at_1.append(score)
+            if score > best:
+                best, best_state, waited = score, copy.deepcopy(self.scorer.state_dict()), 0
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        self.best_epoch = int(np.argmax(self.validation_hit_at_1)) + 1
+        self.scorer.load_state_dict(best_state)
+
+    @torch.no_grad()
+    def scores(self, table: CandidateTable) -> np.ndarray:
+        self.scorer.eval()
+        features = torch.from_numpy(table.candidates.features)
+        mask = torch.from_numpy(table.candidates.mask)
+        scores = torch.cat([self.scorer(features[i:i + 4096], mask[i:i + 4096]) for i in range(0, len(mask), 4096)])
+        return np.where(table.candidates.mask, scores.double().numpy(), -np.inf)
+
+
+FEATURE_RANKERS: dict[str, type[CandidateFeatureRanker]] = {cls.name: cls for cls in (GBDTRanker, FeatureMLPRanker)}
+
+__all__ = ["FEATURE_RANKERS", "CandidateFeatureRanker", "CandidateTable", "FeatureMLPRanker", "GBDTRanker",
+           "hit_at_1"]
