@@ -8,7 +8,7 @@
 3. reload the exported folder through `AutoModel` and print the top-k cells for one trajectory of the new city;
 4. save a figure: validation curve and that trajectory on a map.
 
-    python demo.py [--output_dir outputs/demo] [--max_steps 400]
+    python demo.py [--output_dir outputs/demo] [--max_steps 200]
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ CITIES = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--max_steps", type=int, default=400, help="optimizer steps (about 0.6 s each here)")
+    parser.add_argument("--max_steps", type=int, default=200,
+                        help="end-to-end optimizer steps after the features-only warm start (about 1.3 s each here)")
     parser.add_argument("--num_backbone_layers", type=int, default=2)
     parser.add_argument("--top_k", type=int, default=5)
     return parser.parse_args()
