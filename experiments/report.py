@@ -145,11 +145,26 @@ def ranking_training_lines(results: dict) -> str:
     return "\n".join(lines)
 
 
+def readme_table(results: dict) -> str:
+    """The README's summary: Hit@1 [user CI] of the main methods in every task mode and city."""
+    columns = ("nyc/test/next", "nyc/test/at_time", "calgary/all/next", "calgary/all/at_time")
+    names = ("nextlocllm_ranker", "feature_mlp_ranker", "gbdt_ranker", "hour_frequency", "markov_frequency_mixture",
+             "nextlocllm_offset_head", "nextlocllm_paper_head", "last_location")
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name in names:
+        cells = []
+        for rows in columns:
+            score = results["methods"].get(name, {}).get(rows)
+            cells.append("—" if score is None else f"{pct(score['mean']['hit@1'])} {ci(score, 1)}")
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_ranking(results: dict, path: Path) -> None:
     """Hit@1 with user-bootstrap intervals, per task mode and city, for the model's rows and the baselines."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(RANKING_ROWS), figsize=(16, 5), sharey=True)
+    fig, axes = plt.subplots(1, len(RANKING_ROWS), figsize=(22, 5))  # each panel its own order of methods
     for ax, rows in zip(axes, RANKING_ROWS):
         methods = {n: by_rows[rows] for n, by_rows in results["methods"].items() if rows in by_rows}
         names = sorted(methods, key=lambda n: -methods[n]["mean"]["hit@1"])
@@ -223,7 +238,7 @@ def budget_lines(results: dict) -> str:
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(<!-- END {re.escape(name)} -->)", re.S)
     if not pattern.search(text):
-        raise ValueError(f"docs/results.md has no block {name!r} (<!-- BEGIN {name} --> ... <!-- END {name} -->)")
+        raise ValueError(f"no block {name!r} to replace (<!-- BEGIN {name} --> ... <!-- END {name} -->)")
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
@@ -371,6 +386,8 @@ def main(argv=None) -> None:
                   + ranking_table(r, rows) + "\n\n" + ranking_gaps(r, rows) for rows in RANKING_ROWS]
         doc = replace_block(doc, "ranking", "\n\n".join(tables) + "\n\n" + ranking_training_lines(r))
         plot_ranking(r, FIGURES / "ranking_modes.png")
+        readme_path = REPO_ROOT / "README.md"
+        readme_path.write_text(replace_block(readme_path.read_text(), "readme-ranking", readme_table(r)))
     if (args.work_dir / "predictions" / "nextlocllm_ranker_at_time_seed0_split0_nyc.npz").exists():
         chosen = plot_trajectory_map(Study(args.data.resolve(), args.work_dir), FIGURES / "test_trajectory_map.png")
         print(f"map of NYC test {chosen}")
