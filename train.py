@@ -74,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--mixture_distance_loss_weight", type=float, default=0.0,
                        help="add the distance of the closest mode (normalized units) to the mixture likelihood")
     model.add_argument("--candidate_ranker", action="store_true",
-                       help="re-rank the input-record cells and the cells near the prediction (listwise loss)")
+                       help="re-rank the input-record cells and the cells near the last point (listwise loss)")
     model.add_argument("--candidate_loss_weight", type=float, default=1.0, help="weight of the listwise loss")
     model.add_argument("--no_candidate_time_features", action="store_true",
                        help="drop the time-conditioned candidate features (an ablation)")
