@@ -235,9 +235,10 @@ def build_candidates(
 
     safe_rows = np.where(mask, rows, 0)
     std = retriever.coordinate_std
-    offset = (retriever.xy[safe_rows] - last_point[:, None]) / std  # (B, M, 2)
+    from_last = retriever.xy[safe_rows] - last_point[:, None]  # (B, M, 2) metres
+    offset = from_last / std
     distance = np.linalg.norm(offset, axis=-1)
-    metres = np.linalg.norm(retriever.xy[safe_rows] - last_point[:, None], axis=-1)
+    metres = np.linalg.norm(from_last, axis=-1)
     gyration = np.sqrt(((xy - xy.mean(axis=1, keepdims=True)) ** 2).sum(axis=-1).mean(axis=1))
     distance_gyration = np.log1p(metres / np.maximum(gyration, MIN_GYRATION_M)[:, None])
 

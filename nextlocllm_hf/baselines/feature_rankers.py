@@ -31,7 +31,6 @@ from ..modeling.candidates_nextlocllm import (
     CandidateScorer,
     CandidateSet,
     build_candidates,
-    candidate_feature_names,
     candidate_listwise_loss,
     merge_candidate_sets,
     merge_rankings,
@@ -73,9 +72,6 @@ class CandidateFeatureRanker:
         self.task_mode, self.neighbors, self.max_candidates = task_mode, neighbors, max_candidates
         self.time_features, self.seed = time_features, seed
         self.fitted = False
-
-    def feature_names(self, num_poi_classes: int) -> list[str]:
-        return candidate_feature_names(num_poi_classes, self.task_mode, self.time_features)
 
     def table(self, rows: Any, cities: CityRetriever | Mapping[str, CityRetriever]) -> CandidateTable:
         """Candidates of `rows`: all of one city's (a retriever), or of several (name -> retriever, rows by their
