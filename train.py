@@ -165,7 +165,8 @@ def warm_start_candidate_ranker(model, train_split, validation_split, seed: int)
     on validation, and copy it into the model's scorer, whose context path starts at zero; end-to-end training then
     starts from the features-only ranker instead of from scratch."""
     config = model.config
-    ranker = FeatureMLPRanker(config.task_mode, width=config.candidate_ranker_width, neighbors=config.candidate_neighbors,
+    ranker = FeatureMLPRanker(config.task_mode, width=config.candidate_ranker_width,
+                              feature_bins=config.candidate_feature_bins, neighbors=config.candidate_neighbors,
                               max_candidates=config.max_candidates, time_features=config.candidate_time_features,
                               seed=seed).fit(train_split, validation_split, model.retrievers)
     model.candidate_scorer.warm_start_from(ranker.scorer)

@@ -15,8 +15,10 @@ runs train them once. The data stays where it is: nothing from --data is copied 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,6 +37,7 @@ from study import (  # noqa: E402  (the experiments folder is not a package)
 )
 
 MODEL = "nextlocllm"
+RANKING_RESULTS = REPO_ROOT / "experiments" / "results" / "ranking.json"
 ID_CLASSIFIER = "id_classifier"
 
 
@@ -163,13 +166,21 @@ def split_seeds(study: Study) -> None:
     write_results("split_seeds", payload)
 
 
-def ranking(study: Study) -> None:
+def ranking(study: Study, reuse: Sequence[str] = ()) -> None:
     """Issue 12: NYC test and Calgary zero-shot in both task modes; every method on the same rows; paired
     user-bootstrap gaps of each learned method against the strongest baseline of its mode (rules, point references
-    and learned rankers without a language model)."""
+    and learned rankers without a language model).
+
+    `reuse` names model variants whose rows (scores, paired gaps against the baselines, training record) are copied
+    from the committed ranking.json instead of retrained: only for variants whose code path has not changed since,
+    to spend one machine's hours on what did. The payload lists them."""
+    previous = json.loads(RANKING_RESULTS.read_text()) if reuse else {}
+    for variant in reuse:
+        if variant not in MODES or previous.get("model_flags", {}).get(variant) != MODES[variant]:
+            raise SystemExit(f"--reuse {variant}: not a ranking variant with the same flags in {RANKING_RESULTS}")
     payload: dict = {"table": "task modes: NextLocLLM heads vs the boosted ranker and the rules (seed 0)",
                      "methods": {}, "paired_differences": {}, "rows": {}, "strongest_baseline": {},
-                     "model_flags": MODES}
+                     "model_flags": MODES, "reused_from_previous_run": list(reuse)}
     for city in ("nyc", "calgary"):
         targets = study.targets(city)
         split = "test" if city == "nyc" else "all"
@@ -184,7 +195,7 @@ def ranking(study: Study) -> None:
                 "feature_mlp_ranker": [study.feature_ranker_predictions("feature_mlp_ranker", mode, city)],
             }
             models = {variant.split("/")[0]: [study.model_predictions(variant, 0, city)]
-                      for variant in MODES if variant.endswith(f"/{mode}")}
+                      for variant in MODES if variant.endswith(f"/{mode}") and variant not in reuse}
             methods = {**models, **baselines}
             scores = {name: score(runs, targets) for name, runs in methods.items()}
             for name, s in scores.items():
@@ -199,7 +210,13 @@ def ranking(study: Study) -> None:
                         if other != name:
                             payload["paired_differences"][f"{name} - {other} ({key}, {metric})"] = paired_gap(
                                 methods[name], methods[other], targets, k)
-    payload["training"] = {variant: study.training_record(variant, 0) for variant in MODES}
+    for variant in reuse:
+        name = variant.split("/")[0]
+        payload["methods"][name] = previous["methods"][name]
+        payload["paired_differences"].update(
+            {gap: value for gap, value in previous["paired_differences"].items() if gap.startswith(f"{name} - ")})
+    payload["training"] = {variant: previous["training"][variant] if variant in reuse
+                           else study.training_record(variant, 0) for variant in MODES}
     write_results("ranking", payload)
 
 
@@ -219,13 +236,18 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="the shared data folder (../shared/data)")
     parser.add_argument("--work_dir", type=Path, default=REPO_ROOT / "runs" / "study")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of the main rows")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="VARIANT",
+                        help="ranking: copy these model variants' rows from the committed ranking.json (unchanged "
+                             "code path) instead of retraining them")
     args = parser.parse_args(argv)
     if not (args.data / "foursquare_tsmc2014_nyc").is_dir():
         parser.error(f"--data {args.data}: no foursquare_tsmc2014_nyc folder there")
     study = Study(args.data.resolve(), args.work_dir, seeds=tuple(args.seeds))
     print(f"budget per training run: {BUDGET}")
+    if args.reuse and args.table != "ranking":
+        parser.error("--reuse applies to the ranking table only")
     for name in TABLES if args.table == "all" else [args.table]:
-        TABLES[name](study)
+        TABLES[name](study, args.reuse) if name == "ranking" else TABLES[name](study)
 
 
 if __name__ == "__main__":

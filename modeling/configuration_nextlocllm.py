@@ -101,7 +101,9 @@ class NextLocLLMConfig(PreTrainedConfig):
         candidate_time_features (`bool`, True): include the time-conditioned candidate features (off: an ablation).
         candidate_neighbors (`int`, 10): cells nearest the last input point added as candidates.
         max_candidates (`int`, 64): candidates per sample (input-record cells first, then neighbours).
-        candidate_ranker_width (`int`, 128): hidden width of the candidate scorer.
+        candidate_ranker_width (`int`, 256): hidden width of the candidate scorer.
+        candidate_feature_bins (`int`, 8): quantile bins of each candidate feature's piecewise-linear encoding,
+            next to its standardized value (0: standardized only).
         candidate_loss_weight (`float`, 1.0): weight of the listwise loss (with the paper's head, whose loss is in
             metres, a weight of the order of 1000 balances the two).
     """
@@ -144,7 +146,8 @@ class NextLocLLMConfig(PreTrainedConfig):
     candidate_time_features: bool = True
     candidate_neighbors: int = 10
     max_candidates: int = 64
-    candidate_ranker_width: int = 128
+    candidate_ranker_width: int = 256
+    candidate_feature_bins: int = 8
     candidate_loss_weight: float = 1.0
 
     def __post_init__(self, **kwargs):
@@ -202,6 +205,11 @@ class NextLocLLMConfig(PreTrainedConfig):
         )
         require(self.mixture_distance_loss_weight >= 0.0, "mixture_distance_loss_weight", "a value >= 0")
         require(self.candidate_loss_weight >= 0.0, "candidate_loss_weight", "a value >= 0")
+        require(
+            isinstance(self.candidate_feature_bins, int) and not isinstance(self.candidate_feature_bins, bool)
+            and self.candidate_feature_bins >= 0,
+            "candidate_feature_bins", "an integer >= 0 (0: standardized features only)",
+        )
 
     @property
     def num_poi_classes(self) -> int:

@@ -278,7 +278,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             # The shared features, and with a mixture its log-density at the cell (so light modes count less).
             num_features = candidate_feature_size(config.num_poi_classes, config.task_mode, config.candidate_time_features)
             num_features += bool(config.num_mixture_components)
-            self.candidate_scorer = CandidateScorer(num_features, hidden, config.candidate_ranker_width)
+            self.candidate_scorer = CandidateScorer(num_features, hidden, config.candidate_ranker_width,
+                                                   config.candidate_feature_bins)
         if config.use_duration_head:
             self.duration_head = nn.Linear(hidden, 1, bias=False)
 

@@ -223,13 +223,43 @@ def test_all_masked_row_gives_no_nan_in_bfloat16():
 def test_scorer_standardizes_with_fitted_statistics_and_needs_its_context():
     scorer = CandidateScorer(num_features=3, context_size=0, width=4)
     features = np.array([[[1.0, 10.0], [3.0, 10.0], [100.0, -5.0]]])
-    scorer.fit_feature_scaling(features, np.array([[True, True, False]]))  # the masked candidate is not counted
+    scorer.fit_feature_encoding(features, np.array([[True, True, False]]))  # the masked candidate is not counted
     torch.testing.assert_close(scorer.feature_shift, torch.tensor([2.0, 10.0, 0.0]))
     torch.testing.assert_close(scorer.feature_scale, torch.tensor([1.0, 1.0, 1.0]))  # a constant keeps scale 1
     with pytest.raises(ValueError, match="4 features"):
-        scorer.fit_feature_scaling(np.zeros((1, 2, 4)), np.ones((1, 2), dtype=bool))
+        scorer.fit_feature_encoding(np.zeros((1, 2, 4)), np.ones((1, 2), dtype=bool))
     with pytest.raises(ValueError, match="pass context and record_states"):
         CandidateScorer(3, 4, 8)(torch.randn(1, 2, 3), torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_piecewise_linear_encoding_against_hand_computed_bins():
+    scorer = CandidateScorer(num_features=3, context_size=0, width=4, feature_bins=2)
+    # Feature 0: 0..4 (edges 0, 2, 4); feature 1: a point mass at 0 with one 1 (edges 0, 0, 1).
+    training = np.array([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 1.0]]])
+    scorer.fit_feature_encoding(training, np.ones((1, 5), dtype=bool))
+    torch.testing.assert_close(scorer.bin_edges, torch.tensor([[0.0, 2.0, 4.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+    encoded = scorer.encode_features(torch.tensor([[[3.0, 0.5, 7.0], [-1.0, 2.0, 0.0]]]))
+    std0, std1 = np.std([0, 1, 2, 3, 4]), np.std([0, 0, 0, 0, 1])
+    expected = torch.tensor([[
+        # (standardized, bin 1, bin 2) per feature; zero-width bins and the unfitted third feature's bins encode 0
+        [(3 - 2) / std0, 1.0, 0.5, (0.5 - 0.2) / std1, 0.0, 0.5, 7.0, 0.0, 0.0],
+        [(-1 - 2) / std0, 0.0, 0.0, (2 - 0.2) / std1, 0.0, 1.0, 0.0, 0.0, 0.0],
+    ]], dtype=torch.float32)
+    torch.testing.assert_close(encoded, expected)
+    assert scorer.feature_projection.in_features == 9
+
+
+def test_warm_start_copies_the_features_only_scorer_exactly():
+    torch.manual_seed(0)
+    features_only = CandidateScorer(num_features=4, context_size=0, width=8, feature_bins=3)
+    features_only.fit_feature_encoding(np.random.default_rng(0).exponential(size=(2, 6, 4)), np.ones((2, 6), bool))
+    full = CandidateScorer(num_features=5, context_size=6, width=8, feature_bins=3)  # one extra feature
+    full.warm_start_from(features_only)
+    features, mask = torch.rand(2, 6, 5) * 3, torch.ones(2, 6, dtype=torch.bool)
+    context, records = torch.randn(2, 6), torch.randn(2, 6, 6)
+    torch.testing.assert_close(full(features, mask, context, records), features_only(features[..., :4], mask))
+    with pytest.raises(ValueError, match="2 bins"):
+        CandidateScorer(num_features=5, context_size=6, width=8, feature_bins=2).warm_start_from(features_only)
 
 
 def relabeled(retriever: CityRetriever, mapping) -> CityRetriever:

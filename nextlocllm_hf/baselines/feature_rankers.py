@@ -178,18 +178,19 @@ class FeatureMLPRanker(CandidateFeatureRanker):
 
     name = "feature_mlp_ranker"
 
-    def __init__(self, task_mode: str = "next", width: int = 128, epochs: int = 15, batch_size: int = 256,
-                 learning_rate: float = 2e-3, patience: int = 3, **settings):
+    def __init__(self, task_mode: str = "next", width: int = 256, feature_bins: int = 8, epochs: int = 30,
+                 batch_size: int = 256, learning_rate: float = 1e-3, patience: int = 6, **settings):
         super().__init__(task_mode, **settings)
-        self.width, self.epochs, self.batch_size = width, epochs, batch_size
+        self.width, self.feature_bins, self.epochs, self.batch_size = width, feature_bins, epochs, batch_size
         self.learning_rate, self.patience = learning_rate, patience
 
     def _fit(self, train: CandidateTable, validation: CandidateTable) -> None:
         torch.manual_seed(self.seed)
         generator = np.random.default_rng(self.seed)
         candidates = train.candidates
-        self.scorer = CandidateScorer(candidates.features.shape[-1], context_size=0, width=self.width)
-        self.scorer.fit_feature_scaling(candidates.features, candidates.mask)
+        self.scorer = CandidateScorer(candidates.features.shape[-1], context_size=0, width=self.width,
+                                      feature_bins=self.feature_bins)
+        self.scorer.fit_feature_encoding(candidates.features, candidates.mask)
         optimizer = torch.optim.Adam(self.scorer.parameters(), lr=self.learning_rate)
         covered = np.flatnonzero(train.hits.any(axis=1))
         features, mask = torch.from_numpy(candidates.features), torch.from_numpy(candidates.mask)
