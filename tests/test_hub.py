@@ -49,7 +49,7 @@ sha = lambda repo: api.model_info(repo).sha
 assert main(["push-model", spec["v1"], "--repo_id", spec["model_repo"]]) == 0   # the CLI, results.json found beside
 out["v1"] = sha(spec["model_repo"])
 api.upload_file(path_or_fileobj=b"stale", path_in_repo="pytorch_model.bin", repo_id=spec["model_repo"])
-push_model(spec["v2"], spec["model_repo"], commit_message="v2: retrained, calgary cells changed")
+push_model(spec["v2"], spec["model_repo"], commit_message="v2: retrained, calgary cells changed", overwrite=True)
 out["v2"] = sha(spec["model_repo"])
 push_model(spec["v1"], spec["model_repo"], revision="v1-branch", results=spec["results"])
 push_model(spec["lora"], spec["lora_repo"])
