@@ -178,6 +178,10 @@ def check_launch(accelerator: Accelerator, args: argparse.Namespace) -> None:
             f"launcher started {expected} processes but Accelerate sees {accelerator.num_processes}; on CPU use "
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N train.py ...`"
         )
+    for plugin, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(f"ACCELERATE_USE_{plugin}", "false").lower() == "true" and accelerator.distributed_type != kind:
+            raise ValueError(f"the launcher asked for {kind.value}, but Accelerate runs {accelerator.distributed_type.value}"
+                             f" (it uses {kind.value} only on GPUs and other accelerators, never on CPU)")
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         if not accelerator.state.fsdp_plugin.use_orig_params:
             raise ValueError("FSDP needs fsdp_use_orig_params: true (configs/accelerate/fsdp.yaml): most backbone "
@@ -255,6 +259,10 @@ def prepare_model_and_optimizer(accelerator: Accelerator, model, args: argparse.
     def optimizer_for(module):
         return torch.optim.Adam(parameter_groups(module, args), lr=args.learning_rate, weight_decay=args.weight_decay)
 
+    for plugin, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(f"ACCELERATE_USE_{plugin}", "false").lower() == "true" and accelerator.distributed_type != kind:
+            raise ValueError(f"the launcher asked for {kind.value}, but Accelerate runs {accelerator.distributed_type.value}"
+                             f" (it uses {kind.value} only on GPUs and other accelerators, never on CPU)")
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         model = accelerator.prepare(model)
         return model, accelerator.prepare(optimizer_for(accelerator.unwrap_model(model)))
@@ -623,7 +631,9 @@ def load_best(accelerator: Accelerator, model, folder: Path) -> dict:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         weights = read_weights(folder) if accelerator.is_main_process else {}
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        # A copy: torch replaces the dict's values by the distributed tensors it places (the export needs full ones).
+        set_model_state_dict(model, dict(weights),
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         return weights
     weights = read_weights(folder)
     accelerator.unwrap_model(model).load_state_dict(weights, strict=True)
