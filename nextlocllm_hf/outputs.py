@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-PARTIAL_SUFFIXES = (".partial", ".old")
+PARTIAL_PATTERNS = (".*.partial", ".*.old", ".*.partial.*")  # the hidden names below, of folders and of files
 
 
 def partial_path(target: Path, suffix: str = ".partial") -> Path:
@@ -55,7 +55,8 @@ def refuse_occupied(target, *, overwrite: bool, option: str, what: str, owned: S
     if not target.is_dir():
         raise FileExistsError(f"{option} {target} is a file, not a folder")
     names = sorted(p.name for p in target.iterdir())
-    foreign = [name for name in names if not any(fnmatch.fnmatch(name, g) for g in owned)]
+    ours = [*owned, *PARTIAL_PATTERNS]  # leftovers of our own interrupted writes are ours too
+    foreign = [name for name in names if not any(fnmatch.fnmatch(name, g) for g in ours)]
     if foreign:
         raise FileExistsError(f"{option} {target} holds {name_list(foreign)}, which is not part of a {what}: refusing "
                               f"to replace it (even with --overwrite); give a new or empty folder")
@@ -141,8 +142,7 @@ def remove_folder(target) -> None:
 
 def remove_partials(folder) -> list[str]:
     """Delete the hidden leftovers of interrupted writes in `folder`; returns their names."""
-    patterns = [f".*{suffix}" for suffix in PARTIAL_SUFFIXES] + [".*.partial.*"]
-    names = existing_outputs(Path(folder), patterns)
+    names = existing_outputs(Path(folder), PARTIAL_PATTERNS)
     for name in names:
         path = Path(folder) / name
         if path.is_dir():
