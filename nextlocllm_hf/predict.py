@@ -32,7 +32,7 @@ the last record). Each model refuses the other task's input with a message sayin
 The model ranks the city's cells with its own head (KD-tree distance to its point, mixture density, or the candidate
 ranker); `distance_m` is the great-circle distance from the predicted point (`nextlocllm_hf.metrics.haversine_m`).
 `--cells DIR` adds a city built by `dataset_scripts/build_city.py` for zero-shot use; `--plot out.png` draws the
-trajectory, the predicted point and the top-k cells.
+trajectory, the predicted point and the top-k cells (an existing file is replaced only with `--overwrite`).
 """
 
 from __future__ import annotations
