@@ -83,7 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", nargs="+", required=True, help="city folders (or Hub ids) to train on")
     data.add_argument("--zero_shot_dataset", nargs="*", default=[], help="cities to evaluate zero-shot at the end")
-    data.add_argument("--max_eval_samples", type=positive_int, default=None, help="cap the validation samples per evaluation")
+    data.add_argument("--max_eval_samples", type=positive_int, default=None,
+                      help="cap the validation samples per evaluation")
 
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default="smollm2-135m", help="Hub id, local folder, or smollm2-135m (embedded)")
@@ -105,7 +106,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="add the distance of the closest mode (normalized units) to the mixture likelihood")
     model.add_argument("--candidate_ranker", action="store_true",
                        help="re-rank the input-record cells and the cells near the last point (listwise loss)")
-    model.add_argument("--candidate_loss_weight", type=non_negative_float, default=1.0, help="weight of the listwise loss")
+    model.add_argument("--candidate_loss_weight", type=non_negative_float, default=1.0,
+                       help="weight of the listwise loss")
     model.add_argument("--no_candidate_time_features", action="store_true",
                        help="drop the time-conditioned candidate features (an ablation)")
     model.add_argument("--max_candidates", type=positive_int, default=64, help="candidates per sample for the ranker")
@@ -137,7 +139,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=0)
 
     loop = parser.add_argument_group("evaluation and checkpoints")
-    loop.add_argument("--eval_steps", type=positive_int, default=None, help="evaluate every N steps (default: each epoch)")
+    loop.add_argument("--eval_steps", type=positive_int, default=None,
+                      help="evaluate every N steps (default: each epoch)")
     loop.add_argument("--metric_for_best_model", default="hit@1",
                       choices=[name for name in DEFAULT_TABLE_COLUMNS if name != "count"])
     loop.add_argument("--early_stopping_patience", type=non_negative_int, default=0, help="evaluations; 0 disables")
@@ -149,7 +152,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="a checkpoint-N folder, or 'latest': the newest complete checkpoint in --output_dir (step 0 "
                            "when there is none yet, so a job can always be relaunched with it)")
     loop.add_argument("--report_to", default="none", choices=["none", "tensorboard"])
-    loop.add_argument("--id_baseline_epochs", type=non_negative_int, default=0, help="also train the ID-classification baseline")
+    loop.add_argument("--id_baseline_epochs", type=non_negative_int, default=0,
+                      help="also train the ID-classification baseline")
     loop.add_argument("--gbdt_baseline", action="store_true",
                       help="also train the boosted-tree ranker over the model's candidate features (gbdt_ranker)")
     loop.add_argument("--hub_model_id", default=None, help="ORG/NAME the exported model is meant for (model card)")
@@ -178,10 +182,11 @@ def check_launch(accelerator: Accelerator, args: argparse.Namespace) -> None:
             f"launcher started {expected} processes but Accelerate sees {accelerator.num_processes}; on CPU use "
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N train.py ...`"
         )
+    running = accelerator.distributed_type
     for plugin, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
-        if os.environ.get(f"ACCELERATE_USE_{plugin}", "false").lower() == "true" and accelerator.distributed_type != kind:
-            raise ValueError(f"the launcher asked for {kind.value}, but Accelerate runs {accelerator.distributed_type.value}"
-                             f" (it uses {kind.value} only on GPUs and other accelerators, never on CPU)")
+        if os.environ.get(f"ACCELERATE_USE_{plugin}", "false").lower() == "true" and running != kind:
+            raise ValueError(f"the launcher asked for {kind.value}, but Accelerate runs {running.value} (it uses "
+                             f"{kind.value} only on GPUs and other accelerators, never on CPU)")
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         if not accelerator.state.fsdp_plugin.use_orig_params:
             raise ValueError("FSDP needs fsdp_use_orig_params: true (configs/accelerate/fsdp.yaml): most backbone "
@@ -259,10 +264,6 @@ def prepare_model_and_optimizer(accelerator: Accelerator, model, args: argparse.
     def optimizer_for(module):
         return torch.optim.Adam(parameter_groups(module, args), lr=args.learning_rate, weight_decay=args.weight_decay)
 
-    for plugin, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
-        if os.environ.get(f"ACCELERATE_USE_{plugin}", "false").lower() == "true" and accelerator.distributed_type != kind:
-            raise ValueError(f"the launcher asked for {kind.value}, but Accelerate runs {accelerator.distributed_type.value}"
-                             f" (it uses {kind.value} only on GPUs and other accelerators, never on CPU)")
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         model = accelerator.prepare(model)
         return model, accelerator.prepare(optimizer_for(accelerator.unwrap_model(model)))
@@ -615,8 +616,10 @@ def save_model(accelerator: Accelerator, model, folder: Path) -> None:
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The full state dict saved by `save_pretrained` in `folder`: one safetensors file, or the shards of its index."""
     index = folder / "model.safetensors.index.json"
-    names = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
-        "model.safetensors"]
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        names = ["model.safetensors"]
     weights = {}
     for name in names:
         weights.update(load_file(str(folder / name)))

@@ -7,10 +7,10 @@ The run is tiny (a synthetic city, a random 4-block GPT-2 cut to 2 blocks, 8 ste
 checkpoint every step, the newest 2 kept, an evaluation every 2 steps). Kill points are drawn from a seeded RNG and
 found by polling the output folder, never by timing: while a checkpoint is being written (its hidden
 `.checkpoint-N.partial` folder exists) or just after, while the best model is being written, while the exported model
-is being written, or a drawn delay after launch (startup, data loading, step 0). Each relaunch is killed at the next
-point; after the last kill a relaunch runs to the end. Writes benchmarks/KILL_RESUME.md and ends with
-`kills=K resumed_to_end=True weights_equal=True results_equal=True`. `tests/test_kill_resume.py` runs two kills of the
-same harness in the suite.
+is being written, or a drawn delay after launch (startup, data loading, a step; at the latest when the relaunch
+starts its first write). Each relaunch is killed at the next point; after the last kill a relaunch runs to the end.
+Writes benchmarks/KILL_RESUME.md and ends with `kills=K resumed_to_end=True weights_equal=True results_equal=True`.
+`tests/test_kill_resume.py` runs two kills of the same harness in the suite.
 """
 
 from __future__ import annotations
@@ -37,19 +37,19 @@ RESULT_KEYS = ("best_step", "best_validation", "validation_history", "training_h
 @dataclass(frozen=True)
 class KillPoint:
     """Where to kill: `kind` is checkpoint (step's checkpoint being written, or just written), best (the best model
-    being written after that step's checkpoint), export (the exported model being written) or delay (`seconds`)."""
+    being written after that step's checkpoint), export (the exported model being written) or delay (`seconds` after
+    launch, or the relaunch's first write if that comes sooner)."""
 
     kind: str
     step: int = 0
     seconds: float = 0.0
 
-    def reached(self, output_dir: Path) -> bool:
-        names = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else set()
-        complete = [int(n.split("-")[1]) for n in names if re.fullmatch(r"checkpoint-\d+", n)]
-        writing = [int(n.split("-")[1].split(".")[0]) for n in names if re.fullmatch(r"\.checkpoint-\d+\.partial", n)]
-        done = max(complete, default=0)
+    def reached(self, output_dir: Path, elapsed: float, at_launch: int) -> bool:
+        names, done, reached = progress(output_dir)
+        if self.kind == "delay":  # the drawn time, or sooner if the run gets that far: the first thing it writes
+            return elapsed >= self.seconds or reached > at_launch or ".model.partial" in names
         if self.kind == "checkpoint":  # this step's checkpoint being written or written (or a relaunch already past it)
-            return max([done, *writing]) >= self.step
+            return reached >= self.step
         if self.kind == "best":  # the next best-model save after this step's checkpoint, or else the next checkpoint
             return (done >= self.step and ".best.partial" in names) or done > self.step
         if self.kind == "export":
@@ -58,8 +58,16 @@ class KillPoint:
 
     def describe(self) -> str:
         if self.kind == "delay":
-            return f"{self.seconds:.1f} s after launch"
+            return f"drawn delay {self.seconds:.1f} s"
         return "export" if self.kind == "export" else f"{self.kind} @ step {self.step}"
+
+
+def progress(output_dir: Path) -> tuple[set[str], int, int]:
+    """The names in the output folder, the newest complete checkpoint's step and the newest step being written."""
+    names = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else set()
+    done = max([int(n.split("-")[1]) for n in names if re.fullmatch(r"checkpoint-\d+", n)], default=0)
+    writing = [int(n.split("-")[1].split(".")[0]) for n in names if re.fullmatch(r"\.checkpoint-\d+\.partial", n)]
+    return names, done, max([done, *writing])
 
 
 def draw_kill_points(kills: int, seed: int) -> list[KillPoint]:
@@ -101,16 +109,17 @@ def train_command(inputs: dict[str, str], output_dir: Path, *extra: str) -> list
 def run(command: list[str], output_dir: Path, kill_at: KillPoint | None, log) -> str:
     """Run to the end, or SIGKILL the process once `kill_at` is reached; returns what happened."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    at_launch = progress(output_dir)[2]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     started = time.monotonic()
     while process.poll() is None:
-        if kill_at is not None and (
-            time.monotonic() - started >= kill_at.seconds if kill_at.kind == "delay" else kill_at.reached(output_dir)
-        ):
+        elapsed = time.monotonic() - started
+        if kill_at is not None and kill_at.reached(output_dir, elapsed, at_launch):
             leftovers = sorted(p.name for p in output_dir.glob(".*")) if output_dir.is_dir() else []
             process.send_signal(signal.SIGKILL)
             process.wait()
-            return f"killed ({kill_at.describe()}; hidden partial folders then: {leftovers or 'none'})"
+            return (f"killed {elapsed:.1f} s after launch ({kill_at.describe()}; hidden partial folders then: "
+                    f"{leftovers or 'none'})")
         time.sleep(0.002)
     if process.returncode != 0:
         raise RuntimeError(f"{command[1]} exited with {process.returncode}; see the log")
