@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--at", help='local time of the visit to predict, e.g. "2012-06-01 18:00" (at_time models only)')
     args = parser.parse_args(argv)
-    if args.plot:  # before any work: the figure comes last and must not fail, or replace a file, then
+    if args.plot:  # checked before any work, since the figure is written last
         refuse_occupied(args.plot, overwrite=args.overwrite, option="--plot", what="file")
         if not Path(args.plot).resolve().parent.is_dir():
             raise FileNotFoundError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist")
