@@ -8,12 +8,15 @@
 3. reload the exported folder through `AutoModel` and print the top-k cells for one trajectory of the new city;
 4. save a figure: validation curve and that trajectory on a map.
 
-    python demo.py [--output_dir outputs/demo] [--max_steps 200]
+    python demo.py [--output_dir outputs/demo] [--max_steps 200] [--overwrite]
+
+An earlier demo in `--output_dir` is replaced only with `--overwrite` (a second `make demo` says so and stops).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +26,11 @@ import nextlocllm_hf  # noqa: F401  (registers NextLocLLM with AutoModel)
 import train
 from nextlocllm_hf.baselines.rules import CellIndex
 from nextlocllm_hf.batching import CitySamples
+from nextlocllm_hf.cli import entry_point, positive_int
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
+from nextlocllm_hf.outputs import refuse_occupied, replacing_file
+
+DEMO_OUTPUTS = ("data", "run", "demo.png")  # what the demo writes in --output_dir
 
 # Two cities of different size, density and POI mix; the second is never seen in training.
 CITIES = {
@@ -32,20 +39,22 @@ CITIES = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--max_steps", type=int, default=200,
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output_dir")
+    parser.add_argument("--max_steps", type=positive_int, default=200,
                         help="end-to-end optimizer steps after the features-only warm start (about 1.3 s each here)")
-    parser.add_argument("--num_backbone_layers", type=int, default=2)
-    parser.add_argument("--top_k", type=int, default=5)
-    return parser.parse_args()
+    parser.add_argument("--num_backbone_layers", type=positive_int, default=2)
+    parser.add_argument("--top_k", type=positive_int, default=5)
+    return parser.parse_args(argv)
 
 
-def build_cities(data_dir: Path) -> dict[str, str]:
+def build_cities(data_dir: Path, overwrite: bool) -> dict[str, str]:
     paths = {}
     for name, settings in CITIES.items():
-        config = BuildConfig(city=name, format="synthetic", output=str(data_dir / name), **settings)
+        config = BuildConfig(city=name, format="synthetic", output=str(data_dir / name), overwrite=overwrite,
+                             **settings)
         result = build_and_save(config)
         print(result.report.render())
         paths[name] = str(data_dir / name)
@@ -115,16 +124,19 @@ def save_figure(results: dict, example: dict, path: Path) -> None:
     trajectory.set_title("zero-shot city: one trajectory (Web Mercator m)")
     trajectory.legend(loc="best", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with replacing_file(path) as partial:
+        figure.savefig(partial, dpi=110)
     print(f"figure: {path}")
 
 
-def main() -> None:
-    args = parse_args()
+@entry_point
+def main(argv=None) -> None:
+    args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    refuse_occupied(output_dir, overwrite=args.overwrite, option="--output_dir", what="demo", owned=DEMO_OUTPUTS)
     timings = {}
     started = time.perf_counter()
-    paths = build_cities(output_dir / "data")
+    paths = build_cities(output_dir / "data", args.overwrite)
     timings["build two cities"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -147,6 +159,7 @@ def main() -> None:
             "--candidate_loss_weight", "10000",
             "--ranker_feature_path_learning_rate", "1e-4",
             "--gbdt_baseline",
+            *(["--overwrite"] if args.overwrite else []),
         ]
     )
     timings["train + test + baselines + zero-shot"] = time.perf_counter() - started
@@ -159,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,6 +8,11 @@ What it guarantees, unlike the authors' script: the loss goes through the prepar
 synchronized; evaluation gathers every sample once; the best checkpoint is the one with the best *validation* score
 (Hit@1 by default, higher is better); the test split is scored once, at the end, on that checkpoint; and a run
 resumes mid-epoch from `--resume_from_checkpoint` to the same parameters as an uninterrupted run.
+
+And that nothing is lost: a finished (or started) run in `--output_dir` is refused unless `--overwrite` or a resume is
+asked for; every checkpoint, the best model and the export are written to a hidden sibling and renamed into place, so
+an interruption (Ctrl-C, SIGKILL) leaves only complete ones and `--resume_from_checkpoint latest` takes the newest.
+Under FSDP and DeepSpeed every rank takes part in saving (`accelerator.get_state_dict` gathers the shards).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import argparse
 import json
 import math
 import os
+import pickle
+import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +31,8 @@ from typing import Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -40,12 +49,33 @@ from nextlocllm_hf.baselines import (
 )
 from nextlocllm_hf.batching import CitySamples, collate_batch, model_inputs
 from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker, higher_is_better
+from nextlocllm_hf.cli import (
+    entry_point,
+    non_negative_float,
+    non_negative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+)
 from nextlocllm_hf.data import load_cities, load_city_splits
 from nextlocllm_hf.evaluate import ALL_CITIES, MAX_RANK, check_compatible, evaluate_model
-from nextlocllm_hf.metrics import format_table
+from nextlocllm_hf.hub import check_repo_id, refuse_occupied_repo
+from nextlocllm_hf.metrics import DEFAULT_TABLE_COLUMNS, format_table
 from nextlocllm_hf.model_card import build_model_card
+from nextlocllm_hf.outputs import (
+    existing_outputs,
+    name_list,
+    remove_folder,
+    remove_partials,
+    replacing_folder,
+    write_text,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent
+TRACKER_PROJECT = "nextlocllm"  # `--report_to` logs go to OUTPUT_DIR/nextlocllm
+FINISHED_OUTPUTS = ("model", "results.json")  # a run that has these has finished
+RUN_OUTPUTS = ("checkpoint-*", "best", *FINISHED_OUTPUTS, TRACKER_PROJECT)  # everything a run writes in --output_dir
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -53,12 +83,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", nargs="+", required=True, help="city folders (or Hub ids) to train on")
     data.add_argument("--zero_shot_dataset", nargs="*", default=[], help="cities to evaluate zero-shot at the end")
-    data.add_argument("--max_eval_samples", type=int, default=None, help="cap the validation samples per evaluation")
+    data.add_argument("--max_eval_samples", type=positive_int, default=None,
+                      help="cap the validation samples per evaluation")
 
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default="smollm2-135m", help="Hub id, local folder, or smollm2-135m (embedded)")
     model.add_argument("--init_model", default=None, help="continue from a saved NextLocLLM folder instead")
-    model.add_argument("--num_backbone_layers", type=int, default=6)
+    model.add_argument("--num_backbone_layers", type=positive_int, default=6)
     model.add_argument("--adaptation", default="norms", choices=["norms", "lora", "full", "frozen"])
     model.add_argument("--no_prompt", action="store_true", help="drop the natural-language prompt prefix")
     model.add_argument("--no_llm_poi", action="store_true", help="use a linear POI embedding instead")
@@ -69,46 +100,60 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="next: the records alone; at_time: also the target's day, hour and gap (the query)")
     model.add_argument("--regression_target", default="absolute", choices=["absolute", "offset_from_last"],
                        help="point head: the paper's absolute position, or the offset from the last input point")
-    model.add_argument("--num_mixture_components", type=int, default=0,
+    model.add_argument("--num_mixture_components", type=non_negative_int, default=0,
                        help="K > 0: Gaussian-mixture head ranking cells by density (0: the paper's point head)")
-    model.add_argument("--mixture_distance_loss_weight", type=float, default=0.0,
+    model.add_argument("--mixture_distance_loss_weight", type=non_negative_float, default=0.0,
                        help="add the distance of the closest mode (normalized units) to the mixture likelihood")
     model.add_argument("--candidate_ranker", action="store_true",
                        help="re-rank the input-record cells and the cells near the last point (listwise loss)")
-    model.add_argument("--candidate_loss_weight", type=float, default=1.0, help="weight of the listwise loss")
+    model.add_argument("--candidate_loss_weight", type=non_negative_float, default=1.0,
+                       help="weight of the listwise loss")
     model.add_argument("--no_candidate_time_features", action="store_true",
                        help="drop the time-conditioned candidate features (an ablation)")
-    model.add_argument("--max_candidates", type=int, default=64, help="candidates per sample for the ranker")
-    model.add_argument("--candidate_neighbors", type=int, default=10,
+    model.add_argument("--max_candidates", type=positive_int, default=64, help="candidates per sample for the ranker")
+    model.add_argument("--candidate_neighbors", type=non_negative_int, default=10,
                        help="cells nearest the last input point among the ranker's candidates")
 
     train = parser.add_argument_group("optimization")
-    train.add_argument("--output_dir", required=True)
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--max_steps", type=int, default=None, help="optimizer steps; overrides --epochs")
-    train.add_argument("--per_device_batch_size", type=int, default=32)
-    train.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--output_dir", required=True,
+                       help="where checkpoints, best/, model/ and results.json go; a folder holding an earlier run "
+                            "is refused unless --overwrite or --resume_from_checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace what is already there: an earlier run in --output_dir (deleted once the data and "
+                            "model are checked, at step 0; not when resuming) and the model at --hub_model_id")
+    train.add_argument("--epochs", type=positive_int, default=10)
+    train.add_argument("--max_steps", type=positive_int, default=None, help="optimizer steps; overrides --epochs")
+    train.add_argument("--per_device_batch_size", type=positive_int, default=32)
+    train.add_argument("--per_device_eval_batch_size", type=positive_int, default=64)
+    train.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
-    train.add_argument("--learning_rate", type=float, default=2e-4, help="paper: Adam 2e-4")
-    train.add_argument("--ranker_feature_path_learning_rate", type=float, default=None,
+    train.add_argument("--learning_rate", type=positive_float, default=2e-4, help="paper: Adam 2e-4")
+    train.add_argument("--ranker_feature_path_learning_rate", type=positive_float, default=None,
                        help="learning rate of the candidate scorer's feature path and MLP, which the features-only "
                             "warm start has already trained (default: --learning_rate)")
-    train.add_argument("--weight_decay", type=float, default=0.01, help="paper: 0.01 (Adam, coupled)")
+    train.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="paper: 0.01 (Adam, coupled)")
     train.add_argument("--lr_scheduler", default="plateau", choices=["plateau", "constant"])
-    train.add_argument("--plateau_factor", type=float, default=0.5, help="paper: halve the learning rate")
-    train.add_argument("--plateau_patience", type=int, default=2, help="evaluations without improvement")
-    train.add_argument("--max_grad_norm", type=float, default=None, help="clip gradients (paper: no clipping)")
+    train.add_argument("--plateau_factor", type=open_fraction, default=0.5, help="paper: halve the learning rate")
+    train.add_argument("--plateau_patience", type=non_negative_int, default=2, help="evaluations without improvement")
+    train.add_argument("--max_grad_norm", type=positive_float, default=None, help="clip gradients (paper: no clipping)")
     train.add_argument("--seed", type=int, default=0)
 
     loop = parser.add_argument_group("evaluation and checkpoints")
-    loop.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (default: each epoch)")
-    loop.add_argument("--metric_for_best_model", default="hit@1")
-    loop.add_argument("--early_stopping_patience", type=int, default=0, help="evaluations; 0 disables")
-    loop.add_argument("--checkpointing_steps", type=int, default=None, help="save resumable state every N steps")
-    loop.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N folder, or 'latest'")
+    loop.add_argument("--eval_steps", type=positive_int, default=None,
+                      help="evaluate every N steps (default: each epoch)")
+    loop.add_argument("--metric_for_best_model", default="hit@1",
+                      choices=[name for name in DEFAULT_TABLE_COLUMNS if name != "count"])
+    loop.add_argument("--early_stopping_patience", type=non_negative_int, default=0, help="evaluations; 0 disables")
+    loop.add_argument("--checkpointing_steps", type=positive_int, default=None,
+                      help="save resumable state every N steps (OUTPUT_DIR/checkpoint-N, written whole or not at all)")
+    loop.add_argument("--checkpoints_total_limit", type=positive_int, default=None,
+                      help="keep only the newest N checkpoints (default: all)")
+    loop.add_argument("--resume_from_checkpoint", default=None,
+                      help="a checkpoint-N folder, or 'latest': the newest complete checkpoint in --output_dir (step 0 "
+                           "when there is none yet, so a job can always be relaunched with it)")
     loop.add_argument("--report_to", default="none", choices=["none", "tensorboard"])
-    loop.add_argument("--id_baseline_epochs", type=int, default=0, help="also train the ID-classification baseline")
+    loop.add_argument("--id_baseline_epochs", type=non_negative_int, default=0,
+                      help="also train the ID-classification baseline")
     loop.add_argument("--gbdt_baseline", action="store_true",
                       help="also train the boosted-tree ranker over the model's candidate features (gbdt_ranker)")
     loop.add_argument("--hub_model_id", default=None, help="ORG/NAME the exported model is meant for (model card)")
@@ -119,17 +164,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id ORG/NAME")
+    if args.hub_model_id:
+        try:
+            check_repo_id(args.hub_model_id)
+        except ValueError as error:
+            parser.error(f"--hub_model_id: {error}")
+    if args.checkpoints_total_limit and not args.checkpointing_steps:
+        parser.error("--checkpoints_total_limit needs --checkpointing_steps (no checkpoint is saved without it)")
     return args
 
 
-def check_world_size(accelerator: Accelerator) -> None:
-    """On CPU, wrong launcher flags silently give one process or unsynchronized copies: refuse both."""
+def check_launch(accelerator: Accelerator, args: argparse.Namespace) -> None:
+    """Refuse launches that would silently train something else than asked for."""
     expected = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != expected:
+    if accelerator.num_processes != expected:  # on CPU, wrong launcher flags give one process or unsynced copies
         raise RuntimeError(
             f"launcher started {expected} processes but Accelerate sees {accelerator.num_processes}; on CPU use "
             "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N train.py ...`"
         )
+    running = accelerator.distributed_type
+    for plugin, kind in (("FSDP", DistributedType.FSDP), ("DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(f"ACCELERATE_USE_{plugin}", "false").lower() == "true" and running != kind:
+            raise ValueError(f"the launcher asked for {kind.value}, but Accelerate runs {running.value} (it uses "
+                             f"{kind.value} only on GPUs and other accelerators, never on CPU)")
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        if not accelerator.state.fsdp_plugin.use_orig_params:
+            raise ValueError("FSDP needs fsdp_use_orig_params: true (configs/accelerate/fsdp.yaml): most backbone "
+                             "weights are frozen, and without it FSDP flattens them with the trainable ones")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed clips inside its engine, from its config, and ignores clip_grad_norm_: one setting for both.
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        wanted = args.max_grad_norm or 0.0  # 0: DeepSpeed does not clip
+        if config.get("gradient_clipping", "auto") == "auto":
+            config["gradient_clipping"] = wanted
+        elif float(config["gradient_clipping"]) != wanted:
+            raise ValueError(f"the DeepSpeed config clips gradients at {config['gradient_clipping']} but "
+                             f"--max_grad_norm is {args.max_grad_norm}: set one of them so that they agree")
 
 
 def build_model(args: argparse.Namespace, statistics: dict):
@@ -175,7 +245,8 @@ def warm_start_candidate_ranker(model, train_split, validation_split, seed: int)
 
 def parameter_groups(model, args: argparse.Namespace) -> list[dict]:
     """The trainable parameters; the candidate scorer's feature path and MLP (what the features-only warm start
-    trained) in a group of their own learning rate, the context path (new, from zero) with everything else."""
+    trained) in a group of their own learning rate, the context path (new, from zero) with everything else.
+    `model` is the bare module (under FSDP with `use_orig_params` its parameters are the wrapped model's)."""
     scorer = getattr(model, "candidate_scorer", None)
     warm = set()
     if scorer is not None:
@@ -187,15 +258,71 @@ def parameter_groups(model, args: argparse.Namespace) -> list[dict]:
     return groups
 
 
-def latest_checkpoint(output_dir: Path) -> Path:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not checkpoints:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {output_dir}")
-    return checkpoints[-1]
+def prepare_model_and_optimizer(accelerator: Accelerator, model, args: argparse.Namespace):
+    """FSDP (1) shards the model in `prepare`, and the optimizer must be built over what it leaves (Accelerate's FSDP
+    guide); DeepSpeed and FSDP2 take both in one `prepare` call."""
+
+    def optimizer_for(module):
+        return torch.optim.Adam(parameter_groups(module, args), lr=args.learning_rate, weight_decay=args.weight_decay)
+
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        model = accelerator.prepare(model)
+        return model, accelerator.prepare(optimizer_for(accelerator.unwrap_model(model)))
+    return accelerator.prepare(model, optimizer_for(model))
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The complete checkpoints in `output_dir`, oldest step first (one being written has a hidden name)."""
+    found = [p for p in output_dir.glob("checkpoint-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))
+
+
+def resume_point(args: argparse.Namespace) -> Path | None:
+    """The checkpoint to resume from (None: step 0), decided before any work; refuses an `--output_dir` whose earlier
+    run would be replaced without `--overwrite`."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output_dir {output_dir} is a file, not a folder")
+    if args.resume_from_checkpoint == "latest":
+        found = checkpoints(output_dir)
+        finished = existing_outputs(output_dir, FINISHED_OUTPUTS)
+        if not found and finished and not args.overwrite:
+            raise FileExistsError(f"--resume_from_checkpoint latest: {output_dir} holds a finished run "
+                                  f"({name_list(finished)}) but no checkpoint to resume from; pass --overwrite to "
+                                  f"train it again from step 0")
+        return found[-1] if found else None
+    if args.resume_from_checkpoint:
+        checkpoint = Path(args.resume_from_checkpoint)
+        if not checkpoint.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {checkpoint}: no such checkpoint folder")
+        return checkpoint
+    taken = existing_outputs(output_dir, RUN_OUTPUTS)
+    if taken and not args.overwrite:
+        if set(taken) & set(FINISHED_OUTPUTS):
+            raise FileExistsError(f"--output_dir {output_dir} holds a finished run ({name_list(taken)}): pass "
+                                  f"--overwrite to replace it, or choose another --output_dir")
+        raise FileExistsError(f"--output_dir {output_dir} holds an unfinished run ({name_list(taken)}): resume it "
+                              f"with --resume_from_checkpoint latest, or pass --overwrite to start afresh")
+    return None
+
+
+def resume_hint(output_dir: Path) -> str:
+    found = checkpoints(output_dir) if output_dir.is_dir() else []
+    if not found:
+        return (f"no checkpoint in {output_dir} yet (--checkpointing_steps N saves them); the same command with "
+                f"--resume_from_checkpoint latest starts again from step 0")
+    return (f"every checkpoint in {output_dir} is complete (nothing half-written is kept); resume with the same "
+            f"command plus --resume_from_checkpoint latest (from {found[-1].name})")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    return train(parse_args(argv)).results
+    args = parse_args(argv)
+    try:
+        return train(args).results
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            raise KeyboardInterrupt(resume_hint(Path(args.output_dir))) from None
+        raise
 
 
 @dataclass
@@ -207,6 +334,10 @@ class TrainingRun:
 
 def train(args: argparse.Namespace) -> TrainingRun:
     output_dir = Path(args.output_dir)
+    resume_from = resume_point(args)  # first: refuse to replace a result before any work
+    if args.push_to_hub:
+        refuse_occupied_repo(args.hub_model_id, repo_type="model", revision=args.hub_revision,
+                             overwrite=args.overwrite, what="a model")
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -215,7 +346,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         # One seeded sampler shared by every process, re-seeded per epoch: resumable and identical across ranks.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
-    check_world_size(accelerator)
+    check_launch(accelerator, args)
     set_seed(args.seed)
 
     # Data first: every inconsistency must surface before a single step.
@@ -238,7 +369,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
     if len(train_samples) == 0 or len(validation_samples) == 0:
         raise ValueError(f"{args.dataset}: empty train ({len(train_samples)}) or validation split")
     warm_start = None
-    if model.config.use_candidate_ranker and not (args.init_model or args.resume_from_checkpoint):
+    if model.config.use_candidate_ranker and not (args.init_model or resume_from):
         warm_start = warm_start_candidate_ranker(model, cities.splits["train"], validation_split, args.seed)
         accelerator.print(f"candidate ranker warm-started on the features alone: validation hit@1 "
                           f"{max(warm_start['validation_hit@1']):.4f} after {warm_start['epochs']} epochs")
@@ -250,52 +381,59 @@ def train(args: argparse.Namespace) -> TrainingRun:
         collate_fn=collate_batch,
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG (dropout) untouched by iterators
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameter_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay)
+    parameter_counts = (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                        sum(p.numel() for p in model.parameters()))  # before FSDP shards them
+    model, optimizer = prepare_model_and_optimizer(accelerator, model, args)
+    train_loader = accelerator.prepare(train_loader)
     scheduler = None
     if args.lr_scheduler == "plateau":
         # Stepped on the selection metric at every evaluation (not on one mini-batch's loss).
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max" if higher_is_better(args.metric_for_best_model) else "min",
+            optimizer.optimizer, mode="max" if higher_is_better(args.metric_for_best_model) else "min",
             factor=args.plateau_factor, patience=args.plateau_patience,
         )
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     tracker = BestCheckpointTracker(metric=args.metric_for_best_model, patience=args.early_stopping_patience)
     accelerator.register_for_checkpointing(tracker)
     if scheduler is not None:
         accelerator.register_for_checkpointing(scheduler)
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    max_steps = args.max_steps or args.epochs * steps_per_epoch
+    max_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
     eval_steps = args.eval_steps or steps_per_epoch
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # everything is checked: from here on the output folder changes
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_partials(output_dir)  # what an interrupted write left
+        if resume_from is None:  # step 0: nothing of an earlier run may mix with this one (refused unless allowed)
+            for name in existing_outputs(output_dir, RUN_OUTPUTS):
+                if (output_dir / name).is_dir():
+                    remove_folder(output_dir / name)
+                else:
+                    (output_dir / name).unlink()
+    accelerator.wait_for_everyone()
     if args.report_to != "none":
-        accelerator.init_trackers("nextlocllm", config={k: str(v) for k, v in vars(args).items()})
+        accelerator.init_trackers(TRACKER_PROJECT, config={k: str(v) for k, v in vars(args).items()})
 
     start_epoch, batches_to_skip = 0, 0
-    if args.resume_from_checkpoint:
-        checkpoint = (
-            latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        )
-        accelerator.load_state(str(checkpoint))
+    if resume_from is not None:
+        load_checkpoint(accelerator, resume_from)
         start_epoch, step_in_epoch = divmod(tracker.completed_steps, steps_per_epoch)
         batches_to_skip = step_in_epoch * args.gradient_accumulation_steps
-        accelerator.print(f"resumed from {checkpoint} at step {tracker.completed_steps}")
+        accelerator.print(f"resumed from {resume_from} at step {tracker.completed_steps}")
+    elif args.resume_from_checkpoint == "latest":
+        accelerator.print(f"no complete checkpoint in {output_dir} yet: starting at step 0")
 
     accelerator.print(
         f"training on {list(statistics)}: {len(train_samples)} samples, {steps_per_epoch} steps/epoch, {max_steps} "
         f"steps, {accelerator.num_processes} process(es), trainable parameters "
-        f"{sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in model.parameters()):,}"
+        f"{parameter_counts[0]:,} of {parameter_counts[1]:,}"
     )
     best_dir = output_dir / "best"
-    validation_history, training_history = [], []
 
     def validate(step: int) -> None:
         """Score the validation split, step the scheduler, keep the model if it is the best so far."""
         scores, _ = evaluate_model(model, validation_samples, args.per_device_eval_batch_size, accelerator, "validation")
         overall = scores[ALL_CITIES]
-        validation_history.append({"step": step, **overall})
+        tracker.validation_history.append({"step": step, **overall})
         accelerator.log({f"validation/{k}": v for k, v in overall.items()}, step=step)
         if scheduler is not None and step > 0:
             scheduler.step(overall[tracker.metric])
@@ -323,7 +461,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
                 copy_last = torch.linalg.vector_norm(batch["labels"] - batch["current_coordinates"][:, -1], dim=-1)
                 accelerator.backward(loss)
                 if args.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                    # All the prepared model's parameters (frozen ones have no gradient): what FSDP's clipping needs.
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
@@ -336,23 +475,23 @@ def train(args: argparse.Namespace) -> TrainingRun:
                                  lr=f"{optimizer.param_groups[0]['lr']:.1e}")
             accelerator.log({"train/loss": loss.item(), "train/copy_last_loss": copy_last_loss,
                              "train/lr": optimizer.param_groups[0]["lr"]}, step=step)
-            training_history.append({"step": step, "loss": loss.item(), "copy_last_loss": copy_last_loss})
+            tracker.training_history.append({"step": step, "loss": loss.item(), "copy_last_loss": copy_last_loss})
             if step % eval_steps == 0 or step == max_steps:
                 validate(step)
                 model.train()
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
+                save_checkpoint(accelerator, output_dir / f"checkpoint-{step}", args.checkpoints_total_limit)
             if step >= max_steps or tracker.should_stop:
                 break
         epoch += 1
     progress.close()
     training_seconds = time.perf_counter() - started
-    check_ranks_synchronized(accelerator, trainable)
+    check_ranks_synchronized(accelerator, model)
     results = {
         "best_step": tracker.best_step,
         "best_validation": {tracker.metric: tracker.best_value},
-        "validation_history": validation_history,
-        "training_history": training_history,
+        "validation_history": tracker.validation_history,
+        "training_history": tracker.training_history,
         "training_seconds": training_seconds,
         "task_mode": task_mode,
         "ranker_warm_start": warm_start,
@@ -364,9 +503,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
 
 def finish(args, accelerator, model, cities, zero_shot, best_dir: Path, results: dict) -> None:
     """Load the best validation checkpoint, score the test split once (and the baselines), zero-shot cities, export."""
-    accelerator.wait_for_everyone()
+    best_weights = load_best(accelerator, model, best_dir)
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=True)
     statistics = {name: city.statistics for name, city in cities.cities.items()}
     task_mode = unwrapped.config.task_mode
     test_samples = CitySamples(cities.splits["test"], statistics, task_mode=task_mode)
@@ -379,7 +517,7 @@ def finish(args, accelerator, model, cities, zero_shot, best_dir: Path, results:
         results.setdefault("zero_shot", {})[city.name] = scores[city.name]
     if accelerator.is_main_process:
         results["baselines"] = score_baselines(args, cities, zero_shot, task_mode)
-        export(args, unwrapped, cities, results)
+        export(args, unwrapped, best_weights, cities, results)
     accelerator.wait_for_everyone()
 
 
@@ -426,17 +564,19 @@ def score_baselines(args, cities, zero_shot, task_mode: str) -> dict:
     return baselines
 
 
-def export(args, model, cities, results: dict) -> None:
-    """The best model with every city's retriever, its card, and the results as JSON; then the table."""
+def export(args, model, weights: dict, cities, results: dict) -> None:
+    """The best model (`weights`: under FSDP the module holds only this rank's shard) with every city's retriever and
+    its card, then the results as JSON, each renamed into place once complete; then the table."""
     output_dir = Path(args.output_dir)
     export_dir = output_dir / "model"
-    model.save_pretrained(export_dir)
-    card = build_model_card(
-        model, results, repo_id=args.hub_model_id or export_dir.name, train_cities=list(cities.cities),
-        metric_for_best_model=args.metric_for_best_model,
-    )
-    card.save(export_dir / "README.md")
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    with replacing_folder(export_dir) as partial:
+        model.save_pretrained(partial, state_dict=weights)
+        card = build_model_card(
+            model, results, repo_id=args.hub_model_id or export_dir.name, train_cities=list(cities.cities),
+            metric_for_best_model=args.metric_for_best_model,
+        )
+        card.save(partial / "README.md")
+    write_text(output_dir / "results.json", json.dumps(results, indent=2))
     rows = {f"NextLocLLM / {city}": scores for city, scores in results["test"].items()}
     rows.update({f"NextLocLLM / {city} (zero-shot)": s for city, s in results.get("zero_shot", {}).items()})
     rows.update(results["baselines"])
@@ -446,15 +586,18 @@ def export(args, model, cities, results: dict) -> None:
         from nextlocllm_hf.hub import push_model
 
         # The card written above already names hub_model_id and the results; push_model validates and uploads it.
+        # The target was checked before training (refused when occupied without --overwrite).
         info = push_model(export_dir, args.hub_model_id, revision=args.hub_revision,
-                          private=True if args.hub_private else None)
+                          private=True if args.hub_private else None, overwrite=True)
         print(f"pushed {export_dir} to {args.hub_model_id}: {info.commit_url}")
 
 
-def check_ranks_synchronized(accelerator: Accelerator, parameters: list[torch.nn.Parameter]) -> None:
-    """Every process must hold the same trained parameters; diverged ranks mean gradients were never all-reduced."""
-    if accelerator.num_processes == 1:
+def check_ranks_synchronized(accelerator: Accelerator, model) -> None:
+    """Every process must hold the same trained parameters; diverged ranks mean gradients were never all-reduced.
+    (FSDP holds a different shard on each rank by design: nothing to compare.)"""
+    if accelerator.num_processes == 1 or accelerator.distributed_type == DistributedType.FSDP:
         return
+    parameters = [p for p in model.parameters() if p.requires_grad]
     local = torch.stack([p.detach().double().sum() for p in parameters]).to(accelerator.device)
     gathered = accelerator.gather(local[None]).cpu()
     if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
@@ -463,11 +606,64 @@ def check_ranks_synchronized(accelerator: Accelerator, parameters: list[torch.nn
 
 
 def save_model(accelerator: Accelerator, model, folder: Path) -> None:
+    """On every rank: `get_state_dict` gathers FSDP shards (or DeepSpeed's partitions), the main process writes, into
+    a hidden sibling renamed into place once complete."""
+    weights = accelerator.get_state_dict(model)
+    with replacing_folder(folder, is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone) as partial:
+        accelerator.unwrap_model(model).save_pretrained(partial, is_main_process=accelerator.is_main_process,
+                                                        state_dict=weights)
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The full state dict saved by `save_pretrained` in `folder`: one safetensors file, or the shards of its index."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        names = ["model.safetensors"]
+    weights = {}
+    for name in names:
+        weights.update(load_file(str(folder / name)))
+    return weights
+
+
+def load_best(accelerator: Accelerator, model, folder: Path) -> dict:
+    """Load the best weights into the prepared model on every rank; returns them (on the main process under FSDP,
+    which reads them once and places each rank's shard; DDP and DeepSpeed ZeRO-2 ranks hold full copies)."""
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(folder)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        weights = read_weights(folder) if accelerator.is_main_process else {}
+        # A copy: torch replaces the dict's values by the distributed tensors it places (the export needs full ones).
+        set_model_state_dict(model, dict(weights),
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        return weights
+    weights = read_weights(folder)
+    accelerator.unwrap_model(model).load_state_dict(weights, strict=True)
+    return weights
+
+
+def save_checkpoint(accelerator: Accelerator, folder: Path, keep: int | None) -> None:
+    """`save_state` into a hidden sibling renamed to `folder` once every rank has written, so `latest` never meets a
+    half-written checkpoint; then only the newest `keep` checkpoints stay. (Accelerate's own automatic naming and
+    `total_limit` write in place, where a kill leaves a damaged newest checkpoint that its `load_state` would pick.)"""
+    with replacing_folder(folder, is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone) as partial:
+        accelerator.save_state(str(partial))
+    if keep and accelerator.is_main_process:
+        for old in checkpoints(folder.parent)[:-keep]:
+            remove_folder(old)
     accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path) -> None:
+    """`load_state`, with a damaged or foreign checkpoint reported as such (torch and pickle name no file)."""
+    try:
+        accelerator.load_state(str(folder))
+    except (RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError, KeyError, OSError) as error:
+        raise ValueError(f"--resume_from_checkpoint {folder}: damaged, incomplete or from another configuration "
+                         f"({type(error).__name__}: {error})") from error
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main)())

@@ -20,6 +20,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nextlocllm_hf.cli import entry_point, non_negative_float, positive_float, positive_int  # noqa: E402
 from nextlocllm_hf.data.build import BuildConfig, build_and_save  # noqa: E402
 from nextlocllm_hf.data.cells import CANDIDATE_RULES, POI_NORMALIZATIONS  # noqa: E402
 from nextlocllm_hf.data.formats import READERS, parse_mapping  # noqa: E402
@@ -29,9 +30,9 @@ def _floats(text: str, n: int, what: str):
     try:
         vals = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise SystemExit(f"error: {what} must be {n} comma-separated numbers, got {text!r}")
+        vals = ()
     if len(vals) != n:
-        raise SystemExit(f"error: {what} must be {n} comma-separated numbers, got {text!r}")
+        raise ValueError(f"{what} must be {n} comma-separated numbers, got {text!r}")
     return vals
 
 
@@ -43,7 +44,10 @@ def parse_args(argv=None):
     g.add_argument("--pois", help="POI file: Foursquare POI CSV, raw TIST2015 POIs, or CSV/Parquet with lat/lon and "
                                   "category names, poi_class or OSM tags")
     g.add_argument("--city", required=True, help="city name (stored in every row)")
-    g.add_argument("--output", required=True, help="output folder")
+    g.add_argument("--output", required=True, help="output folder (new or empty; a city already there only with "
+                                                   "--overwrite)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the city in --output (and its config in the --push_to_hub repo)")
     g.add_argument("--columns", help="column mapping for csv/foursquare, e.g. user=uid,time=ts,lat=lat,lon=lng "
                                      "(fields: user,time,lat,lon,venue,category,root_category,tz_offset_min,"
                                      "local_time,poi_class; for yjmob: user,d,t,x,y)")
@@ -55,14 +59,14 @@ def parse_args(argv=None):
     g.add_argument("--category-map", help="JSON category map extending/replacing the shipped Foursquare mapping "
                                           "(or an OSM mapping for OSM POIs)")
     g.add_argument("--bbox", help="lat_min,lon_min,lat_max,lon_max: keep records inside; also fixes the grid")
-    g.add_argument("--max-invalid-fraction", type=float, default=0.05,
+    g.add_argument("--max-invalid-fraction", type=non_negative_float, default=0.05,
                    help="above this fraction of unparseable times / invalid coordinates, stop with an error "
                         "(below it, drop and count) [0.05]")
     g = p.add_argument_group("processing")
-    g.add_argument("--cell-size-m", type=float, default=500.0, help="ground size of a square cell [500]")
-    g.add_argument("--history", type=int, default=40, help="history length H [40]")
-    g.add_argument("--current", type=int, default=5, help="current length L [5]")
-    g.add_argument("--stride", type=int, default=3, help="window stride [3]")
+    g.add_argument("--cell-size-m", type=positive_float, default=500.0, help="ground size of a square cell [500]")
+    g.add_argument("--history", type=positive_int, default=40, help="history length H [40]")
+    g.add_argument("--current", type=positive_int, default=5, help="current length L [5]")
+    g.add_argument("--stride", type=positive_int, default=3, help="window stride [3]")
     g.add_argument("--split", choices=["user", "time"], default="user", help="user-disjoint or temporal [user]")
     g.add_argument("--split-fractions", default="0.7,0.1,0.2", help="train,validation,test [0.7,0.1,0.2]")
     g.add_argument("--seed", type=int, default=0)
@@ -70,17 +74,17 @@ def parse_args(argv=None):
                    help="candidate cells: poi = visited or holding a POI (default), visited, all-in-bbox")
     g.add_argument("--poi-normalization", choices=POI_NORMALIZATIONS, default="max",
                    help="max = count / city-wide class max (paper, default), sum, log-max, none")
-    g.add_argument("--max-gap-hours", type=float, default=None,
+    g.add_argument("--max-gap-hours", type=positive_float, default=None,
                    help="cut a user's sequence where the gap exceeds this (default: no cut; yjmob 24)")
-    g.add_argument("--max-duration-hours", type=float, default=24.0, help="clip durations; 0 = no clip [24]")
+    g.add_argument("--max-duration-hours", type=non_negative_float, default=24.0, help="clip durations; 0 = no clip [24]")
     g.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicate records (same user, time, place)")
-    g.add_argument("--stay-distance-m", type=float, default=200.0, help="geolife stay-point radius [200]")
-    g.add_argument("--stay-min-minutes", type=float, default=20.0, help="geolife stay-point minimum stay [20]")
+    g.add_argument("--stay-distance-m", type=positive_float, default=200.0, help="geolife stay-point radius [200]")
+    g.add_argument("--stay-min-minutes", type=positive_float, default=20.0, help="geolife stay-point minimum stay [20]")
     g = p.add_argument_group("synthetic")
-    g.add_argument("--users", type=int, default=100, help="synthetic: number of users [100]")
-    g.add_argument("--records-per-user", type=int, default=150, help="synthetic: mean records per user [150]")
-    g.add_argument("--n-pois", type=int, default=None, help="synthetic: POIs (default drawn per city)")
-    g.add_argument("--extent-km", type=float, default=None, help="synthetic: side of the city square (default drawn)")
+    g.add_argument("--users", type=positive_int, default=100, help="synthetic: number of users [100]")
+    g.add_argument("--records-per-user", type=positive_int, default=150, help="synthetic: mean records per user [150]")
+    g.add_argument("--n-pois", type=positive_int, default=None, help="synthetic: POIs (default drawn per city)")
+    g.add_argument("--extent-km", type=positive_float, default=None, help="synthetic: side of the city square (default drawn)")
     g.add_argument("--center", help="synthetic: lat,lon of the centre (default drawn)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("hub")
@@ -106,32 +110,30 @@ def config_from_args(a) -> BuildConfig:
         poi_columns=parse_mapping(a.poi_columns), time_format=a.time_format, time_unit=a.time_unit,
         timezone=a.timezone, category_map=a.category_map, max_invalid_fraction=a.max_invalid_fraction,
         stay_distance_m=a.stay_distance_m, stay_min_minutes=a.stay_min_minutes, synthetic=syn,
-        show_progress=not a.no_progress,
+        show_progress=not a.no_progress, overwrite=a.overwrite,
     )
 
 
+@entry_point
 def main(argv=None) -> int:
     a = parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        res = build_and_save(config_from_args(a))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(a)
+    config.validate()
+    if a.push_to_hub:  # before the build: an occupied target must not cost a build
+        from nextlocllm_hf.hub import refuse_occupied_city
+
+        refuse_occupied_city(a.push_to_hub, a.city, revision=a.hub_revision, overwrite=a.overwrite)
+    res = build_and_save(config)
     print(res.report.render())
     print(f"wrote {a.output} (train/validation/test.parquet, cells.parquet, city.json) "
           f"in {time.perf_counter() - t0:.1f} s total")
     if a.push_to_hub:
-        from huggingface_hub.errors import HfHubHTTPError
-
         from nextlocllm_hf.hub import push_city_dataset
 
-        try:
-            infos = push_city_dataset(a.output, a.push_to_hub, revision=a.hub_revision,
-                                      private=True if a.hub_private else None)
-        except (ValueError, FileNotFoundError, HfHubHTTPError) as e:
-            print(f"error: push to {a.push_to_hub} failed: {e}", file=sys.stderr)
-            return 2
+        # Checked above; `overwrite` here only lets the push replace what the check allowed.
+        infos = push_city_dataset(a.output, a.push_to_hub, revision=a.hub_revision,
+                                  private=True if a.hub_private else None, overwrite=True)
         print(f"pushed city {a.city} to dataset {a.push_to_hub}: {infos[-1].commit_url}")
     return 0
 

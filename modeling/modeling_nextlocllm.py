@@ -17,6 +17,7 @@ backbone's states (`use_candidate_ranker`, see `candidates_nextlocllm.py`).
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -30,7 +31,7 @@ from transformers import AutoModel, DynamicCache, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbone_nextlocllm import load_backbone
+from .backbone_nextlocllm import load_backbone, local_or_hub
 from .candidates_nextlocllm import (
     QUERY_COLUMNS,
     RECORD_COLUMNS,
@@ -479,6 +480,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
             "target_cell": target_cell,
         }
         batch_size = _check_inputs(self.config, inputs)
+        if top_k is not None:
+            _check_positive_int("top_k", top_k)
         if (self.config.use_prompt or self.config.use_llm_poi) and not bool(self.text_features_encoded):
             raise ValueError(
                 "the prompt / POI description buffers were never encoded: build the model with "
@@ -743,6 +746,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
         Runs in eval mode without gradients, so the prompt's keys and values are computed once and shared by every
         chunk. Extra columns (user ids, labels, cell ids) are ignored.
         """
+        _check_positive_int("k", k)
+        _check_positive_int("batch_size", batch_size)
         inputs = {name: _as_tensor(batch[name], self.device) for name in self.input_names if name in batch}
         for label in ("labels", "duration_labels"):
             inputs.pop(label, None)
@@ -797,16 +802,40 @@ class NextLocLLMForCoordinateRegression(NextLocLLMPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load weights and config as usual, then the retrievers saved beside them (same commit, cache and token)."""
+        from safetensors import SafetensorError
+
         hub_keys = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+        name = str(pretrained_model_name_or_path)
+        if not isinstance(kwargs.get("config"), NextLocLLMConfig):  # AutoModel passes the config it has checked
+            with local_or_hub(name, "model"):
+                _check_model_type(name, {key: kwargs[key] for key in hub_keys if kwargs.get(key) is not None})
         # Resolve a branch to its commit once, so weights and retrievers come from the same repository state even if
         # the repo is pushed to in between (AutoModel passes an already resolved revision; this covers direct calls).
         kwargs["revision"] = _resolve_revision(pretrained_model_name_or_path, kwargs)
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(f"{name}: the safetensors weights are truncated or damaged ({error}); save, copy or "
+                             f"download the model again") from error
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model._apply_adaptation()  # loading materializes fresh parameters, all trainable
         hub_kwargs = {key: kwargs[key] for key in hub_keys if kwargs.get(key) is not None}
         model.retrievers = _load_retrievers_beside(str(pretrained_model_name_or_path), hub_kwargs)
         return loaded
+
+
+def _check_model_type(name_or_path: str, hub_kwargs: dict[str, Any]) -> None:
+    """Refuse a folder or repo that is not a NextLocLLM model before anything is built: transformers would otherwise
+    build this class from another architecture's config, or AutoModel a random model of that other type."""
+    subfolder = hub_kwargs.get("subfolder")
+    folder = os.path.join(name_or_path, subfolder) if subfolder else name_or_path
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"model {folder} has no config.json: not a saved model folder")
+    config, _ = NextLocLLMConfig.get_config_dict(name_or_path, **hub_kwargs)
+    model_type = config.get("model_type")
+    if model_type != NextLocLLMConfig.model_type:
+        raise ValueError(f"model {name_or_path}: config.json has model_type {model_type!r}, not "
+                         f"{NextLocLLMConfig.model_type!r}: not a NextLocLLM model")
 
 
 def _resolve_revision(name_or_path, kwargs: Mapping[str, Any]):
@@ -859,6 +888,11 @@ def _text_lengths(config: NextLocLLMConfig, tokenizer) -> tuple[int, int]:
     prompt_length = len(_token_ids(tokenizer, config.format_prompt())) if config.use_prompt else 0
     description_length = max(len(_token_ids(tokenizer, text)) for text in config.poi_description_texts())
     return prompt_length, description_length
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer")
 
 
 def _as_tensor(value: Any, device: torch.device) -> torch.Tensor:

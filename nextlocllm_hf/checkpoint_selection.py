@@ -2,13 +2,13 @@
 
 The authors' code kept the checkpoint whose validation Hit@10 was *lower* than the best so far (inverted); here the
 direction is explicit per metric and tested. The tracker is checkpointable (`state_dict` / `load_state_dict`), so a
-resumed run keeps its best score, best step and patience counter.
+resumed run keeps its best score, best step, patience counter and the histories its results report.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 # Metrics where a larger value is better; every other metric (errors, losses) is minimized.
 HIGHER_IS_BETTER_PREFIXES = ("hit@", "mrr", "ndcg@")
@@ -29,6 +29,8 @@ class BestCheckpointTracker:
     best_step: int = -1
     evaluations_without_improvement: int = 0
     completed_steps: int = 0  # optimizer steps done; kept here so one object restores the run's progress
+    validation_history: list = field(default_factory=list)  # one dict per evaluation
+    training_history: list = field(default_factory=list)  # one dict per optimizer step
 
     def update(self, value: float, step: int) -> bool:
         """Record a validation value; True when it beats the best so far (the caller then saves the model)."""

@@ -9,6 +9,7 @@ zero-shot: its retriever (cells + statistics) is added to the model first.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from typing import Mapping, Sequence
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import CitySamples, collate_batch, model_inputs
+from .cli import entry_point, positive_int
 from .metrics import compute_metrics, format_table
 
 MAX_RANK = 20  # deepest cut-off any reported metric needs (Hit@20)
@@ -77,22 +79,22 @@ def evaluate_model(model, samples: CitySamples, batch_size: int = 64, accelerato
     return score_predictions(predictions, samples.city_names), predictions
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> None:
-    from transformers import AutoModel
-
     from .baselines import evaluate_rule_baselines
     from .data import load_city_splits
+    from .modeling.modeling_nextlocllm import NextLocLLMForCoordinateRegression
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nextlocllm_hf.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a saved model folder or Hub id")
     parser.add_argument("--dataset", required=True, help="a built city folder or Hub dataset id")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--baselines", action="store_true", help="also score the rule baselines on the same samples")
     args = parser.parse_args(argv)
 
-    model = AutoModel.from_pretrained(args.model)
-    city = load_city_splits(args.dataset)
+    city = load_city_splits(args.dataset)  # before the model: the cheaper check first
+    model = NextLocLLMForCoordinateRegression.from_pretrained(args.model)
     check_compatible(model.config, city.statistics, args.dataset)
     if city.name not in model.cities:
         print(f"city {city.name!r} is new to this model: evaluating zero-shot with its own cells and statistics")
@@ -120,4 +122,4 @@ def check_compatible(config, statistics: Mapping, where: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

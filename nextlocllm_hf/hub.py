@@ -31,6 +31,8 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .cli import entry_point
+
 logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
@@ -48,7 +50,7 @@ def _resolve_token(token: str | None) -> str | None:
     return get_token()
 
 
-def _check_repo_id(repo_id: str) -> str:
+def check_repo_id(repo_id: str) -> str:
     if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
         raise ValueError(f"repo_id must look like ORG/NAME, got {repo_id!r}")
     return repo_id
@@ -79,6 +81,27 @@ def _api(token: str | None):
     from huggingface_hub import HfApi
 
     return HfApi(token=token)
+
+
+def refuse_occupied_repo(repo_id: str, *, repo_type: str, revision: str | None, overwrite: bool, what: str,
+                         prefix: str = "", token: str | None = None) -> None:
+    """Refuse, before any upload, to push where a result already is (files under `prefix` at `revision`), unless
+    `overwrite`. A repo or branch that does not exist yet is free; `.gitattributes` (made with every repo) is not a
+    result."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    from nextlocllm_hf.outputs import name_list
+
+    if overwrite:
+        return
+    try:
+        files = _api(_resolve_token(token)).list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return
+    taken = sorted(f for f in files if f != ".gitattributes" and f.startswith(prefix))
+    if taken:
+        raise FileExistsError(f"{repo_type} repo {repo_id} (revision {revision or 'main'}) already holds {what} "
+                              f"({name_list(taken)}): pass --overwrite to replace it")
 
 
 def _ensure_repo_and_branch(api, repo_id: str, repo_type: str, revision: str | None, private: bool | None) -> None:
@@ -233,16 +256,18 @@ def push_model(
     dataset_ids: Sequence[str] = (),
     metric_for_best_model: str = "hit@1",
     validate_card: bool = True,
+    overwrite: bool = False,
 ):
     """Push an exported model folder (or a model object, saved first) to `repo_id`; returns the `CommitInfo`.
 
     `revision`: a branch (created from main if missing). `results`: train.py's results.json (dict or path) to
     (re)generate the card with per-city metrics; without it the folder's README.md is pushed (usage snippet
     pointed at `repo_id`). `validate_card`: have the Hub validate the card's metadata first (`/api/validate-yaml`).
+    `overwrite`: replace a model already at `revision` (otherwise `FileExistsError` before any upload).
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     token = _resolve_token(token)
     with tempfile.TemporaryDirectory(prefix="nextlocllm-push-") as tmp:
         if isinstance(folder_or_model, (str, os.PathLike)):
@@ -262,6 +287,8 @@ def push_model(
         uploads: dict[str, bytes | Path] = {name: folder / name for name in files}
         uploads[CARD_NAME] = str(card).encode("utf-8")
         _refuse_token_in(uploads, token)  # before anything goes over the network
+        refuse_occupied_repo(repo_id, repo_type="model", revision=revision, overwrite=overwrite, what="a model",
+                             token=token)
         if validate_card:
             card.validate(repo_type="model")
 
@@ -298,6 +325,17 @@ def _city_dirs(city_dir_or_dirs) -> list[Path]:
     return dirs
 
 
+def _city_name(directory: Path) -> str:
+    return json.loads((directory / "city.json").read_text(encoding="utf-8"))["city"]
+
+
+def refuse_occupied_city(repo_id: str, city: str, *, revision: str | None, overwrite: bool,
+                         token: str | None = None) -> None:
+    """`refuse_occupied_repo` for one city (config) of a dataset repo."""
+    refuse_occupied_repo(repo_id, repo_type="dataset", revision=revision, overwrite=overwrite,
+                         what=f"city {city!r}", prefix=f"{city}/", token=token)
+
+
 def push_city_dataset(
     city_dir_or_dirs,
     repo_id: str,
@@ -307,28 +345,34 @@ def push_city_dataset(
     private: bool | None = None,
     commit_message: str | None = None,
     max_shard_size: str | int | None = None,
+    overwrite: bool = False,
 ):
     """Push built cities to a dataset repo, one config per city; returns the list of `CommitInfo` (two per city).
 
     `city_dir_or_dirs`: a city folder (build_city.py output), a folder of city folders, or a list of either.
+    `overwrite`: replace a city the repo already holds (otherwise `FileExistsError` before any upload; other cities of
+    the repo are never touched).
     """
     from huggingface_hub import CommitOperationAdd
 
     from nextlocllm_hf.data.city_dataset import load_city_splits
 
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     token = _resolve_token(token)
     dirs = _city_dirs(city_dir_or_dirs)
+    names = [_city_name(directory) for directory in dirs]
+    for directory, name in zip(dirs, names):  # every check before the first upload
+        if not re.fullmatch(r"[\w.-]+", name) or names.count(name) > 1:
+            raise ValueError(f"{directory}: city name {name!r} is not a usable, unique config name")
+        _refuse_token_in({f"{name}/{file}": directory / file for file in ("cells.parquet", "city.json")}, token)
+    for name in names:
+        refuse_occupied_city(repo_id, name, revision=revision, overwrite=overwrite, token=token)
     api = _api(token)
     _ensure_repo_and_branch(api, repo_id, "dataset", revision, private)
-    commits, seen = [], set()
+    commits = []
     for directory in dirs:
         city = load_city_splits(directory)
-        if not re.fullmatch(r"[\w.-]+", city.name) or city.name in seen:
-            raise ValueError(f"{directory}: city name {city.name!r} is not a usable, unique config name")
-        seen.add(city.name)
         extras = {f"{city.name}/{name}": directory / name for name in ("cells.parquet", "city.json")}
-        _refuse_token_in(extras, token)
         message = commit_message or f"Upload city {city.name}"
         commits.append(city.splits.push_to_hub(repo_id, config_name=city.name, token=token, revision=revision,
                                                commit_message=f"{message} (splits)", max_shard_size=max_shard_size))
@@ -358,37 +402,39 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     model.add_argument("--train_cities", nargs="*", default=None, help="cities trained on (default: from results)")
     model.add_argument("--dataset_ids", nargs="*", default=[], help="Hub dataset ids to list in the card")
     model.add_argument("--commit_message", default=DEFAULT_MODEL_COMMIT)
+    model.add_argument("--overwrite", action="store_true", help="replace a model already at --revision of the repo")
     data = sub.add_parser("push-dataset", help="push built city folders, one config per city")
     data.add_argument("cities", nargs="+", help="city folders or folders of cities")
     data.add_argument("--repo_id", required=True, help="ORG/NAME")
     data.add_argument("--revision", default=None)
     data.add_argument("--private", action="store_true")
     data.add_argument("--commit_message", default=None)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    args = _parse_args(argv)
+    data.add_argument("--overwrite", action="store_true", help="replace cities the repo already holds")
+    args = parser.parse_args(argv)
     try:
-        if args.command == "push-model":
-            results = args.results
-            default = Path(args.folder).resolve().parent / "results.json"
-            if results is None and default.is_file():
-                results = default
-                print(f"card metrics from {default}")
-            info = push_model(args.folder, args.repo_id, revision=args.revision, private=args.private or None,
-                              results=results, train_cities=args.train_cities, dataset_ids=args.dataset_ids,
-                              commit_message=args.commit_message)
-            print(f"pushed {args.folder} -> {args.repo_id}: {info.commit_url}")
-        else:
-            infos = push_city_dataset(args.cities, args.repo_id, revision=args.revision,
-                                      private=args.private or None, commit_message=args.commit_message)
-            print(f"pushed {len(infos) // 2} cities -> dataset {args.repo_id}: {infos[-1].commit_url}")
-    except (ValueError, FileNotFoundError, HfHubHTTPError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        check_repo_id(args.repo_id)
+    except ValueError as error:
+        parser.error(f"--repo_id: {error}")
+    return args
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.command == "push-model":
+        results = args.results
+        default = Path(args.folder).resolve().parent / "results.json"
+        if results is None and default.is_file():
+            results = default
+            print(f"card metrics from {default}")
+        info = push_model(args.folder, args.repo_id, revision=args.revision, private=args.private or None,
+                          results=results, train_cities=args.train_cities, dataset_ids=args.dataset_ids,
+                          commit_message=args.commit_message, overwrite=args.overwrite)
+        print(f"pushed {args.folder} -> {args.repo_id}: {info.commit_url}")
+    else:
+        infos = push_city_dataset(args.cities, args.repo_id, revision=args.revision, private=args.private or None,
+                                  commit_message=args.commit_message, overwrite=args.overwrite)
+        print(f"pushed {len(infos) // 2} cities -> dataset {args.repo_id}: {infos[-1].commit_url}")
     return 0
 
 
@@ -396,4 +442,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["push_model", "push_city_dataset", "check_model_folder", "model_card_for", "main"]
+__all__ = ["push_model", "push_city_dataset", "check_model_folder", "model_card_for", "refuse_occupied_repo",
+           "refuse_occupied_city", "main"]

@@ -32,13 +32,14 @@ the last record). Each model refuses the other task's input with a message sayin
 The model ranks the city's cells with its own head (KD-tree distance to its point, mixture density, or the candidate
 ranker); `distance_m` is the great-circle distance from the predicted point (`nextlocllm_hf.metrics.haversine_m`).
 `--cells DIR` adds a city built by `dataset_scripts/build_city.py` for zero-shot use; `--plot out.png` draws the
-trajectory, the predicted point and the top-k cells.
+trajectory, the predicted point and the top-k cells (an existing file is replaced only with `--overwrite`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -46,12 +47,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .cli import entry_point, non_negative_float, positive_int
 from .data.build import BuildConfig
 from .data.projection import MAX_MERCATOR_LAT, lonlat_to_mercator, mercator_to_lonlat
 from .data.samples import record_durations
 from .metrics import haversine_m
 from .modeling.configuration_nextlocllm import NextLocLLMConfig
 from .modeling.retrieval_nextlocllm import CityRetriever
+from .outputs import refuse_occupied, replacing_file
 
 # The builder's default cap on record durations (`--max-duration-hours`).
 DEFAULT_MAX_DURATION_HOURS = BuildConfig.max_duration_hours
@@ -443,11 +446,11 @@ def plot_prediction(table: pd.DataFrame, prepared: pd.DataFrame, path: str | os.
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
+@entry_point
 def main(argv: Sequence[str] | None = None) -> None:
-    from transformers import AutoModel  # finds NextLocLLM: importing this module imported nextlocllm_hf
-
     from .data import load_city_splits
     from .evaluate import check_compatible
+    from .modeling.modeling_nextlocllm import NextLocLLMForCoordinateRegression
 
     parser = argparse.ArgumentParser(
         prog="python -m nextlocllm_hf.predict", description=__doc__.splitlines()[0],
@@ -457,48 +460,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="a saved model folder or Hub id")
     parser.add_argument("--city", required=True, help="a city of the model (or the city of --cells)")
     parser.add_argument("--input", required=True, help="one user's records: CSV (or TSV/Parquet), columns listed below")
-    parser.add_argument("--k", type=int, default=10, help="number of candidate cells to list [10]")
+    parser.add_argument("--k", type=positive_int, default=10, help="number of candidate cells to list [10]")
     parser.add_argument("--cells", help="a built city folder (dataset_scripts/build_city.py) to add for zero-shot use")
     parser.add_argument("--plot", help="write a figure of the trajectory and the prediction to this PNG file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     parser.add_argument(
-        "--max_duration_hours", type=float,
+        "--max_duration_hours", type=non_negative_float,
         help="duration cap the city was built with; 0 = none [the --cells city's value, else 24]",
     )
     parser.add_argument("--at", help='local time of the visit to predict, e.g. "2012-06-01 18:00" (at_time models only)')
     args = parser.parse_args(argv)
-    if args.k < 1:
-        parser.error(f"--k {args.k}: expected a positive integer")
-    if args.max_duration_hours is not None and not args.max_duration_hours >= 0:
-        parser.error(f"--max_duration_hours {args.max_duration_hours}: expected hours >= 0 (0 = no cap)")
+    if args.plot:  # checked before any work, since the figure is written last
+        refuse_occupied(args.plot, overwrite=args.overwrite, option="--plot", what="file")
+        if not Path(args.plot).resolve().parent.is_dir():
+            raise FileNotFoundError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist")
 
-    try:
-        records = read_records(args.input)  # before loading the model: bad input fails fast
-        model = AutoModel.from_pretrained(args.model)
-        max_duration_hours = DEFAULT_MAX_DURATION_HOURS
-        if args.cells:
-            city = load_city_splits(args.cells)
-            check_compatible(model.config, city.statistics, args.cells)
-            if city.name != args.city:
-                raise ValueError(f"--cells {args.cells} holds city {city.name!r}, not --city {args.city!r}")
-            model.add_city(city.retriever())
-            # None in city.json: built without a cap
-            max_duration_hours = city.statistics.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS)
-        if args.max_duration_hours is not None:
-            max_duration_hours = args.max_duration_hours or None
-        if args.city not in model.cities:
-            raise ValueError(
-                f"--city {args.city!r} is not a city of this model; its cities: {model.cities}. For a new city, add "
-                f"its cells with --cells CITY_DIR (a folder built by dataset_scripts/build_city.py)"
-            )
-        prepared = prepare_records(records, model.retriever(args.city), model.config, max_duration_hours)
-        table = rank_cells(model, args.city, prepared, args.k, args.at)
-    except (ValueError, OSError) as error:
-        parser.error(str(error))
+    records = read_records(args.input)  # before loading the model: bad input fails fast
+    model = NextLocLLMForCoordinateRegression.from_pretrained(args.model)
+    max_duration_hours = DEFAULT_MAX_DURATION_HOURS
+    if args.cells:
+        city = load_city_splits(args.cells)
+        check_compatible(model.config, city.statistics, args.cells)
+        if city.name != args.city:
+            raise ValueError(f"--cells {args.cells} holds city {city.name!r}, not --city {args.city!r}")
+        model.add_city(city.retriever())
+        # None in city.json: built without a cap
+        max_duration_hours = city.statistics.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS)
+    if args.max_duration_hours is not None:
+        max_duration_hours = args.max_duration_hours or None
+    if args.city not in model.cities:
+        raise ValueError(
+            f"--city {args.city!r} is not a city of this model; its cities: {model.cities}. For a new city, add "
+            f"its cells with --cells CITY_DIR (a folder built by dataset_scripts/build_city.py)"
+        )
+    prepared = prepare_records(records, model.retriever(args.city), model.config, max_duration_hours)
+    table = rank_cells(model, args.city, prepared, args.k, args.at)
     print(format_prediction(table, prepared))
     if args.plot:
-        plot_prediction(table, prepared, args.plot)
+        with replacing_file(args.plot) as partial:
+            plot_prediction(table, prepared, partial)
         print(f"plot: {Path(args.plot)}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -40,7 +40,7 @@ CITIES = {"nyc": {"seed": 1}, "calgary": {"seed": 2, "centre": (-12_710_000.0, 6
 CLIENT_TIMEOUT = 240
 
 PUSH_SCRIPT = """
-import json, sys
+import json, os, sys
 spec = json.load(open(sys.argv[1]))
 from huggingface_hub import HfApi
 from nextlocllm_hf.hub import main, push_model
@@ -48,8 +48,15 @@ api, out = HfApi(), {}
 sha = lambda repo: api.model_info(repo).sha
 assert main(["push-model", spec["v1"], "--repo_id", spec["model_repo"]]) == 0   # the CLI, results.json found beside
 out["v1"] = sha(spec["model_repo"])
+# Occupied now: refused before any upload, by the CLI (exit 2) and the API, unless overwrite
+out["model_refused_exit"] = main(["push-model", spec["v2"], "--repo_id", spec["model_repo"]])
+try:
+    push_model(spec["v2"], spec["model_repo"])
+except FileExistsError as error:
+    out["model_refused"] = str(error)
+out["model_unchanged"] = sha(spec["model_repo"]) == out["v1"]
 api.upload_file(path_or_fileobj=b"stale", path_in_repo="pytorch_model.bin", repo_id=spec["model_repo"])
-push_model(spec["v2"], spec["model_repo"], commit_message="v2: retrained, calgary cells changed")
+push_model(spec["v2"], spec["model_repo"], commit_message="v2: retrained, calgary cells changed", overwrite=True)
 out["v2"] = sha(spec["model_repo"])
 push_model(spec["v1"], spec["model_repo"], revision="v1-branch", results=spec["results"])
 push_model(spec["lora"], spec["lora_repo"])
@@ -58,8 +65,14 @@ for repo in spec["broken"]:
     push_model(spec["v1"], repo)
 assert main(["push-dataset", spec["alpha"], "--repo_id", spec["data_repo"]]) == 0
 out["data_alpha"] = api.dataset_info(spec["data_repo"]).sha
+out["city_refused_exit"] = main(["push-dataset", spec["alpha"], "--repo_id", spec["data_repo"]])
 sys.path.insert(0, spec["scripts"])
 import build_city
+# A build that would push onto a city already there is refused before it builds anything
+out["build_refused_exit"] = build_city.main(["--format", "synthetic", "--city", "alpha", "--users", "12",
+                                             "--output", spec["beta"], "--push_to_hub", spec["data_repo"]])
+out["build_refused_nothing_built"] = not os.path.exists(spec["beta"])
+out["city_unchanged"] = api.dataset_info(spec["data_repo"]).sha == out["data_alpha"]
 assert build_city.main(["--format", "synthetic", "--city", "beta", "--seed", "2", "--users", "12",
                         "--records-per-user", "60", "--extent-km", "4", "--output", spec["beta"], "--no-progress",
                         "--push_to_hub", spec["data_repo"]]) == 0
@@ -381,6 +394,15 @@ def test_remote_code_from_hub_where_package_is_unimportable(remote, loaded, expo
             assert torch.equal(got, ref)
     # The remote code forwards `revision` to the retriever files too.
     assert_same_predictions(remote["pinned"]["predictions"], exported["v1"]["predictions"])
+
+
+def test_a_push_onto_a_model_or_city_already_there_is_refused_before_any_upload(pushed):
+    assert pushed["model_refused_exit"] == 2 and pushed["model_unchanged"]
+    assert pushed["model_refused"].startswith(f"model repo {MODEL_REPO} (revision main) already holds a model "
+                                              f"(README.md, backbone_nextlocllm.py, candidates_nextlocllm.py, ")
+    assert pushed["model_refused"].endswith("more): pass --overwrite to replace it")
+    assert pushed["city_refused_exit"] == 2 and pushed["build_refused_exit"] == 2
+    assert pushed["build_refused_nothing_built"] and pushed["city_unchanged"]
 
 
 def test_pinned_revision_loads_older_weights_and_older_retrievers(loaded, exported, pushed):

@@ -207,3 +207,31 @@ def test_evaluate_cli_prints_model_and_baselines_zero_shot(workspace, tmp_path, 
     assert "city 'city-b' is new to this model: evaluating zero-shot" in printed
     for row in ("NextLocLLM", "last_location", "most_frequent", "markov_within_sample", "nearest_cells"):
         assert row in printed
+
+
+def test_fsdp_on_cpu_loads_the_best_weights_into_the_shards(workspace, tmp_path):
+    """Accelerate runs FSDP only on GPUs; torch's FSDP2 runs on CPU (gloo), and `load_best` works on its shards."""
+    model = train_script.build_model(train_script.parse_args(arguments(workspace, tmp_path / "x")),
+                                     _statistics(workspace))
+    model.save_pretrained(tmp_path / "model")
+    model.save_pretrained(tmp_path / "best")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(REPO / "tests" / "fsdp_cpu_check.py"), str(tmp_path / "model"),
+               str(tmp_path / "best")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "FSDP CPU CHECK PASSED" in result.stdout
+
+
+def test_fsdp_asked_for_on_cpu_is_refused_not_silently_replaced(workspace, tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes",
+        "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+        str(free_port()), str(REPO / "train.py"), *arguments(workspace, tmp_path / "fsdp", "--max_steps", "1"),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode != 0
+    assert "error: the launcher asked for FSDP, but Accelerate runs MULTI_CPU" in result.stderr
+    assert not (tmp_path / "fsdp").exists()

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..outputs import refuse_occupied, replacing_folder
 from .cells import CANDIDATE_RULES, POI_NORMALIZATIONS, build_cells, count_pois
+from .city_dataset import CITY_FILES
 from .features import cell_features, city_features
 from .formats import READERS, ReadOptions
 from .formats.pois import OSM_KEYS
@@ -64,6 +66,7 @@ class BuildConfig:
     stay_min_minutes: float = 20.0
     synthetic: dict = field(default_factory=dict)
     show_progress: bool = True
+    overwrite: bool = False  # replace a city already in `output` (never a folder holding anything else)
 
     def validate(self) -> None:
         if self.format not in READERS:
@@ -97,7 +100,10 @@ class BuildResult:
     report: BuildReport
 
     def save(self, output, show_progress: bool = True) -> Path:
-        """Write ``train/validation/test.parquet``, ``cells.parquet`` (with HF Features) and ``city.json``."""
+        """Write ``train/validation/test.parquet``, ``cells.parquet`` (with HF Features) and ``city.json``.
+
+        They are written into a temporary sibling that replaces ``output`` once complete: an interrupted save leaves
+        the folder as it was. Whether ``output`` may be replaced is the caller's decision (``build_and_save``)."""
         import datasets
         from datasets import Dataset, DatasetInfo
 
@@ -105,13 +111,14 @@ class BuildResult:
         if not show_progress:
             datasets.disable_progress_bars()
         try:
-            return self._save(Path(output), Dataset, DatasetInfo)
+            with replacing_folder(output) as partial:
+                self._save(partial, Dataset, DatasetInfo)
+            return Path(output)
         finally:
             if not show_progress and not was_disabled:
                 datasets.enable_progress_bars()
 
-    def _save(self, out: Path, Dataset, DatasetInfo) -> Path:
-        out.mkdir(parents=True, exist_ok=True)
+    def _save(self, out: Path, Dataset, DatasetInfo) -> None:
         H, L = self.statistics["history_length"], self.statistics["current_length"]
         C = len(self.statistics["poi_classes"])
         feats = city_features(H, L, C)
@@ -121,7 +128,6 @@ class BuildResult:
         Dataset.from_pandas(self.cells, features=cf, preserve_index=False).to_parquet(str(out / "cells.parquet"))
         with open(out / "city.json", "w", encoding="utf-8") as f:
             json.dump(self.statistics, f, indent=1, ensure_ascii=False, default=_json_default)
-        return out
 
 
 def _json_default(o):
@@ -413,9 +419,13 @@ def build_city(cfg: BuildConfig) -> BuildResult:
 
 
 def build_and_save(cfg: BuildConfig) -> BuildResult:
-    """Build and write ``cfg.output``; the report is available as ``result.report.render()``."""
+    """Build and write ``cfg.output``; the report is available as ``result.report.render()``.
+
+    A city already in ``cfg.output`` is refused before any work unless ``cfg.overwrite``; a folder holding anything
+    else is always refused (replacing it would delete those files)."""
     if not cfg.output:
         raise ValueError("an output folder is required")
+    refuse_occupied(cfg.output, overwrite=cfg.overwrite, option="--output", what="city folder", owned=CITY_FILES)
     res = build_city(cfg)
     t = time.perf_counter()
     res.save(cfg.output, show_progress=cfg.show_progress)

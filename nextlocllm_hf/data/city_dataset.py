@@ -65,16 +65,16 @@ def _is_city_dir(p: Path) -> bool:
     return (p / "city.json").is_file()
 
 
-def _looks_like_repo_id(text: str) -> bool:
-    return not text.startswith((".", "/", "~")) and text.count("/") <= 1
-
-
 def _resolve_dir(path_or_repo_id, city: str | None, revision: str | None = None) -> Path:
+    from nextlocllm_hf.modeling.backbone_nextlocllm import looks_like_repo_id
+
     p = Path(str(path_or_repo_id)).expanduser()
     if not p.exists():
-        if not _looks_like_repo_id(str(path_or_repo_id)):
+        if not looks_like_repo_id(str(path_or_repo_id)):
             raise FileNotFoundError(f"city dataset folder not found: {path_or_repo_id}")
         return _hub_city_dir(str(path_or_repo_id), city, revision)
+    if not p.is_dir():
+        raise NotADirectoryError(f"{p} is a file, not a city dataset folder")
     if _is_city_dir(p):
         if city is not None:
             with open(p / "city.json", encoding="utf-8") as f:
@@ -105,22 +105,13 @@ def _hub_city_dir(repo_id: str, city: str | None, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    from nextlocllm_hf.modeling.backbone_nextlocllm import hub_lookup_failed
+
     def download(patterns, rev):
         return Path(snapshot_download(repo_id, repo_type="dataset", revision=rev, allow_patterns=patterns))
 
     try:
         index = download(["*/city.json"], revision)
-        available = sorted(d.name for d in index.iterdir() if d.is_dir() and _is_city_dir(d))
-        if not available:
-            raise FileNotFoundError(f"dataset repo {repo_id!r} holds no city (no <city>/city.json); push cities with "
-                                    f"nextlocllm_hf.hub.push_city_dataset")
-        if city is None:
-            if len(available) != 1:
-                raise ValueError(f"dataset repo {repo_id!r} holds cities {available}: pass city=NAME")
-            city = available[0]
-        if city not in available:
-            raise ValueError(f"city {city!r} not found in dataset repo {repo_id!r}; available: {available}")
-        root = download([f"{city}/*"], index.name)  # index.name is the resolved commit sha
     except RepositoryNotFoundError as error:
         raise FileNotFoundError(
             f"{repo_id!r} is neither a local city folder nor a dataset repo on the Hub (or it is private: pass a "
@@ -128,6 +119,19 @@ def _hub_city_dir(repo_id: str, city: str | None, revision: str | None) -> Path:
         ) from error
     except RevisionNotFoundError as error:
         raise FileNotFoundError(f"dataset repo {repo_id!r} has no revision {revision!r}") from error
+    except OSError as error:  # offline or unreachable: the name may as well be a mistyped local folder
+        raise hub_lookup_failed(repo_id, "city dataset", error) from error
+    available = sorted(d.name for d in index.iterdir() if d.is_dir() and _is_city_dir(d))
+    if not available:
+        raise FileNotFoundError(f"dataset repo {repo_id!r} holds no city (no <city>/city.json); push cities with "
+                                f"nextlocllm_hf.hub.push_city_dataset")
+    if city is None:
+        if len(available) != 1:
+            raise ValueError(f"dataset repo {repo_id!r} holds cities {available}: pass city=NAME")
+        city = available[0]
+    if city not in available:
+        raise ValueError(f"city {city!r} not found in dataset repo {repo_id!r}; available: {available}")
+    root = download([f"{city}/*"], index.name)  # index.name is the resolved commit sha (same commit as the index)
     return root / city
 
 
