@@ -153,6 +153,7 @@ class Study:
         command = [
             sys.executable, str(REPO_ROOT / "train.py"), "--dataset", nyc.path, "--output_dir", str(run_dir),
             "--seed", str(seed), *[f"--{k}={v}" for k, v in BUDGET.items()], *{**VARIANTS, **HEADS, **MODES}[variant],
+            "--resume_from_checkpoint", "latest",  # an interrupted attempt continues; a fresh folder starts at 0
         ]
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"training {run_dir.name} (log: {run_dir / 'train.log'})", flush=True)
