@@ -10,10 +10,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -244,28 +242,46 @@ def test_overwrite_replaces_only_what_it_was_asked_to(files, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["city"]  # no partial or old copy left
 
 
+# Runs train.py unchanged, except that Accelerate's save_state sends the process a real SIGINT once it has written
+# checkpoint 3's files and before that write is renamed into place: the interrupt lands mid-checkpoint on every
+# machine, however fast or loaded, where polling for the folder from outside raced a 6-step run to its end.
+INTERRUPT_DURING_CHECKPOINT_3 = """
+import os, runpy, signal, sys
+import accelerate
+
+save_state = accelerate.Accelerator.save_state
+
+def save_state_then_ctrl_c(self, output_dir=None, **kwargs):
+    written = save_state(self, output_dir, **kwargs)
+    if os.path.basename(str(output_dir)) == ".checkpoint-3.partial":
+        os.kill(os.getpid(), signal.SIGINT)
+    return written
+
+accelerate.Accelerator.save_state = save_state_then_ctrl_c
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_ctrl_c_keeps_only_complete_checkpoints_and_says_how_to_resume(files, tmp_path):
     """SIGINT while checkpoint 3 is written: exit 130, the resume command, no partial; `latest` then finishes from a
     complete checkpoint, and --checkpoints_total_limit keeps the newest two."""
     output = tmp_path / "run"
     command = train_args(files, output, "--max_steps", "6", "--eval_steps", "3", "--checkpointing_steps", "1",
                          "--checkpoints_total_limit", "2")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
-    while not ((output / ".checkpoint-3.partial").exists() or (output / "checkpoint-3").exists()):
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.002)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 130, stderr[-3000:]
+    interrupted = subprocess.run([sys.executable, "-c", INTERRUPT_DURING_CHECKPOINT_3, *command[1:]],
+                                 capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    stderr = interrupted.stderr
+    assert interrupted.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     assert re.search(rf"interrupted: every checkpoint in {output} is complete \(nothing half-written is kept\); "
-                     r"resume with the same command plus --resume_from_checkpoint latest \(from checkpoint-[23]\)",
+                     r"resume with the same command plus --resume_from_checkpoint latest \(from checkpoint-2\)",
                      stderr), stderr[-3000:]
-    assert not list(output.glob(".*")) and {p.name for p in output.iterdir()} <= {"best", "checkpoint-1",
-                                                                                   "checkpoint-2", "checkpoint-3"}
+    # step 3's evaluation ran before its checkpoint, so `best` is complete; checkpoint 3 never appears
+    assert sorted(p.name for p in output.iterdir()) == ["best", "checkpoint-1", "checkpoint-2"]
     resumed = subprocess.run([*command, "--resume_from_checkpoint", "latest"], capture_output=True, text=True,
                              env=ENV, cwd=REPO, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert re.search(r"resumed from .*checkpoint-[23] at step [23]", resumed.stdout)
+    assert re.search(r"resumed from .*checkpoint-2 at step 2", resumed.stdout)
     assert sorted(p.name for p in output.iterdir()) == ["best", "checkpoint-5", "checkpoint-6", "model",
                                                         "results.json"]
