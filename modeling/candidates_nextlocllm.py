@@ -354,7 +354,6 @@ class CandidateScorer(nn.Module):
 
     def __init__(self, num_features: int, context_size: int, width: int, feature_bins: int = 8):
         super().__init__()
-        self.feature_bins = feature_bins
         self.register_buffer("feature_shift", torch.zeros(num_features))
         self.register_buffer("feature_scale", torch.ones(num_features))
         self.register_buffer("bin_edges", torch.zeros(num_features, feature_bins + 1))
@@ -369,6 +368,10 @@ class CandidateScorer(nn.Module):
     @property
     def num_features(self) -> int:
         return len(self.feature_shift)
+
+    @property
+    def feature_bins(self) -> int:
+        return self.bin_edges.shape[1] - 1
 
     @torch.no_grad()
     def reset_context_path(self) -> None:
