@@ -38,6 +38,9 @@ Unknown cell ids: a record whose cell id is not one of the retriever's cells (ne
 has no centre or POI vector, so it never becomes a candidate and matches no candidate. It still counts as a record:
 shares are over all input records and recency counts positions, so a sample's features do not depend on which of its
 records happen to be known. `CandidateSet.num_unknown_records` reports how many records of each sample were skipped.
+
+One file (~490 lines, a third of it this documentation) on purpose: the feature list above, the code computing it and
+the scorer reading it change together. Ranking the scored candidates into top-k cells is `ranking_nextlocllm.py`.
 """
 
 from __future__ import annotations
