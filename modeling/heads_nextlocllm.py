@@ -132,7 +132,7 @@ class DurationHead(nn.Linear):
         return self.loss_weight * mse
 
 
-def candidate_scorer(config: NextLocLLMConfig) -> CandidateScorer:
+def build_candidate_scorer(config: NextLocLLMConfig) -> CandidateScorer:
     """The ranker's scorer: the shared candidate features, and with a mixture its log-density at the cell."""
     num_features = candidate_feature_size(config.num_poi_classes, config.task_mode, config.candidate_time_features)
     num_features += bool(config.num_mixture_components)
@@ -185,4 +185,4 @@ def candidate_loss(scores: torch.Tensor, candidates: CandidateSet, target_cell: 
 
 
 __all__ = ["PositionPrediction", "PointHead", "MixtureHead", "POSITION_HEADS", "position_head_type", "DurationHead",
-           "candidate_scorer", "score_candidates", "candidate_loss"]
+           "build_candidate_scorer", "score_candidates", "candidate_loss"]

@@ -43,8 +43,8 @@ from .heads_nextlocllm import (
     DurationHead,
     MixtureHead,
     PointHead,
+    build_candidate_scorer,
     candidate_loss,
-    candidate_scorer,
     position_head_type,
     score_candidates,
 )
@@ -159,7 +159,7 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         self.add_module(head.attribute_name, head(config))
         self.position_head_name = head.attribute_name
         if config.use_candidate_ranker:
-            self.candidate_scorer = candidate_scorer(config)
+            self.candidate_scorer = build_candidate_scorer(config)
         if config.use_duration_head:
             self.duration_head = DurationHead(config)
         self.retrievers: dict[str, CityRetriever] = {}
