@@ -103,9 +103,12 @@ def worker(backbone: str, variant: str, batch_size: int, repeats: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from reference_nextlocllm import paper_computation  # the authors' computation lives beside the equality tests
+
     model = build_model(backbone)
     batch = make_batch(model.config, batch_size)
-    mode = model.reference_computation if variant == "reference" else contextlib.nullcontext
+    mode = (lambda: paper_computation(model)) if variant == "reference" else contextlib.nullcontext
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
     def train_step():
@@ -134,7 +137,7 @@ def worker(backbone: str, variant: str, batch_size: int, repeats: int) -> dict:
 
     def backbone():  # the decoder alone, in this variant's form (its prompt cache, if any, already filled)
         with torch.no_grad(), mode():
-            model._run_backbone(tokens, False)
+            model.run_backbone(tokens, False)
 
     backbone()
     with FlopCounterMode(display=False) as counter:
@@ -193,7 +196,7 @@ def ranker_worker(variant: str, batch_size: int, repeats: int) -> dict:
 
     def backbone():
         with torch.no_grad():
-            model._run_backbone(tokens, False)
+            model.run_backbone(tokens, False)
 
     result["backbone_seconds"] = median_seconds(backbone, repeats)
     if variant == "ranker":

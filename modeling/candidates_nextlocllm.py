@@ -38,6 +38,9 @@ Unknown cell ids: a record whose cell id is not one of the retriever's cells (ne
 has no centre or POI vector, so it never becomes a candidate and matches no candidate. It still counts as a record:
 shares are over all input records and recency counts positions, so a sample's features do not depend on which of its
 records happen to be known. `CandidateSet.num_unknown_records` reports how many records of each sample were skipped.
+
+One file (~490 lines, a third of it this documentation) on purpose: the feature list above, the code computing it and
+the scorer reading it change together. Ranking the scored candidates into top-k cells is `ranking_nextlocllm.py`.
 """
 
 from __future__ import annotations
@@ -473,32 +476,6 @@ def candidate_listwise_loss(
     return loss, covered
 
 
-def merge_rankings(candidate_ids: Any, scores: Any, fallback_ranked: Any, k: int) -> np.ndarray:
-    """Top-k cell ids per sample: candidates by descending score, then the fallback ranking's remaining cells.
-
-    Padding (negative ids) is skipped, ties keep candidate order, and every id appears once. The fallback (e.g. the
-    KD-tree's top-k) guarantees k cells where the candidate set is small; `ValueError` if even both fall short.
-    Accepts numpy arrays or tensors; returns a `(B, k)` int64 numpy array.
-    """
-    candidate_ids = _integer_ids(candidate_ids, "candidate_ids")
-    fallback = _integer_ids(fallback_ranked, "fallback_ranked")
-    scores = _to_numpy(scores).astype(np.float64, copy=False)
-    if scores.shape != candidate_ids.shape:
-        raise ValueError(f"scores has shape {scores.shape}, expected {candidate_ids.shape} like candidate_ids")
-    if len(fallback) != len(candidate_ids):
-        raise ValueError(f"fallback_ranked has {len(fallback)} rows, candidate_ids {len(candidate_ids)}")
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k={k!r}: expected a positive integer")
-    order = np.argsort(-scores, axis=1, kind="stable")
-    pool = np.concatenate([np.take_along_axis(candidate_ids, order, axis=1), fallback], axis=1)
-    keep = _first_occurrences(pool)
-    short = np.flatnonzero(keep.sum(axis=1) < k)
-    if len(short):
-        row = short[0]
-        raise ValueError(f"sample {row} has only {keep[row].sum()} distinct cells among candidates and fallback, k={k}")
-    return _compact(pool, keep, int(k))[0]
-
-
 __all__ = [
     "QUERY_COLUMNS",
     "RECORD_COLUMNS",
@@ -511,5 +488,4 @@ __all__ = [
     "merge_candidate_sets",
     "reference_time",
     "candidate_listwise_loss",
-    "merge_rankings",
 ]

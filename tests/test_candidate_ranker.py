@@ -16,8 +16,8 @@ from nextlocllm_hf.modeling.candidates_nextlocllm import (
     candidate_feature_size,
     candidate_listwise_loss,
     hour_distance,
-    merge_rankings,
 )
+from nextlocllm_hf.modeling.ranking_nextlocllm import merge_rankings, pad_with_nearest
 
 ORIGIN = np.array([-8_235_000.0, 4_970_000.0])  # realistic Web Mercator magnitudes: offsets must survive float64
 
@@ -353,3 +353,15 @@ def test_merge_rankings_puts_scored_candidates_first_then_fallback():
     np.testing.assert_array_equal(merge_rankings(candidate_ids, scores, fallback, 2), [[7, 9], [3, 4]])
     with pytest.raises(ValueError, match="sample 1 has only 4 distinct cells"):
         merge_rankings(candidate_ids, scores, fallback, 5)
+
+
+def test_pad_with_nearest_keeps_the_list_then_adds_the_nearest_unlisted_cells():
+    retriever = tiny_retriever()  # cells 10, 20, 30, 40
+    points = retriever.xy[[0, 3]] + 1.0  # next to cell 10, next to cell 40
+    ranked = np.array([[30, -1, -1], [-1, -1, -1]])
+    padded = pad_with_nearest(ranked, points, retriever, 3)
+    nearest = retriever.query(points, 3)[0]
+    assert padded.dtype == np.int64
+    np.testing.assert_array_equal(padded[0], [30, *[c for c in nearest[0] if c != 30][:2]])
+    np.testing.assert_array_equal(padded[1], nearest[1])
+    assert pad_with_nearest(np.zeros((0, 3), dtype=np.int64), np.zeros((0, 2)), retriever, 3).shape == (0, 3)

@@ -399,7 +399,7 @@ def test_remote_code_from_hub_where_package_is_unimportable(remote, loaded, expo
 def test_a_push_onto_a_model_or_city_already_there_is_refused_before_any_upload(pushed):
     assert pushed["model_refused_exit"] == 2 and pushed["model_unchanged"]
     assert pushed["model_refused"].startswith(f"model repo {MODEL_REPO} (revision main) already holds a model "
-                                              f"(README.md, backbone_nextlocllm.py, candidates_nextlocllm.py, ")
+                                              f"(README.md, adaptation_nextlocllm.py, backbone_nextlocllm.py, ")
     assert pushed["model_refused"].endswith("more): pass --overwrite to replace it")
     assert pushed["city_refused_exit"] == 2 and pushed["build_refused_exit"] == 2
     assert pushed["build_refused_nothing_built"] and pushed["city_unchanged"]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import build_model, make_batch, make_retriever
+from reference_nextlocllm import paper_computation
 
 TOLERANCE = 1e-5  # fp32, max abs difference, outputs and gradients
 
@@ -25,7 +26,7 @@ def test_shared_prefix_and_poi_projection_match_reference(tiny_backbone, adaptat
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
     fast_out, fast_loss, fast_grads = outputs_and_gradients(model, batch)
-    with model.reference_computation():
+    with paper_computation(model):
         ref_out, ref_loss, ref_grads = outputs_and_gradients(model, batch)
     assert (fast_out - ref_out).abs().max() <= TOLERANCE
     assert abs(fast_loss - ref_loss) <= TOLERANCE * max(1.0, abs(ref_loss))
@@ -43,20 +44,20 @@ def test_inference_reuses_the_prompt_cache_until_weights_change(tiny_backbone):
     batch = make_batch(model.config, model.retriever("nyc"))
     with torch.no_grad():
         first = model(**batch, city="nyc").coordinates
-        cached = model._prompt_cache
+        cached = model.prompt_prefix.cache
         again = model(**batch, city="nyc").coordinates
-        assert cached is not None and model._prompt_cache is cached
+        assert cached is not None and model.prompt_prefix.cache is cached
         torch.testing.assert_close(first, again, rtol=0, atol=0)
         next(p for n, p in model.named_parameters() if "norm" in n or "ln_" in n).mul_(1.5)  # in-place weight change
         changed = model(**batch, city="nyc").coordinates
-        assert model._prompt_cache is not cached
-        with model.reference_computation():
+        assert model.prompt_prefix.cache is not cached
+        with paper_computation(model):
             reference = model(**batch, city="nyc").coordinates
     torch.testing.assert_close(changed, reference, rtol=0, atol=1e-3)
     assert not torch.allclose(changed, first, rtol=0, atol=1e-3)
     # With gradients on, nothing is cached: every step sees its own weights.
     model(**batch, city="nyc")
-    assert model._prompt_cache is None
+    assert model.prompt_prefix.cache is None
 
 
 @pytest.mark.parametrize("heads", [{}, {"num_mixture_components": 3, "use_candidate_ranker": True}])
@@ -65,8 +66,8 @@ def test_batch_inference_in_chunks_equals_one_batch_and_computes_the_prompt_once
     model.add_city(make_retriever("nyc"))
     batch = make_batch(model.config, model.retriever("nyc"), batch_size=10)
     whole = model.predict(batch, city="nyc", k=5, batch_size=10)
-    cache = model._prompt_cache
+    cache = model.prompt_prefix.cache
     chunked = model.predict(batch, city="nyc", k=5, batch_size=3)
-    assert model._prompt_cache is cache  # four chunks, one prompt computation (weights unchanged)
+    assert model.prompt_prefix.cache is cache  # four chunks, one prompt computation (weights unchanged)
     torch.testing.assert_close(chunked.coordinates, whole.coordinates, rtol=0, atol=1e-3)  # batch-shape rounding
     assert torch.equal(chunked.top_k_cells, whole.top_k_cells) and chunked.top_k_cells.shape == (10, 5)

@@ -70,6 +70,8 @@ def test_missing_statistics_and_bad_std(model_and_batch):
         model(**batch)
     with pytest.raises(ValueError, match=r"coordinate_std holds 0.0"):
         model(**batch, coordinate_mean=torch.zeros(2), coordinate_std=torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"coordinate_mean holds a non-finite value: nan"):
+        model(**batch, coordinate_mean=torch.tensor([0.0, math.nan]), coordinate_std=torch.ones(2))
 
 
 def test_city_with_other_poi_width_is_refused(model_and_batch):
@@ -80,3 +82,18 @@ def test_city_with_other_poi_width_is_refused(model_and_batch):
     wide = CityRetriever("wide", city.cell_ids, city.xy, city.latlon, city.poi_frequency[:, :3], [0, 0], [1, 1])
     with pytest.raises(ValueError, match="city 'wide' has 3 POI classes, the model 5"):
         model.add_city(wide)
+
+
+def test_values_are_checked_with_one_host_sync(model_and_batch, monkeypatch):
+    """All value rules of a valid batch cost one read of the device (not one per field)."""
+    from nextlocllm_hf.modeling.validation_nextlocllm import check_shapes, check_values
+
+    model, batch = model_and_batch
+    inputs = {name: batch.get(name) for name in model.input_names}
+    check_shapes(model.config, inputs)
+    reads = []
+    original = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: reads.append(1) or original(self))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("per-value .item() on a valid batch"))
+    check_values(model.config, inputs, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    assert len(reads) == 1

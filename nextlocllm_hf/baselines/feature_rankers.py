@@ -33,9 +33,9 @@ from ..modeling.candidates_nextlocllm import (
     build_candidates,
     candidate_listwise_loss,
     merge_candidate_sets,
-    merge_rankings,
 )
 from ..modeling.configuration_nextlocllm import TASK_MODES
+from ..modeling.ranking_nextlocllm import merge_rankings
 from ..modeling.retrieval_nextlocllm import CityRetriever
 
 
