@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 CARD_NAME = "README.md"
 RETRIEVER_FILES = ("retrievers.json", "retrievers.safetensors")
 DEFAULT_MODEL_COMMIT = "Upload NextLocLLM model"
-_USAGE_REPO = re.compile(r'(AutoModel\.from_pretrained\(\s*")([^"]*)(")')
+_USAGE_REPO = re.compile(r'(pipeline\(\s*"next-location",\s*model=")([^"]*)(")')  # the card's usage snippet
 
 
 # ------------------------------------------------------------------------------------------------------ helpers

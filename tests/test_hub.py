@@ -487,12 +487,12 @@ def test_pushed_card_validates_and_names_real_metrics(hub, pushed, exported):
         for metric in ("hit@1", "hit@5", "hit@10", "mrr", "mean_error_m"):
             assert values[(f"nextlocllm-city/{city}", metric)] == pytest.approx(scores[metric], abs=1e-6)
     assert card.data.license == "apache-2.0" and "next-location-prediction" in card.data.tags
-    assert f'AutoModel.from_pretrained("{MODEL_REPO}")' in card.text
+    assert f'pipeline("next-location", model="{MODEL_REPO}", trust_remote_code=True)' in card.text
     validations = [r for r in hub.requests if r["path"] == "/api/validate-yaml" and b'"repoType":"model"' in r["body"]]
     assert len(validations) >= 5 and all(r["status"] == 200 for r in validations)  # every model push was checked
     # The v2 push had no results: the folder's card (no metrics) went up with its usage snippet re-pointed.
     v2_card = hub.files(MODEL_REPO)["README.md"].decode()
-    assert f'AutoModel.from_pretrained("{MODEL_REPO}")' in v2_card
+    assert f'pipeline("next-location", model="{MODEL_REPO}", trust_remote_code=True)' in v2_card
 
 
 def _post(hub, path: str, payload: bytes, headers: dict, method: str = "POST"):
