@@ -16,18 +16,7 @@ are the ones the training samples hold:
   visit to predict.
 
 Raw input to `read_table` / `read_records`: a CSV/TSV/Parquet path, a DataFrame or a list of dicts, one row per
-record, in any order, columns matched case-insensitively:
-
-    column          aliases                                meaning
-    latitude        lat                                    WGS84 degrees, within the Web Mercator range (|lat| <= 85.05)
-    longitude       lon, lng, long                         WGS84 degrees, -180..180
-    local_time      time, timestamp, datetime              ISO 8601 local wall-clock time, e.g. 2024-05-03 08:15:00;
-                                                           an offset suffix (+02:00) is allowed: the clock as written
-                                                           gives day/hour, the offset only orders rows and gives gaps
-    duration_hours  duration                               optional: hours until the record's next record, the value
-                                                           training used; an empty cell falls back to the gap
-                                                           computed from the times
-    user_id         user, uid, userid                      optional: whose record it is (several users: `split_users`)
+record, in any order, with the columns of `RECORD_COLUMNS_TABLE` (matched case-insensitively).
 """
 
 from __future__ import annotations
@@ -54,6 +43,20 @@ RECORD_COLUMN_ALIASES = {
 REQUIRED_RECORD_COLUMNS = ("latitude", "longitude", "local_time")
 #: Default cap on a record's duration, hours (the builder's `--max-duration-hours`; 0 = none).
 DEFAULT_MAX_DURATION_HOURS = 24.0
+
+RECORD_COLUMNS_TABLE = """\
+    column          aliases                                meaning
+    latitude        lat                                    WGS84 degrees, within the Web Mercator range (|lat| <= 85.05)
+    longitude       lon, lng, long                         WGS84 degrees, -180..180
+    local_time      time, timestamp, datetime              ISO 8601 local wall-clock time, e.g. 2024-05-03 08:15:00;
+                                                           an offset suffix (+02:00) is allowed: the clock as written
+                                                           gives day/hour, the offset only orders rows and gives gaps
+    duration_hours  duration                               optional: hours until the record's next record, the value
+                                                           training used; an empty cell falls back to the gap
+                                                           computed from the times
+    user_id         user, uid, userid                      optional: whose record it is (the pipeline takes many users
+                                                           at once, the predict CLI one)
+"""
 
 _EPOCH = pd.Timestamp("1970-01-01")
 _SECOND = pd.Timedelta(seconds=1)
@@ -416,6 +419,7 @@ def model_inputs_from_records(prepared: pd.DataFrame | Sequence[pd.DataFrame], c
 
 __all__ = [
     "RECORD_COLUMN_ALIASES",
+    "RECORD_COLUMNS_TABLE",
     "DEFAULT_MAX_DURATION_HOURS",
     "LATITUDE_ALIASES",
     "LONGITUDE_ALIASES",

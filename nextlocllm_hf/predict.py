@@ -1,16 +1,7 @@
 """Next-location prediction for one user: `python -m nextlocllm_hf.predict --model DIR --city NAME --input FILE`.
 
-The input is one user's recent visits, one row per record, in any order (rows are sorted by time):
-
-    column          aliases (case-insensitive)             meaning
-    latitude        lat                                    WGS84 degrees, within the Web Mercator range (|lat| <= 85.05)
-    longitude       lon, lng, long                         WGS84 degrees, -180..180
-    local_time      time, timestamp, datetime              ISO 8601 local wall-clock time, e.g. 2024-05-03 08:15:00;
-                                                           an offset suffix (+02:00) is allowed: the clock as written
-                                                           gives day/hour, the offset only orders rows and gives gaps
-    duration_hours  duration                               optional: hours until the record's next record, the value
-                                                           training used; an empty cell falls back to the gap
-                                                           computed from the times
+The input is one user's recent visits, one row per record, in any order (rows are sorted by time), with the
+columns listed at the end.
 
 Rows are turned into exactly the record features of the training samples by the rule the dataset builder uses
 (`nextlocllm_hf.modeling.records_nextlocllm`, shipped with the model's code): exact duplicates
@@ -52,6 +43,7 @@ from .cli import entry_point, non_negative_float, positive_int
 from .modeling.pipeline_nextlocllm import NextLocationPipeline
 from .modeling.records_nextlocllm import (
     DEFAULT_MAX_DURATION_HOURS,
+    RECORD_COLUMNS_TABLE,
     model_inputs_from_records,
     prepare_records,
     read_records,
@@ -145,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(
         prog="python -m nextlocllm_hf.predict", description=__doc__.splitlines()[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        epilog=__doc__.split("\n\n", 1)[1] + "\ncolumns of --input (aliases case-insensitive):\n\n" + RECORD_COLUMNS_TABLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="a saved model folder or Hub id")

@@ -673,7 +673,8 @@ def test_train_py_push_to_hub(hub, root, pushed):
     card = ModelCard(files["README.md"].decode(), ignore_metadata_errors=False)
     values = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert values[("nextlocllm-city/alpha", "hit@1")] == pytest.approx(results["test"]["alpha"]["hit@1"], abs=1e-6)
-    assert 'AutoModel.from_pretrained("org/trained")' in card.text
+    assert 'pipeline("next-location", model="org/trained", trust_remote_code=True)' in card.text
+    assert {"pipeline_nextlocllm.py", "records_nextlocllm.py"} <= set(files)  # the pipeline travels with the export
 
 
 def test_token_never_written_logged_or_sent_outside_authorization(hub, root, loaded, remote, offline):
