@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .cli import entry_point
+from .modeling.retrieval_nextlocllm import RETRIEVERS_CONFIG_NAME, RETRIEVERS_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
-RETRIEVER_FILES = ("retrievers.json", "retrievers.safetensors")
+RETRIEVER_FILES = (RETRIEVERS_CONFIG_NAME, RETRIEVERS_WEIGHTS_NAME)
 DEFAULT_MODEL_COMMIT = "Upload NextLocLLM model"
 _USAGE_REPO = re.compile(r'(pipeline\(\s*"next-location",\s*model=")([^"]*)(")')  # the card's usage snippet
 
