@@ -303,7 +303,7 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     retriever = study.city("nyc").retriever()
 
     def lonlat(xy):
-        return mercator_to_lonlat(np.asarray(xy, dtype=np.float64).reshape(-1, 2))
+        return np.stack(mercator_to_lonlat(*np.asarray(xy, dtype=np.float64).reshape(-1, 2).T), axis=1)
 
     history = lonlat(arrays["history_coordinates"][index])
     current = lonlat(arrays["current_coordinates"][index])

@@ -1,8 +1,11 @@
-"""Post-prediction retrieval: a city's candidate cells, its normalization statistics and a KD-tree over them.
+"""A city as the model needs it at inference: candidate cells, their POI frequencies, the coordinate statistics the
+model normalizes with, the grid, and a KD-tree over the cells. `CityRetriever` is the single owner of these.
 
-A regressed point becomes a ranked list of cells by nearest-neighbour search in projected metres. Retrievers are
-saved as safetensors (arrays) + JSON (names, statistics) beside the model weights; a KD-tree is never pickled but
-rebuilt from the saved coordinates on first use (milliseconds).
+A regressed point becomes a ranked list of cells by nearest-neighbour search in projected metres; a raw record's
+position becomes its cell by the builder's grid (`locate`). Retrievers are saved as safetensors (arrays) + JSON
+(names, statistics, grid) beside the model weights; a KD-tree is never pickled but rebuilt from the saved coordinates
+on first use (milliseconds). Files written before the grid was stored still load: their grid is read from the
+centroids' spacing (`locate`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .grid_nextlocllm import Grid
+
 RETRIEVERS_WEIGHTS_NAME = "retrievers.safetensors"
 RETRIEVERS_CONFIG_NAME = "retrievers.json"
 RETRIEVERS_FORMAT_VERSION = 1
@@ -23,7 +28,8 @@ RETRIEVERS_FORMAT_VERSION = 1
 
 @dataclass(eq=False)
 class CityRetriever:
-    """Candidate cells of one city plus the per-city coordinate statistics the model normalizes with."""
+    """Candidate cells of one city plus the per-city coordinate statistics the model normalizes with and its grid
+    (None for a retriever saved before the grid was stored)."""
 
     name: str
     cell_ids: np.ndarray  # (N,) int64
@@ -33,6 +39,7 @@ class CityRetriever:
     coordinate_mean: np.ndarray  # (2,) per-axis mean of the city's projected record coordinates
     coordinate_std: np.ndarray  # (2,) per-axis standard deviation of the same
     metadata: dict[str, Any] = field(default_factory=dict)
+    grid: Grid | None = None
 
     def __post_init__(self) -> None:
         self.cell_ids = np.asarray(self.cell_ids, dtype=np.int64).reshape(-1)
@@ -58,6 +65,10 @@ class CityRetriever:
             raise ValueError(f"{where}: coordinate_mean={self.coordinate_mean.tolist()} must be 2 finite numbers")
         if self.coordinate_std.shape != (2,) or not (self.coordinate_std > 0).all():
             raise ValueError(f"{where}: coordinate_std={self.coordinate_std.tolist()} must be 2 positive numbers")
+        if isinstance(self.grid, Mapping):
+            self.grid = Grid.from_dict(self.grid)
+        if self.grid is not None and not self._grid_keys_inside.all():
+            raise ValueError(f"{where}: some cell centroids lie outside its grid {self.grid.to_dict()}")
 
     @classmethod
     def from_cells(
@@ -67,8 +78,10 @@ class CityRetriever:
         coordinate_mean: Sequence[float],
         coordinate_std: Sequence[float],
         metadata: Mapping[str, Any] | None = None,
+        grid: Grid | Mapping[str, Any] | None = None,
     ) -> "CityRetriever":
-        """Build from a candidate-cell table with columns `cell_id, lat, lon, x, y, poi_frequency`."""
+        """Build from a candidate-cell table with columns `cell_id, lat, lon, x, y, poi_frequency` and the city's
+        grid (`Grid` or its dict, as in city.json)."""
         missing = [c for c in ("cell_id", "lat", "lon", "x", "y", "poi_frequency") if c not in cells.columns]
         if missing:
             raise ValueError(f"city {name!r}: candidate cells lack columns {missing}")
@@ -81,7 +94,13 @@ class CityRetriever:
             coordinate_mean=coordinate_mean,
             coordinate_std=coordinate_std,
             metadata=dict(metadata or {}),
+            grid=grid,
         )
+
+    @classmethod
+    def from_city(cls, city: Mapping[str, Any], cells: Any) -> "CityRetriever":
+        """From a built city: its `city.json` (name, coordinate statistics, grid) and its `cells.parquet` table."""
+        return cls.from_cells(city["city"], cells, city["coordinate_mean"], city["coordinate_std"], grid=city.get("grid"))
 
     @property
     def num_cells(self) -> int:
@@ -101,6 +120,58 @@ class CityRetriever:
         sorted_ids = self.cell_ids[self._id_order]
         positions = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
         return np.where(sorted_ids[positions] == ids, self._id_order[positions], -1)
+
+    @cached_property
+    def _grid_keys_inside(self) -> np.ndarray:
+        _, _, inside = self.grid.locate(self.xy[:, 0], self.xy[:, 1])
+        return inside
+
+    @cached_property
+    def _grid_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """Grid key of every cell (its centroid lies mid-cell), sorted, and the retriever row of each."""
+        row, col, _ = self.grid.locate(self.xy[:, 0], self.xy[:, 1])
+        keys = self.grid.key(row, col)
+        order = np.argsort(keys, kind="stable")
+        return keys[order], order
+
+    @cached_property
+    def cell_spacing(self) -> float:
+        """Projected cell size: the grid's, or for a retriever without a grid the smallest spacing between centroid
+        coordinates along x or y (exact whenever two candidate cells are adjacent)."""
+        if self.grid is not None:
+            return float(self.grid.cell_size_projected)
+        gaps = np.concatenate([np.diff(np.unique(np.round(self.xy[:, axis], 3))) for axis in (0, 1)])
+        if not len(gaps):
+            raise ValueError(f"city {self.name!r} has a single candidate cell: its grid size cannot be inferred")
+        return float(gaps.min())
+
+    def locate(self, points: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The cell holding each projected point, by the rule the dataset builder used: `(rows, inside)`.
+
+        `rows` (M,) is the retriever row of the candidate cell holding the point (-1 where no candidate cell does:
+        a cell the builder kept out had no POI and no record); `inside` (M,) is False for a point outside the city's
+        area (the builder drops such records). With a grid that is `Grid.locate`; without one (older files) a point
+        lies in the cell whose centroid is within half `cell_spacing` on both axes, and the area is the cells'
+        bounding box grown by half a cell.
+        """
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if self.grid is not None:
+            row, col, inside = self.grid.locate(points[:, 0], points[:, 1])
+            sorted_keys, rows_of_keys = self._grid_keys
+            keys = self.grid.key(row, col)
+            position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+            found = inside & (sorted_keys[position] == keys)
+            return np.where(found, rows_of_keys[position], -1), inside
+        half = self.cell_spacing / 2.0
+        # The spacing is read from centroids rounded to the millimetre, so it may be up to 1 mm short.
+        tolerance = 2e-3
+        low, high = self.xy.min(axis=0) - half - tolerance, self.xy.max(axis=0) + half + tolerance
+        inside = ~((points < low) | (points > high)).any(axis=1)
+        _, nearest = self.tree.query(points, k=1)
+        nearest = np.asarray(nearest).reshape(-1)
+        # Voronoi cells of a square lattice are the grid squares: the nearest centroid is the own cell's, if kept.
+        within = (np.abs(points - self.xy[nearest]) <= half + tolerance).all(axis=1)
+        return np.where(within & inside, nearest, -1), inside
 
     def query(self, points: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k cells nearest to each projected point: `(cell_ids (M, k), distances in metres (M, k))`."""
@@ -131,11 +202,12 @@ class CityRetriever:
             "coordinate_mean": self.coordinate_mean.tolist(),
             "coordinate_std": self.coordinate_std.tolist(),
             "metadata": self.metadata,
+            **({"grid": self.grid.to_dict()} if self.grid is not None else {}),
         }
 
 
 def save_retrievers(retrievers: Mapping[str, CityRetriever], save_directory: str | os.PathLike) -> None:
-    """Write every city's arrays into one safetensors file and their names and statistics into one JSON file."""
+    """Write every city's arrays into one safetensors file and their names, statistics and grids into one JSON file."""
     from safetensors.numpy import save_file
 
     os.makedirs(save_directory, exist_ok=True)
@@ -183,6 +255,7 @@ def load_retrievers(config_file: str, weights_file: str | None) -> dict[str, Cit
                 coordinate_mean=city["coordinate_mean"],
                 coordinate_std=city["coordinate_std"],
                 metadata=city.get("metadata", {}),
+                grid=city.get("grid"),  # absent in files written before the grid was stored
             )
         except KeyError as error:
             raise ValueError(f"{weights_file}: missing array {error} of city {city.get('name')!r}") from error

@@ -6,8 +6,8 @@
 The token comes from `HF_TOKEN` or `hf auth login` (or `token=` in the API); it is never printed, logged or written
 into a card, config or checkpoint, and a push is refused if any text file about to be uploaded contains it.
 
-A model repo gets exactly what `load` needs: `config.json` (with `auto_map`), the safetensors weights, the flat
-modeling code, every city's retriever (`retrievers.json` + `retrievers.safetensors`) and a model card built with
+A model repo gets exactly what `load` needs: `config.json` (with `auto_map` and the `next-location` pipeline in
+`custom_pipelines`), the safetensors weights, the flat modeling and pipeline code, every city's retriever (`retrievers.json` + `retrievers.safetensors`) and a model card built with
 huggingface_hub's card tools and validated by the Hub before the upload. Files of an earlier push that the new export
 no longer has are deleted in the same commit, so the repo mirrors the export. A model configured with
 `adaptation="lora"` is already self-contained (its LoRA weights sit in `model.safetensors` and `from_pretrained`
@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .cli import entry_point
+from .modeling.retrieval_nextlocllm import RETRIEVERS_CONFIG_NAME, RETRIEVERS_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
-RETRIEVER_FILES = ("retrievers.json", "retrievers.safetensors")
+RETRIEVER_FILES = (RETRIEVERS_CONFIG_NAME, RETRIEVERS_WEIGHTS_NAME)
 DEFAULT_MODEL_COMMIT = "Upload NextLocLLM model"
-_USAGE_REPO = re.compile(r'(AutoModel\.from_pretrained\(\s*")([^"]*)(")')
+_USAGE_REPO = re.compile(r'(pipeline\(\s*"next-location",\s*model=")([^"]*)(")')  # the card's usage snippet
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -160,6 +161,10 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
         raise ValueError(f"{folder}/config.json has no auto_map: save the model after `import nextlocllm_hf`, so the "
                          f"flat modeling code travels with it (trust_remote_code)")
     code = {f"{ref.split('.')[0]}.py" for ref in auto_map.values() if isinstance(ref, str)}
+    # the next-location pipeline (`custom_pipelines`, written by save_pretrained_with_pipeline) and its imports
+    for task in (config.get("custom_pipelines") or {}).values():
+        if isinstance(task, dict) and isinstance(task.get("impl"), str):
+            code.add(f"{task['impl'].split('.')[0]}.py")
     pending = sorted(code)
     while pending:
         name = pending.pop()
@@ -278,7 +283,9 @@ def push_model(
             if peft is not None and isinstance(model, peft.PeftModel):  # a wrapper: push the merged model
                 model = model.merge_and_unload()
             folder = Path(tmp) / "model"
-            model.save_pretrained(folder)
+            from nextlocllm_hf.modeling.pipeline_nextlocllm import save_pretrained_with_pipeline
+
+            save_pretrained_with_pipeline(model, folder)
         files = check_model_folder(folder)
         skipped = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in {*files, CARD_NAME})
         if skipped:

@@ -16,6 +16,7 @@ Two distances are reported, because the paper's "metres" are Web Mercator units,
 * ``mean_error_m`` / ``median_error_m``: great-circle (haversine) distance on a sphere of the **mean Earth radius**
   ``R = 6 371 008.8 m`` (IUGG) between the two positions after the inverse Web Mercator projection
   (:func:`mercator_to_lonlat`, sphere ``R = 6 378 137 m``). Compared with the WGS84 ellipsoid this is within ~0.5 %.
+  Both live in the shipped model code, ``nextlocllm_hf.modeling.geometry_nextlocllm``.
 * ``mean_projected_error_m``: plain Euclidean distance in Web Mercator units, the number the authors' code reports.
 """
 
@@ -25,10 +26,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-#: Sphere radius of Web Mercator (EPSG:3857), metres (WGS84 semi-major axis).
-WEB_MERCATOR_RADIUS_M = 6378137.0
-#: Mean Earth radius (IUGG, (2a + b) / 3 of WGS84), metres, used by :func:`haversine_m`.
-MEAN_EARTH_RADIUS_M = 6371008.8
+from .modeling.geometry_nextlocllm import MEAN_EARTH_RADIUS_M, WEB_MERCATOR_RADIUS_M, haversine_m, mercator_to_lonlat
+
 
 DEFAULT_KS = (1, 5, 10, 20)
 DEFAULT_NDCG_KS = (5, 10)
@@ -172,39 +171,6 @@ def ndcg_at_k(ranked_cells, target_cells, k: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# geometry
-
-
-def mercator_to_lonlat(xy) -> np.ndarray:
-    """Inverse spherical (Web) Mercator, EPSG:3857 -> WGS84 degrees, with ``R = 6 378 137 m``.
-
-    ``xy`` is ``(..., 2)`` metres ``(x, y)``; returns ``(..., 2)`` degrees ``(lon, lat)``:
-    ``lon = degrees(x / R)``, ``lat = degrees(2 * arctan(exp(y / R)) - pi / 2)``.
-    """
-    xy = np.asarray(xy, dtype=np.float64)
-    if xy.ndim == 0 or xy.shape[-1] != 2:
-        raise ValueError(f"xy must have shape (..., 2), got shape {xy.shape}")
-    lon = np.degrees(xy[..., 0] / WEB_MERCATOR_RADIUS_M)
-    lat = np.degrees(2.0 * np.arctan(np.exp(xy[..., 1] / WEB_MERCATOR_RADIUS_M)) - np.pi / 2.0)
-    return np.stack([lon, lat], axis=-1)
-
-
-def haversine_m(lat1, lon1, lat2, lon2):
-    """Great-circle distance in metres between points given in degrees (array-like, broadcast together).
-
-    Haversine formula on a sphere of the mean Earth radius ``R = 6 371 008.8 m``:
-    ``d = 2 R asin(sqrt(sin^2(dlat / 2) + cos(lat1) cos(lat2) sin^2(dlon / 2)))``. One degree of latitude is
-    ``R * pi / 180 = 111 195.08 m``. Returns a float for scalar inputs, else an array.
-    """
-    phi1, phi2 = np.radians(np.asarray(lat1, dtype=np.float64)), np.radians(np.asarray(lat2, dtype=np.float64))
-    dphi = phi2 - phi1
-    dlmb = np.radians(np.asarray(lon2, dtype=np.float64) - np.asarray(lon1, dtype=np.float64))
-    a = np.sin(dphi / 2.0) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2.0) ** 2
-    d = 2.0 * MEAN_EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-    return float(d) if np.ndim(d) == 0 else d
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # everything at once
 
 
@@ -268,9 +234,9 @@ def compute_metrics(
         hit = found & (ranks <= k)
         gain[hit] = 1.0 / np.log2(ranks[hit] + 1.0)
         out[f"ndcg@{int(k)}"] = float(gain.mean())
-    pred_ll = mercator_to_lonlat(pred)
-    true_ll = mercator_to_lonlat(true)
-    errors = np.asarray(haversine_m(pred_ll[:, 1], pred_ll[:, 0], true_ll[:, 1], true_ll[:, 0])).reshape(n)
+    pred_lon, pred_lat = mercator_to_lonlat(pred[:, 0], pred[:, 1])
+    true_lon, true_lat = mercator_to_lonlat(true[:, 0], true[:, 1])
+    errors = np.asarray(haversine_m(pred_lat, pred_lon, true_lat, true_lon)).reshape(n)
     out["mean_error_m"] = float(errors.mean())
     out["median_error_m"] = float(np.median(errors))
     out["mean_projected_error_m"] = float(np.linalg.norm(pred - true, axis=1).mean())

@@ -75,6 +75,8 @@ def build_model_card(
         head=config.head_description,
         poi_classes=", ".join(config.poi_class_names),
         cities=", ".join(model.cities) or "none",
+        first_city=model.cities[0] if model.cities else "CITY",
+        at_argument=', at="2012-06-01 18:00"' if config.task_mode == "at_time" else "",
         train_cities=", ".join(train_cities),
         metric_for_best_model=metric_for_best_model,
         best_step=results.get("best_step", "?"),

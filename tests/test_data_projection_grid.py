@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nextlocllm_hf.data.grid import Grid
-from nextlocllm_hf.data.projection import (EARTH_RADIUS_M, ground_to_projected, lonlat_to_mercator,
+from nextlocllm_hf.data.projection import (WEB_MERCATOR_RADIUS_M, ground_to_projected, lonlat_to_mercator,
                                            mercator_to_lonlat)
 
 
@@ -13,7 +13,7 @@ def test_known_web_mercator_values():
     np.testing.assert_allclose(x, [0.0, 20037508.342789244, -8238310.235647, 0.0, -20037508.342789244], atol=1e-3)
     np.testing.assert_allclose(y, [0.0, 20037508.342789244, 4970071.579142, 5621521.486192, 0.0], atol=1e-3)
     # method.md 1.1: Xi'an lon 108.88 -> x ~ 1.2120e7 (R * lon in radians)
-    assert lonlat_to_mercator(108.88, 34.166)[0] == pytest.approx(EARTH_RADIUS_M * np.radians(108.88))
+    assert lonlat_to_mercator(108.88, 34.166)[0] == pytest.approx(WEB_MERCATOR_RADIUS_M * np.radians(108.88))
 
 
 def test_inverse_round_trip():

@@ -487,12 +487,12 @@ def test_pushed_card_validates_and_names_real_metrics(hub, pushed, exported):
         for metric in ("hit@1", "hit@5", "hit@10", "mrr", "mean_error_m"):
             assert values[(f"nextlocllm-city/{city}", metric)] == pytest.approx(scores[metric], abs=1e-6)
     assert card.data.license == "apache-2.0" and "next-location-prediction" in card.data.tags
-    assert f'AutoModel.from_pretrained("{MODEL_REPO}")' in card.text
+    assert f'pipeline("next-location", model="{MODEL_REPO}", trust_remote_code=True)' in card.text
     validations = [r for r in hub.requests if r["path"] == "/api/validate-yaml" and b'"repoType":"model"' in r["body"]]
     assert len(validations) >= 5 and all(r["status"] == 200 for r in validations)  # every model push was checked
     # The v2 push had no results: the folder's card (no metrics) went up with its usage snippet re-pointed.
     v2_card = hub.files(MODEL_REPO)["README.md"].decode()
-    assert f'AutoModel.from_pretrained("{MODEL_REPO}")' in v2_card
+    assert f'pipeline("next-location", model="{MODEL_REPO}", trust_remote_code=True)' in v2_card
 
 
 def _post(hub, path: str, payload: bytes, headers: dict, method: str = "POST"):
@@ -673,7 +673,8 @@ def test_train_py_push_to_hub(hub, root, pushed):
     card = ModelCard(files["README.md"].decode(), ignore_metadata_errors=False)
     values = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert values[("nextlocllm-city/alpha", "hit@1")] == pytest.approx(results["test"]["alpha"]["hit@1"], abs=1e-6)
-    assert 'AutoModel.from_pretrained("org/trained")' in card.text
+    assert 'pipeline("next-location", model="org/trained", trust_remote_code=True)' in card.text
+    assert {"pipeline_nextlocllm.py", "records_nextlocllm.py"} <= set(files)  # the pipeline travels with the export
 
 
 def test_token_never_written_logged_or_sent_outside_authorization(hub, root, loaded, remote, offline):

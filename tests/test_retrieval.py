@@ -83,3 +83,56 @@ def test_damaged_retriever_files_give_clear_errors(tmp_path):
     (tmp_path / RETRIEVERS_CONFIG_NAME).write_text(json.dumps({"nothing": []}))
     with pytest.raises(ValueError, match="not a valid retrievers.json"):
         load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(weights))
+
+
+# ------------------------------------------------------------------------------------------------------ the grid
+@pytest.fixture(scope="module")
+def built_city(tmp_path_factory):
+    from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
+
+    folder = tmp_path_factory.mktemp("grid")
+    # candidates = visited cells: the grid has holes (squares of the city that are no candidate)
+    build_and_save(BuildConfig(city="gridcity", format="synthetic", output=str(folder), seed=3, candidates="visited",
+                               synthetic={"n_users": 8, "records_per_user": 60, "extent_km": 4.0}, show_progress=False))
+    return load_city_splits(folder)
+
+
+def test_the_grid_travels_with_the_retriever_and_places_points_like_the_builder(built_city, tmp_path):
+    from nextlocllm_hf.columns import rows_to_arrays
+
+    retriever = built_city.retriever()
+    assert retriever.grid is not None and retriever.grid.to_dict() == built_city.statistics["grid"]
+    save_retrievers({retriever.name: retriever}, tmp_path)
+    loaded = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
+    assert loaded[retriever.name].grid == retriever.grid
+    # Every record of every sample lies in the cell the builder gave it.
+    arrays = rows_to_arrays(built_city.splits["train"], ("history_coordinates", "history_cell"))
+    rows, inside = loaded[retriever.name].locate(arrays["history_coordinates"].reshape(-1, 2))
+    assert inside.all()
+    np.testing.assert_array_equal(retriever.cell_ids[rows], arrays["history_cell"].reshape(-1))
+
+
+def test_a_retriever_file_without_the_grid_reads_the_cell_size_from_the_centroids(built_city, tmp_path):
+    """Files saved before the grid was stored: the centroids' spacing gives the same cells inside the city."""
+    retriever = built_city.retriever()
+    save_retrievers({retriever.name: retriever}, tmp_path)
+    index = json.loads((tmp_path / RETRIEVERS_CONFIG_NAME).read_text())
+    for city in index["cities"]:
+        del city["grid"]
+    (tmp_path / RETRIEVERS_CONFIG_NAME).write_text(json.dumps(index))
+    old = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
+    old = old[retriever.name]
+    assert old.grid is None
+    assert old.cell_spacing == pytest.approx(retriever.grid.cell_size_projected, abs=2e-3)
+    size = retriever.grid.cell_size_projected
+    rng = np.random.default_rng(0)
+    # points well inside grid squares (10 cm from any edge), over and around the city's cells
+    low, high = retriever.xy.min(axis=0) - 2 * size, retriever.xy.max(axis=0) + 2 * size
+    points = rng.uniform(low, high, size=(4000, 2))
+    offset = (points - [retriever.grid.origin_x, retriever.grid.origin_y]) % size
+    points = points[((offset > 0.1) & (offset < size - 0.1)).all(axis=1)]
+    rows, inside = retriever.locate(points)
+    old_rows, old_inside = old.locate(points)
+    known = inside & old_inside
+    assert known.sum() > 100 and (rows[known] >= 0).any() and (rows[known] < 0).any()
+    np.testing.assert_array_equal(old_rows[known], rows[known])

@@ -52,7 +52,8 @@ import numpy as np
 
 from ..columns import rows_to_arrays
 from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics
-from ..modeling.candidates_nextlocllm import QUERY_COLUMNS, TIME_WINDOW_HOURS, hour_distance, reference_time
+from ..modeling.candidates_nextlocllm import (QUERY_COLUMNS, TIME_WINDOW_HOURS, hour_distance, merge_rankings,
+                                             reference_time)
 from ..modeling.configuration_nextlocllm import TASK_MODES
 from ..modeling.retrieval_nextlocllm import CityRetriever
 
@@ -205,19 +206,12 @@ def _select_top(sample, cell, score, recency, n: int, k: int) -> np.ndarray:
 
 def pad_with_nearest(candidates: np.ndarray, points: np.ndarray, retriever: CityRetriever, k: int) -> np.ndarray:
     """Fill the ``-1`` places of ``candidates`` (N, k), candidates first in order, then the cells nearest to
-    ``points`` (N, 2) that are not already listed; returns ``(N, k)`` distinct cell ids."""
-    n = len(candidates)
-    if n == 0:
+    ``points`` (N, 2) that are not already listed; returns ``(N, k)`` distinct cell ids. This is the model's
+    ``merge_rankings`` with every candidate scored alike (ties keep candidate order)."""
+    if len(candidates) == 0:
         return np.zeros((0, k), dtype=np.int64)
     nearest, _ = retriever.query(points, k)
-    valid_candidate = candidates >= 0
-    duplicate = ((nearest[:, :, None] == candidates[:, None, :]) & valid_candidate[:, None, :]).any(axis=2)
-    combined = np.concatenate([candidates, nearest], axis=1)
-    valid = np.concatenate([valid_candidate, ~duplicate], axis=1)
-    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
-    if not np.take_along_axis(valid, order, axis=1).all():  # pragma: no cover - k nearest always suffice
-        raise RuntimeError("padding failed to find k distinct cells")
-    return np.take_along_axis(combined, order, axis=1).astype(np.int64)
+    return merge_rankings(candidates, np.zeros(np.shape(candidates)), nearest, k)
 
 
 def _frequency_candidates(seq: np.ndarray, k: int) -> np.ndarray:

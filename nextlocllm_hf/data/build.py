@@ -19,19 +19,19 @@ from tqdm.auto import tqdm
 
 from ..outputs import refuse_occupied, replacing_folder
 from .cells import CANDIDATE_RULES, POI_NORMALIZATIONS, build_cells, count_pois
-from .city_dataset import CITY_FILES
+from ..modeling.records_nextlocllm import (DEFAULT_MAX_DURATION_HOURS, day_and_hour, is_repeated_record,
+                                          record_durations, time_order)
+from .city_dataset import CITY_FILES, SPLITS
 from .features import cell_features, city_features
 from .formats import READERS, ReadOptions
 from .formats.pois import OSM_KEYS
 from .grid import Grid
 from .projection import lonlat_to_mercator, valid_lonlat_mask
 from .report import BuildReport
-from .samples import (assemble_samples, record_durations, segment_bounds, split_by_time, split_by_user,
-                      window_index)
+from .samples import assemble_samples, segment_bounds, split_by_time, split_by_user, window_index
 from .taxonomy import DEFAULT_POI_CLASSES, CategoryMapping, OsmMapping, class_index
 
 FORMAT_VERSION = 1
-SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_MAX_GAP_HOURS = {"yjmob": 24.0}
 
 
@@ -52,7 +52,7 @@ class BuildConfig:
     candidates: str = "poi"
     poi_normalization: str = "max"
     max_gap_hours: float | None = None  # None: the format's default (no cut, YJMob 24 h)
-    max_duration_hours: float = 24.0
+    max_duration_hours: float = DEFAULT_MAX_DURATION_HOURS
     drop_duplicates: bool = True
     bbox: tuple | None = None  # (lat_min, lon_min, lat_max, lon_max)
     columns: dict | None = None
@@ -168,11 +168,11 @@ def _clean(recs: pd.DataFrame, cfg: BuildConfig, report: BuildReport):
     if "x" not in recs.columns:
         recs["x"], recs["y"] = lonlat_to_mercator(recs["lon"].to_numpy(), recs["lat"].to_numpy())
     codes, names = pd.factorize(recs["user_id"].astype("string"), sort=True)
-    order = np.lexsort((np.arange(len(recs)), recs["ts"].to_numpy(), codes))
+    order = time_order(recs["ts"].to_numpy(), codes)
     recs = recs.iloc[order].reset_index(drop=True)
     recs["ucode"] = codes[order]
     if cfg.drop_duplicates:
-        dup = recs.duplicated(["ucode", "ts", "lat", "lon"]).to_numpy()
+        dup = is_repeated_record(*(recs[c].to_numpy() for c in ("ucode", "ts", "lat", "lon")))
         report.drop("duplicate_record", int(dup.sum()))
         recs = recs[~dup].reset_index(drop=True)
     return recs, np.asarray(names, dtype=object)
@@ -338,7 +338,7 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         labels, b = split_by_time(ts[idx[:, -1]], cfg.split_fractions)
         boundaries = {"validation_from": pd.Timestamp(b[0], unit="s").isoformat(),
                       "test_from": pd.Timestamp(b[1], unit="s").isoformat()}
-    split_idx = {name: idx[labels == i] for i, name in enumerate(SPLIT_NAMES)}
+    split_idx = {name: idx[labels == i] for i, name in enumerate(SPLITS)}
     if len(split_idx["train"]) == 0:
         raise ValueError("the training split is empty")
     step("split")
@@ -352,16 +352,15 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         report.note("a coordinate axis has zero spread in train: its std is set to 1")
         std = np.where(std == 0, 1.0, std)
 
-    local = recs["local_ts"].to_numpy(dtype=np.int64)
-    days = np.floor_divide(local, 86400)
+    day, hour = day_and_hour(recs["local_ts"].to_numpy(dtype=np.int64))
     rec_arrays = {
         "user": np.asarray(user_names, dtype=object)[ucode], "x": recs["x"].to_numpy(), "y": recs["y"].to_numpy(),
-        "day": (days + 3) % 7, "hour": np.floor_divide(local - days * 86400, 3600), "duration": dur, "ts": ts,
+        "day": day, "hour": hour, "duration": dur, "ts": ts,
         "cell": rcell.astype(np.int64), "poi": freq[rcell],
     }
     feats = city_features(H, L, C)
     tables, unknown, train_dur = {}, 0, None
-    for name in SPLIT_NAMES:
+    for name in SPLITS:
         table, extra = assemble_samples(split_idx[name], cfg.city, rec_arrays, H, L, feats)
         tables[name] = table
         unknown += extra["target_duration_unknown"]
@@ -369,8 +368,8 @@ def build_city(cfg: BuildConfig) -> BuildResult:
             train_dur = extra["input_durations"]
     report.info["durations"] = {"cap_hours": cfg.max_duration_hours or None, "clipped": clipped,
                                 "target_unknown": unknown}
-    report.info["samples"] = {n: len(split_idx[n]) for n in SPLIT_NAMES}
-    report.info["split_users"] = {n: int(np.unique(sample_users[labels == i]).size) for i, n in enumerate(SPLIT_NAMES)}
+    report.info["samples"] = {n: len(split_idx[n]) for n in SPLITS}
+    report.info["split_users"] = {n: int(np.unique(sample_users[labels == i]).size) for i, n in enumerate(SPLITS)}
     step("samples")
 
     seconds = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test")  # the one list of split names (the builder writes these)
 CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS))  # a local city folder
 
 
@@ -41,10 +41,10 @@ class CityDataset:
         return list(self.statistics["coordinate_std"])
 
     def retriever(self):
-        """``CityRetriever.from_cells(name, cells, coordinate_mean, coordinate_std)`` for this city."""
+        """This city's :class:`CityRetriever` (cells, coordinate statistics and grid): what a model needs of it."""
         from nextlocllm_hf.modeling.retrieval_nextlocllm import CityRetriever
 
-        return CityRetriever.from_cells(self.name, self.cells, self.coordinate_mean, self.coordinate_std)
+        return CityRetriever.from_city(self.statistics, self.cells)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ Definitions (see dataset_scripts/README.md):
   to the previous record exceeds ``max_gap_hours`` (default: no cut, except YJMob: 24 h as in the
   authors' follow-up code).  Segments keep their user id (splits are by user, never by segment).
 * **Duration** of a record = hours to the next record of its segment, clipped to
-  [0, ``max_duration_hours``] (default 24 h; 0 disables the cap).
+  [0, ``max_duration_hours``] (default 24 h; 0 disables the cap).  This rule, the leakage rule below and day/hour
+  live in ``nextlocllm_hf.modeling.records_nextlocllm``, shared with inference.
 * **Samples.** Every window of ``W = H + L + 1`` consecutive records of a segment, starting at
   record 0 and moving by ``stride``: history = first H, current = next L, target = last.
 * **No leakage.** The last current record's "time to next record" *is* the gap to the target, so
@@ -22,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ..modeling.records_nextlocllm import hours_between, leakage_free_durations
+
 
 def segment_bounds(user_codes: np.ndarray, ts: np.ndarray, max_gap_s: float | None):
     """Start index and length of each segment of records sorted by (user, time)."""
@@ -35,26 +38,6 @@ def segment_bounds(user_codes: np.ndarray, ts: np.ndarray, max_gap_s: float | No
     starts = np.flatnonzero(brk)
     lengths = np.diff(np.append(starts, n))
     return starts, lengths
-
-
-def record_durations(ts: np.ndarray, seg_starts: np.ndarray, seg_lengths: np.ndarray, cap_hours: float | None):
-    """Hours to the next record of the same segment (NaN at a segment's last record), clipped.
-
-    Returns ``(durations, n_clipped)``.
-    """
-    n = len(ts)
-    dur = np.full(n, np.nan)
-    if n > 1:
-        dur[:-1] = (ts[1:] - ts[:-1]) / 3600.0
-    ends = seg_starts + seg_lengths - 1
-    dur[ends] = np.nan
-    clipped = 0
-    if cap_hours:
-        over = dur > cap_hours
-        clipped = int(over.sum())
-        dur[over] = cap_hours
-    dur = np.where(np.isnan(dur), np.nan, np.maximum(dur, 0.0))
-    return dur, clipped
 
 
 def window_index(seg_starts: np.ndarray, seg_lengths: np.ndarray, window: int, stride: int) -> np.ndarray:
@@ -128,13 +111,11 @@ def assemble_samples(idx: np.ndarray, city: str, rec: dict, H: int, L: int, feat
     inp = idx[:, :H + L]
     tgt = idx[:, -1]
     xy = np.stack([rec["x"], rec["y"]], axis=1)
-    dur = rec["duration"][inp].astype(np.float64)
-    fill = np.median(dur[:, :-1], axis=1) if H + L > 1 else np.zeros(S)
-    dur[:, -1] = fill  # leakage-free duration of the last current record
+    dur, fill = leakage_free_durations(rec["duration"][inp])
     tdur = rec["duration"][tgt].astype(np.float64)
     unknown = np.isnan(tdur)
     tdur[unknown] = fill[unknown]
-    gap = (rec["ts"][tgt] - rec["ts"][inp[:, -1]]) / 3600.0
+    gap = hours_between(rec["ts"][inp[:, -1]], rec["ts"][tgt])
     cols = {"city": pa.array([city] * S, type=pa.string()), "user_id": pa.array(rec["user"][idx[:, 0]], type=pa.string())}
     for prefix, sl, n in (("history", slice(0, H), H), ("current", slice(H, H + L), L)):
         ii = inp[:, sl]

@@ -10,22 +10,15 @@ otherwise the next anchor is ``i + 1``.  Defaults: 200 m and 20 minutes (the Geo
 Vectorization: ``end[i]`` (the first exceeding point) is computed for every point at once by
 advancing all still-unresolved anchors one step per iteration (cost = sum of run lengths).  The
 greedy anchor chain then only visits the selected stays (a loop over output stay points, each step
-a binary search), never over the raw points.
+a binary search), never over the raw points.  Distances are great-circle metres on the mean Earth radius
+(`haversine_m`, the metrics' sphere).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .projection import EARTH_RADIUS_M
-
-
-def _haversine(lat1, lon1, lat2, lon2):
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dphi = p2 - p1
-    dl = np.radians(lon2 - lon1)
-    a = np.sin(dphi / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+from ..modeling.geometry_nextlocllm import haversine_m
 
 
 def detect_stay_points(user_codes, t, lat, lon, distance_m: float = 200.0, min_duration_s: float = 1200.0):
@@ -60,7 +53,7 @@ def detect_stay_points(user_codes, t, lat, lon, distance_m: float = 200.0, min_d
         at_end = cand >= user_end[active]
         end[active[at_end]] = user_end[active[at_end]]
         active, cand = active[~at_end], cand[~at_end]
-        far = _haversine(lat[active], lon[active], lat[cand], lon[cand]) > distance_m
+        far = haversine_m(lat[active], lon[active], lat[cand], lon[cand]) > distance_m
         end[active[far]] = cand[far]
         active = active[~far]
         k += 1

@@ -1,7 +1,7 @@
 """POI taxonomy: the five NextLocLLM classes and the shipped category mappings.
 
-``DEFAULT_POI_CLASSES`` is the paper's fixed class order (method.md 1.3).  The model config keeps
-the same list as ``NextLocLLMConfig().poi_class_names``.
+``DEFAULT_POI_CLASSES`` is the paper's fixed class order (method.md 1.3), defined once in the model's
+configuration (``DEFAULT_POI_CLASS_NAMES``, the default of ``NextLocLLMConfig().poi_class_names``).
 
 Shipped mappings (``nextlocllm_hf/data/mappings/``):
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEFAULT_POI_CLASSES: tuple[str, ...] = ("Entertainment", "Commercial", "Education", "Public Service", "Residential")
+from ..modeling.configuration_nextlocllm import DEFAULT_POI_CLASS_NAMES as DEFAULT_POI_CLASSES
 
 MISSING_CATEGORY = "<missing>"
 

@@ -19,13 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...modeling.records_nextlocllm import (LATITUDE_ALIASES, LONGITUDE_ALIASES, USER_ALIASES, read_table,
+                                           sniff_sep)
 from ..report import BuildReport
 
+# Input field -> column names tried in order (case-insensitive). Position and user names are those of inference's
+# records (`records_nextlocllm`); `time` here is the absolute (UTC) time, unlike inference's local clock.
 FIELD_ALIASES: dict[str, list[str]] = {
-    "user": ["user_id", "user", "uid", "userid"],
+    "user": list(USER_ALIASES),
     "time": ["utc_time", "time", "timestamp", "datetime", "ts", "checkin_time", "date_time"],
-    "lat": ["latitude", "lat"],
-    "lon": ["longitude", "lon", "lng", "long"],
+    "lat": list(LATITUDE_ALIASES),
+    "lon": list(LONGITUDE_ALIASES),
     "venue": ["venue_id", "poi_id", "location_id", "venue", "place_id", "poi_idx"],
     "category": ["category_name", "category", "venue_category", "poi_category"],
     "root_category": ["root_category", "l1_category"],
@@ -78,24 +82,6 @@ def parse_mapping(text: str | None) -> dict | None:
         k, v = part.split("=", 1)
         out[k.strip()] = v.strip()
     return out
-
-
-def sniff_sep(path) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        line = f.readline()
-    return "\t" if line.count("\t") > line.count(",") else ","
-
-
-def read_table(path, **kw) -> pd.DataFrame:
-    """CSV/TSV (separator sniffed) or Parquet, by file suffix."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"input file not found: {path}")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    kw.setdefault("sep", sniff_sep(path))
-    kw.setdefault("encoding_errors", "replace")
-    return pd.read_csv(path, **kw)
 
 
 def resolve_columns(columns, mapping: dict | None, required, optional, what: str = "input") -> dict[str, str]:

@@ -1,0 +1,202 @@
+"""The `next-location` pipeline: raw visit records in, top-k cells of a city out; ships with the model's code.
+
+    from transformers import pipeline
+
+    predict = pipeline("next-location", model="ORG/NAME", trust_remote_code=True)
+    predict("user.csv", city="nyc", k=5)                                   # one user's records
+    predict(records_frame_with_user_column, city="nyc", at="2024-05-03 18:00")   # many users, at_time model
+    predict(records, cells="data/calgary")                                 # a city the model never saw
+
+Records are a CSV/TSV/Parquet path, a DataFrame or a list of dicts, one row per visit (columns and the rule that
+turns them into the model's features: `records_nextlocllm`); a `user` column (user_id, user, uid, userid) holds many
+users, each predicted from its own last `history_length + current_length` records. `at=` is the local wall-clock
+time of the visit to predict (`task_mode="at_time"` models only): one time for every user, a list (users in order of
+first appearance) or a dict user -> time. `city=` picks a city of the model (optional when it has one); `cells=` adds
+a city, a folder built by `dataset_scripts/build_city.py` or a `CityRetriever`, to the model and predicts in it.
+`max_duration_hours=` is the duration cap the city was built with (default: the `cells=` city's, else 24; 0 = none).
+
+Each user's result is a dict: `user` (None without a user column), `city`, `predicted_lat`, `predicted_lon`
+(`predicted_duration_hours` with a duration head), `cells`, a list of `rank, cell_id, lat, lon, score, distance_m`
+best first, and `records`, the features the model read (a DataFrame). `score` is what the head ranked by, higher
+first: the candidate ranker's score (NaN for a cell it did not score, taken from the head's own ranking), else the
+mixture's log density at the cell centre, else minus the projected distance in metres. `distance_m` is the
+great-circle distance from the predicted point (`geometry_nextlocllm.haversine_m`). One user without a user column
+gives one dict, otherwise a list of dicts.
+
+`save_pretrained_with_pipeline` saves a model with this file beside its code and `custom_pipelines` in config.json,
+so `pipeline("next-location", model=folder_or_repo, trust_remote_code=True)` finds it without this package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .geometry_nextlocllm import haversine_m, mercator_to_lonlat
+from .mixture_nextlocllm import mixture_log_density_np
+from .records_nextlocllm import (
+    DEFAULT_MAX_DURATION_HOURS,
+    model_inputs_from_records,
+    parse_records,
+    prepare_records,
+    read_table,
+    split_users,
+)
+from .retrieval_nextlocllm import CityRetriever
+
+TASK = "next-location"
+
+
+def read_city_folder(path: str | os.PathLike) -> tuple[CityRetriever, dict]:
+    """The retriever and `city.json` of a city folder built by `dataset_scripts/build_city.py`."""
+    folder = Path(path)
+    missing = [name for name in ("city.json", "cells.parquet") if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"cells={str(path)!r}: not a built city folder (missing {missing})")
+    city = json.loads((folder / "city.json").read_text(encoding="utf-8"))
+    return CityRetriever.from_city(city, pd.read_parquet(folder / "cells.parquet")), city
+
+
+class NextLocationPipeline(Pipeline):
+    """Raw records of one or many users -> each user's top-k cells (see the module docstring)."""
+
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _load_processor = False
+    _load_video_processor = False
+
+    def __call__(self, records: Any, **kwargs):
+        # A list of dicts is one table of records, not a list of inputs.
+        if isinstance(records, (list, tuple)):
+            records = read_table(records)
+        return super().__call__(records, **kwargs)
+
+    def _sanitize_parameters(self, city=None, cells=None, k=None, at=None, max_duration_hours=None):
+        given = {"city": city, "cells": cells, "k": k, "at": at, "max_duration_hours": max_duration_hours}
+        return {name: value for name, value in given.items() if value is not None}, {}, {}
+
+    # -------------------------------------------------------------------------------------------------- steps
+    def resolve_city(self, city: str | None = None, cells: Any = None) -> tuple[str, float | None]:
+        """The city to predict in (adding `cells` to the model) and its duration cap from city.json (None: unknown)."""
+        cap = None
+        if cells is not None:
+            if isinstance(cells, (str, os.PathLike)):
+                retriever, built = read_city_folder(cells)
+                expected = list(self.model.config.poi_class_names)
+                if list(built["poi_classes"]) != expected:
+                    raise ValueError(f"cells={str(cells)!r}: poi_classes={built['poi_classes']!r} in the city but "
+                                     f"{expected!r} in the model")
+                # None in city.json: built without a cap (0 here); absent (older builds): the default
+                cap = built.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS) or 0.0
+            else:
+                retriever = cells
+            if city is not None and city != retriever.name:
+                raise ValueError(f"cells holds city {retriever.name!r}, not city={city!r}")
+            self.model.add_city(retriever)
+            return retriever.name, cap
+        if city is None:
+            if len(self.model.cities) != 1:
+                raise ValueError(f"city= is required: this model knows the cities {self.model.cities} (a new city: "
+                                 f"cells=CITY_DIR)")
+            return self.model.cities[0], cap
+        self.model.retriever(city)  # an unknown city raises, naming the known ones
+        return city, cap
+
+    def prepare(self, records: Any, city: str, max_duration_hours: float | None = None) -> list[tuple[Any, pd.DataFrame]]:
+        """`(user, features)` per user (`prepare_records`); `max_duration_hours` 0 = no cap, None = the default."""
+        where = str(records) if isinstance(records, (str, os.PathLike)) else "records"
+        cap = DEFAULT_MAX_DURATION_HOURS if max_duration_hours is None else (max_duration_hours or None)
+        retriever = self.model.retriever(city)
+        prepared = []
+        for user, rows in split_users(read_table(records)):
+            try:
+                frame = prepare_records(parse_records(rows, where), retriever, self.model.config, cap)
+            except ValueError as error:
+                if user is None:
+                    raise
+                raise ValueError(f"user {user!r}: {error}") from None
+            prepared.append((user, frame))
+        return prepared
+
+    def preprocess(self, records, city=None, cells=None, k=10, at=None, max_duration_hours=None) -> dict:
+        city, city_cap = self.resolve_city(city, cells)
+        retriever = self.model.retriever(city)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= retriever.num_cells:
+            raise ValueError(
+                f"k={k!r}: expected an integer from 1 to the {retriever.num_cells} candidate cells of city {city!r}"
+            )
+        if max_duration_hours is None:
+            max_duration_hours = city_cap
+        if max_duration_hours is not None and not max_duration_hours >= 0:
+            raise ValueError(f"max_duration_hours={max_duration_hours!r}: expected hours >= 0 (0: no cap)")
+        prepared = self.prepare(records, city, max_duration_hours)
+        users = [user for user, _ in prepared]
+        if isinstance(at, Mapping):
+            unknown = [user for user in users if user not in at]
+            if unknown:
+                raise ValueError(f"at= gives no time for user {unknown[0]!r}; give one per user")
+            at = [at[user] for user in users]
+        batch = model_inputs_from_records([frame for _, frame in prepared], self.model.config, at)
+        return {"batch": batch, "city": city, "k": int(k), "users": users,
+                "records": [frame for _, frame in prepared], "single": users == [None]}
+
+    def _forward(self, model_inputs: dict) -> dict:
+        output = self.model.predict(model_inputs["batch"], city=model_inputs["city"], k=model_inputs["k"])
+        arrays = {name: value.detach().double().cpu().numpy() if name != "top_k_cells" else value.cpu().numpy()
+                  for name, value in output.items() if value is not None and name != "hidden_states"}
+        return {**{key: value for key, value in model_inputs.items() if key != "batch"}, "output": arrays}
+
+    def postprocess(self, model_outputs: dict):
+        output, city = model_outputs["output"], model_outputs["city"]
+        retriever = self.model.retriever(city)
+        results = []
+        for index, (user, records) in enumerate(zip(model_outputs["users"], model_outputs["records"])):
+            lon, lat = mercator_to_lonlat(*output["coordinates"][index])
+            cells = output["top_k_cells"][index]
+            rows = retriever.rows_of(cells)
+            latlon = retriever.latlon[rows]
+            distances = haversine_m(lat, lon, latlon[:, 0], latlon[:, 1])
+            scores = _scores(output, index, cells, retriever.xy[rows])
+            result = {"user": user, "city": city, "predicted_lat": float(lat), "predicted_lon": float(lon)}
+            if "duration" in output:
+                result["predicted_duration_hours"] = float(output["duration"][index])
+            result["cells"] = [
+                {"rank": rank + 1, "cell_id": int(cells[rank]), "lat": float(latlon[rank, 0]),
+                 "lon": float(latlon[rank, 1]), "score": float(scores[rank]), "distance_m": float(distances[rank])}
+                for rank in range(len(cells))
+            ]
+            result["records"] = records
+            results.append(result)
+        return results[0] if model_outputs["single"] else results
+
+
+def _scores(output: Mapping[str, np.ndarray], index: int, cells: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """What the head ranked the top-k cells by (higher first): candidate score, mixture log density, or -distance."""
+    if "candidate_scores" in output:
+        candidates, scores = output["candidate_cells"][index], output["candidate_scores"][index]
+        by_cell = {int(cell): float(score) for cell, score in zip(candidates, scores) if cell >= 0}
+        return np.array([by_cell.get(int(cell), np.nan) for cell in cells])
+    if "mixture_means" in output:
+        return mixture_log_density_np(centres, output["mixture_means"][index], output["mixture_scales"][index],
+                                      np.log(output["mixture_weights"][index]))
+    return -output["top_k_distances"][index]
+
+
+def save_pretrained_with_pipeline(model, save_directory: str | os.PathLike, **kwargs) -> None:
+    """`model.save_pretrained(save_directory, **kwargs)` plus this pipeline: its code beside the model's and
+    `custom_pipelines` in config.json, which is what `pipeline(TASK, ..., trust_remote_code=True)` reads."""
+    NextLocationPipeline(model=model, device=model.device).save_pretrained(save_directory, **kwargs)
+
+
+if TASK not in PIPELINE_REGISTRY.supported_tasks:
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NextLocationPipeline, pt_model=AutoModel)
+
+__all__ = ["NextLocationPipeline", "TASK", "read_city_folder", "save_pretrained_with_pipeline"]
