@@ -52,9 +52,9 @@ import numpy as np
 
 from ..columns import rows_to_arrays
 from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics
-from ..modeling.candidates_nextlocllm import (QUERY_COLUMNS, TIME_WINDOW_HOURS, hour_distance, merge_rankings,
-                                             reference_time)
+from ..modeling.candidates_nextlocllm import QUERY_COLUMNS, TIME_WINDOW_HOURS, hour_distance, reference_time
 from ..modeling.configuration_nextlocllm import TASK_MODES
+from ..modeling.ranking_nextlocllm import pad_with_nearest
 from ..modeling.retrieval_nextlocllm import CityRetriever
 
 #: Weight of the within-sample transition share in ``markov_frequency_mixture`` (fixed, not tuned).
@@ -202,16 +202,6 @@ def _select_top(sample, cell, score, recency, n: int, k: int) -> np.ndarray:
     keep = rank < k
     out[s[keep], rank[keep]] = cell[order][keep]
     return out
-
-
-def pad_with_nearest(candidates: np.ndarray, points: np.ndarray, retriever: CityRetriever, k: int) -> np.ndarray:
-    """Fill the ``-1`` places of ``candidates`` (N, k), candidates first in order, then the cells nearest to
-    ``points`` (N, 2) that are not already listed; returns ``(N, k)`` distinct cell ids. This is the model's
-    ``merge_rankings`` with every candidate scored alike (ties keep candidate order)."""
-    if len(candidates) == 0:
-        return np.zeros((0, k), dtype=np.int64)
-    nearest, _ = retriever.query(points, k)
-    return merge_rankings(candidates, np.zeros(np.shape(candidates)), nearest, k)
 
 
 def _frequency_candidates(seq: np.ndarray, k: int) -> np.ndarray:
