@@ -5,6 +5,8 @@ the scaling properties of human mobility", Nature Physics 6, 2010) for free time
 personal anchors visited by hour of day and day type (home at night, work or a daytime place on
 weekdays, evening leisure, a weekend outing), simulated for all users at once (numpy, one
 iteration per record).  The field names of :class:`SyntheticCityParams` are given in backticks.
+One file (~510 lines, much of it this model description and the parameters' documentation) on purpose: the
+mobility model, its parameters and the simulation are one concept and are checked against each other.
 
 * **Anchors.** Every user has a home (a Residential POI); a fraction ``p_worker`` also has a
   workplace: its class is drawn (Commercial 0.6, Education 0.15, Public Service 0.25), then the
