@@ -62,7 +62,6 @@ from nextlocllm_hf.evaluate import ALL_CITIES, MAX_RANK, check_compatible, evalu
 from nextlocllm_hf.hub import check_repo_id, refuse_occupied_repo
 from nextlocllm_hf.metrics import DEFAULT_TABLE_COLUMNS, format_table
 from nextlocllm_hf.model_card import build_model_card
-from nextlocllm_hf.modeling.pipeline_nextlocllm import save_pretrained_with_pipeline
 from nextlocllm_hf.outputs import (
     existing_outputs,
     name_list,
@@ -571,7 +570,7 @@ def export(args, model, weights: dict, cities, results: dict) -> None:
     output_dir = Path(args.output_dir)
     export_dir = output_dir / "model"
     with replacing_folder(export_dir) as partial:
-        save_pretrained_with_pipeline(model, partial, state_dict=weights)  # the next-location pipeline travels along
+        model.save_pretrained(partial, state_dict=weights)  # with the next-location pipeline
         card = build_model_card(
             model, results, repo_id=args.hub_model_id or export_dir.name, train_cities=list(cities.cities),
             metric_for_best_model=args.metric_for_best_model,

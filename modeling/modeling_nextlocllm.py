@@ -409,7 +409,12 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
 
     # ------------------------------------------------------------------------------------------------- save/load
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Weights, config (and code when registered for auto classes), plus every city's retriever."""
+        """Weights, config and every city's retriever; where the code travels (registered for auto classes, as the
+        package and remote code do), also the `next-location` pipeline, so the folder predicts from raw records."""
+        if self._auto_class is not None and kwargs.get("is_main_process", True):
+            from .pipeline_nextlocllm import add_pipeline_to_save  # transformers.pipelines loads only when saving
+
+            add_pipeline_to_save(self.config, save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             save_retrievers(self.retrievers, save_directory)

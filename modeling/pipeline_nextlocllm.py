@@ -23,8 +23,9 @@ mixture's log density at the cell centre, else minus the projected distance in m
 great-circle distance from the predicted point (`geometry_nextlocllm.haversine_m`). One user without a user column
 gives one dict, otherwise a list of dicts.
 
-`save_pretrained_with_pipeline` saves a model with this file beside its code and `custom_pipelines` in config.json,
-so `pipeline("next-location", model=folder_or_repo, trust_remote_code=True)` finds it without this package.
+The model's `save_pretrained` writes this file beside its code and `custom_pipelines` into config.json
+(`add_pipeline_to_save`), so `pipeline("next-location", model=folder_or_repo, trust_remote_code=True)` finds it in
+every saved folder and Hub repo, without this package.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from transformers import AutoModel, Pipeline
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .geometry_nextlocllm import haversine_m, mercator_to_lonlat
@@ -190,13 +192,17 @@ def _scores(output: Mapping[str, np.ndarray], index: int, cells: np.ndarray, cen
     return -output["top_k_distances"][index]
 
 
-def save_pretrained_with_pipeline(model, save_directory: str | os.PathLike, **kwargs) -> None:
-    """`model.save_pretrained(save_directory, **kwargs)` plus this pipeline: its code beside the model's and
-    `custom_pipelines` in config.json, which is what `pipeline(TASK, ..., trust_remote_code=True)` reads."""
-    NextLocationPipeline(model=model, device=model.device).save_pretrained(save_directory, **kwargs)
+def add_pipeline_to_save(config, save_directory: str | os.PathLike) -> None:
+    """Write this pipeline's code into `save_directory` and name it in `config.custom_pipelines`, which is what
+    `pipeline(TASK, model=folder_or_repo, trust_remote_code=True)` reads (as `Pipeline.save_pretrained` does, without
+    building a pipeline). Called by the model's `save_pretrained` before the config is written."""
+    os.makedirs(save_directory, exist_ok=True)
+    config.custom_pipelines = {TASK: {"impl": f"{__name__.split('.')[-1]}.{NextLocationPipeline.__name__}",
+                                      "pt": ("AutoModel",)}}
+    custom_object_save(NextLocationPipeline, save_directory)
 
 
 if TASK not in PIPELINE_REGISTRY.supported_tasks:
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NextLocationPipeline, pt_model=AutoModel)
 
-__all__ = ["NextLocationPipeline", "TASK", "read_city_folder", "save_pretrained_with_pipeline"]
+__all__ = ["NextLocationPipeline", "TASK", "add_pipeline_to_save", "read_city_folder"]

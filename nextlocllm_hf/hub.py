@@ -161,7 +161,7 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
         raise ValueError(f"{folder}/config.json has no auto_map: save the model after `import nextlocllm_hf`, so the "
                          f"flat modeling code travels with it (trust_remote_code)")
     code = {f"{ref.split('.')[0]}.py" for ref in auto_map.values() if isinstance(ref, str)}
-    # the next-location pipeline (`custom_pipelines`, written by save_pretrained_with_pipeline) and its imports
+    # the next-location pipeline (`custom_pipelines`, written by the model's save_pretrained) and its imports
     for task in (config.get("custom_pipelines") or {}).values():
         if isinstance(task, dict) and isinstance(task.get("impl"), str):
             code.add(f"{task['impl'].split('.')[0]}.py")
@@ -283,9 +283,7 @@ def push_model(
             if peft is not None and isinstance(model, peft.PeftModel):  # a wrapper: push the merged model
                 model = model.merge_and_unload()
             folder = Path(tmp) / "model"
-            from nextlocllm_hf.modeling.pipeline_nextlocllm import save_pretrained_with_pipeline
-
-            save_pretrained_with_pipeline(model, folder)
+            model.save_pretrained(folder)  # with the next-location pipeline
         files = check_model_folder(folder)
         skipped = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in {*files, CARD_NAME})
         if skipped:

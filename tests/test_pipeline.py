@@ -23,7 +23,7 @@ from test_predict import printed_table
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
 from nextlocllm_hf.data.synthetic import SyntheticCityParams, generate_synthetic_city
 from nextlocllm_hf.hub import check_model_folder
-from nextlocllm_hf.modeling.pipeline_nextlocllm import TASK, save_pretrained_with_pipeline
+from nextlocllm_hf.modeling.pipeline_nextlocllm import TASK
 from nextlocllm_hf.predict import main
 
 CITY, SEED = "synth-pipe", 4
@@ -103,13 +103,13 @@ def exported(root):
     retriever = load_city_splits(city_dir).retriever()
     torch.manual_seed(1)
     model = build_model(str(root / "backbone"))
-    save_pretrained_with_pipeline(model, root / "bare")
+    model.save_pretrained(root / "bare")
     model.add_city(retriever)
-    save_pretrained_with_pipeline(model, root / "next")
+    model.save_pretrained(root / "next")
     torch.manual_seed(2)
     at_time = build_model(str(root / "backbone"), task_mode="at_time", use_candidate_ranker=True, max_candidates=16)
     at_time.add_city(retriever)
-    save_pretrained_with_pipeline(at_time, root / "at_time")
+    at_time.save_pretrained(root / "at_time")
 
     raw, _, _ = generate_synthetic_city(SyntheticCityParams(city=CITY, seed=SEED, **SYNTHETIC))
     frames, files, times = [], [], []
