@@ -35,8 +35,7 @@ from nextlocllm_hf.baselines.feature_rankers import (  # noqa: E402
     GBDTRanker,
     hit_at_1,
 )
-
-SPLITS = ("train", "validation", "test")
+from nextlocllm_hf.data.city_dataset import SPLITS  # noqa: E402
 
 
 def candidate_tables(data_dir: Path, work_dir: Path, task_mode: str) -> dict[str, CandidateTable]:

@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from nextlocllm_hf.data.city_dataset import SPLITS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
 MAX_RANK = 20
@@ -125,7 +127,7 @@ class Study:
 
         city = self.city(name, split_seed)
         if name == "calgary":
-            return concatenate_datasets([city.splits[s] for s in ("train", "validation", "test")])
+            return concatenate_datasets([city.splits[s] for s in SPLITS])
         return city.splits["test"]
 
     def targets(self, name: str, split_seed: int = 0) -> dict[str, np.ndarray]:

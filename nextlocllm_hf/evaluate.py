@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .batching import CitySamples, collate_batch, model_inputs
 from .cli import entry_point, positive_int
+from .data.city_dataset import SPLITS
 from .metrics import compute_metrics, format_table
 
 MAX_RANK = 20  # deepest cut-off any reported metric needs (Hit@20)
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nextlocllm_hf.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a saved model folder or Hub id")
     parser.add_argument("--dataset", required=True, help="a built city folder or Hub dataset id")
-    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--baselines", action="store_true", help="also score the rule baselines on the same samples")
     args = parser.parse_args(argv)
