@@ -62,6 +62,13 @@ from nextlocllm_hf.evaluate import ALL_CITIES, MAX_RANK, check_compatible, evalu
 from nextlocllm_hf.hub import check_repo_id, refuse_occupied_repo
 from nextlocllm_hf.metrics import DEFAULT_TABLE_COLUMNS, format_table
 from nextlocllm_hf.model_card import build_model_card
+from nextlocllm_hf.modeling.configuration_nextlocllm import (
+    ADAPTATION_MODES,
+    POI_TEXT_ENCODINGS,
+    REGRESSION_TARGETS,
+    TASK_MODES,
+    NextLocLLMConfig,
+)
 from nextlocllm_hf.outputs import (
     existing_outputs,
     name_list,
@@ -86,32 +93,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--max_eval_samples", type=positive_int, default=None,
                       help="cap the validation samples per evaluation")
 
+    # Defaults and choices are the config's own, so a flag left out builds the default model.
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default="smollm2-135m", help="Hub id, local folder, or smollm2-135m (embedded)")
     model.add_argument("--init_model", default=None, help="continue from a saved NextLocLLM folder instead")
-    model.add_argument("--num_backbone_layers", type=positive_int, default=6)
-    model.add_argument("--adaptation", default="norms", choices=["norms", "lora", "full", "frozen"])
+    model.add_argument("--num_backbone_layers", type=positive_int, default=NextLocLLMConfig.num_backbone_layers)
+    model.add_argument("--adaptation", default=NextLocLLMConfig.adaptation, choices=ADAPTATION_MODES)
     model.add_argument("--no_prompt", action="store_true", help="drop the natural-language prompt prefix")
     model.add_argument("--no_llm_poi", action="store_true", help="use a linear POI embedding instead")
-    model.add_argument("--poi_text_encoding", default="token_embeddings", choices=["token_embeddings", "hidden_states"],
+    model.add_argument("--poi_text_encoding", default=NextLocLLMConfig.poi_text_encoding, choices=POI_TEXT_ENCODINGS,
                        help="POI descriptions through the token-embedding table (paper) or the backbone's blocks")
     model.add_argument("--duration_head", action="store_true", help="also predict the next stay duration")
-    model.add_argument("--task_mode", default="next", choices=["next", "at_time"],
+    model.add_argument("--task_mode", default=NextLocLLMConfig.task_mode, choices=TASK_MODES,
                        help="next: the records alone; at_time: also the target's day, hour and gap (the query)")
-    model.add_argument("--regression_target", default="absolute", choices=["absolute", "offset_from_last"],
+    model.add_argument("--regression_target", default=NextLocLLMConfig.regression_target, choices=REGRESSION_TARGETS,
                        help="point head: the paper's absolute position, or the offset from the last input point")
-    model.add_argument("--num_mixture_components", type=non_negative_int, default=0,
+    model.add_argument("--num_mixture_components", type=non_negative_int,
+                       default=NextLocLLMConfig.num_mixture_components,
                        help="K > 0: Gaussian-mixture head ranking cells by density (0: the paper's point head)")
-    model.add_argument("--mixture_distance_loss_weight", type=non_negative_float, default=0.0,
+    model.add_argument("--mixture_distance_loss_weight", type=non_negative_float,
+                       default=NextLocLLMConfig.mixture_distance_loss_weight,
                        help="add the distance of the closest mode (normalized units) to the mixture likelihood")
     model.add_argument("--candidate_ranker", action="store_true",
                        help="re-rank the input-record cells and the cells near the last point (listwise loss)")
-    model.add_argument("--candidate_loss_weight", type=non_negative_float, default=1.0,
+    model.add_argument("--candidate_loss_weight", type=non_negative_float,
+                       default=NextLocLLMConfig.candidate_loss_weight,
                        help="weight of the listwise loss")
     model.add_argument("--no_candidate_time_features", action="store_true",
                        help="drop the time-conditioned candidate features (an ablation)")
-    model.add_argument("--max_candidates", type=positive_int, default=64, help="candidates per sample for the ranker")
-    model.add_argument("--candidate_neighbors", type=non_negative_int, default=10,
+    model.add_argument("--max_candidates", type=positive_int, default=NextLocLLMConfig.max_candidates,
+                       help="candidates per sample for the ranker")
+    model.add_argument("--candidate_neighbors", type=positive_int, default=NextLocLLMConfig.candidate_neighbors,
                        help="cells nearest the last input point among the ranker's candidates")
 
     train = parser.add_argument_group("optimization")

@@ -38,6 +38,7 @@ def _floats(text: str, n: int, what: str):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    B = BuildConfig  # the defaults are the builder's own, so the CLI and the API build the same city
     g = p.add_argument_group("input")
     g.add_argument("--format", required=True, choices=sorted(READERS))
     g.add_argument("--input", help="input file (or folder for geolife); not used by synthetic")
@@ -59,27 +60,32 @@ def parse_args(argv=None):
     g.add_argument("--category-map", help="JSON category map extending/replacing the shipped Foursquare mapping "
                                           "(or an OSM mapping for OSM POIs)")
     g.add_argument("--bbox", help="lat_min,lon_min,lat_max,lon_max: keep records inside; also fixes the grid")
-    g.add_argument("--max-invalid-fraction", type=non_negative_float, default=0.05,
+    g.add_argument("--max-invalid-fraction", type=non_negative_float, default=B.max_invalid_fraction,
                    help="above this fraction of unparseable times / invalid coordinates, stop with an error "
-                        "(below it, drop and count) [0.05]")
+                        "(below it, drop and count) [%(default)s]")
     g = p.add_argument_group("processing")
-    g.add_argument("--cell-size-m", type=positive_float, default=500.0, help="ground size of a square cell [500]")
-    g.add_argument("--history", type=positive_int, default=40, help="history length H [40]")
-    g.add_argument("--current", type=positive_int, default=5, help="current length L [5]")
-    g.add_argument("--stride", type=positive_int, default=3, help="window stride [3]")
-    g.add_argument("--split", choices=["user", "time"], default="user", help="user-disjoint or temporal [user]")
-    g.add_argument("--split-fractions", default="0.7,0.1,0.2", help="train,validation,test [0.7,0.1,0.2]")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--candidates", choices=CANDIDATE_RULES, default="poi",
-                   help="candidate cells: poi = visited or holding a POI (default), visited, all-in-bbox")
-    g.add_argument("--poi-normalization", choices=POI_NORMALIZATIONS, default="max",
-                   help="max = count / city-wide class max (paper, default), sum, log-max, none")
-    g.add_argument("--max-gap-hours", type=positive_float, default=None,
+    g.add_argument("--cell-size-m", type=positive_float, default=B.cell_size_m,
+                   help="ground size of a square cell [%(default)s]")
+    g.add_argument("--history", type=positive_int, default=B.history, help="history length H [%(default)s]")
+    g.add_argument("--current", type=positive_int, default=B.current, help="current length L [%(default)s]")
+    g.add_argument("--stride", type=positive_int, default=B.stride, help="window stride [%(default)s]")
+    g.add_argument("--split", choices=["user", "time"], default=B.split, help="user-disjoint or temporal [%(default)s]")
+    g.add_argument("--split-fractions", default=",".join(map(str, B.split_fractions)),
+                   help="train,validation,test [%(default)s]")
+    g.add_argument("--seed", type=int, default=B.seed)
+    g.add_argument("--candidates", choices=CANDIDATE_RULES, default=B.candidates,
+                   help="candidate cells: poi = visited or holding a POI, visited, all-in-bbox [%(default)s]")
+    g.add_argument("--poi-normalization", choices=POI_NORMALIZATIONS, default=B.poi_normalization,
+                   help="max = count / city-wide class max (paper), sum, log-max, none [%(default)s]")
+    g.add_argument("--max-gap-hours", type=positive_float, default=B.max_gap_hours,
                    help="cut a user's sequence where the gap exceeds this (default: no cut; yjmob 24)")
-    g.add_argument("--max-duration-hours", type=non_negative_float, default=24.0, help="clip durations; 0 = no clip [24]")
+    g.add_argument("--max-duration-hours", type=non_negative_float, default=B.max_duration_hours,
+                   help="clip durations; 0 = no clip [%(default)s]")
     g.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicate records (same user, time, place)")
-    g.add_argument("--stay-distance-m", type=positive_float, default=200.0, help="geolife stay-point radius [200]")
-    g.add_argument("--stay-min-minutes", type=positive_float, default=20.0, help="geolife stay-point minimum stay [20]")
+    g.add_argument("--stay-distance-m", type=positive_float, default=B.stay_distance_m,
+                   help="geolife stay-point radius [%(default)s]")
+    g.add_argument("--stay-min-minutes", type=positive_float, default=B.stay_min_minutes,
+                   help="geolife stay-point minimum stay [%(default)s]")
     g = p.add_argument_group("synthetic")
     g.add_argument("--users", type=positive_int, default=100, help="synthetic: number of users [100]")
     g.add_argument("--records-per-user", type=positive_int, default=150, help="synthetic: mean records per user [150]")
