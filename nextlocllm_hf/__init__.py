@@ -2,7 +2,8 @@
 
 Importing the package registers `NextLocLLMConfig` / `NextLocLLMForCoordinateRegression` with `AutoConfig` and
 `AutoModel`, and marks them for auto classes so that `save_pretrained` ships the flat modeling code and `auto_map`
-(loading then also works with `trust_remote_code=True` where this package is not installed).
+(loading then also works with `trust_remote_code=True` where this package is not installed). It also registers the
+`next-location` pipeline task, so `pipeline("next-location", model=model)` takes a model object too.
 """
 
 from transformers import AutoConfig, AutoModel
@@ -10,6 +11,7 @@ from transformers import AutoConfig, AutoModel
 from .modeling.backbone_nextlocllm import EMBEDDED_BACKBONES, resolve_backbone
 from .modeling.configuration_nextlocllm import NextLocLLMConfig
 from .modeling.modeling_nextlocllm import MODEL_INPUT_NAMES, NextLocLLMForCoordinateRegression, NextLocLLMOutput
+from .modeling.pipeline_nextlocllm import NextLocationPipeline
 from .modeling.retrieval_nextlocllm import CityRetriever
 
 AutoConfig.register(NextLocLLMConfig.model_type, NextLocLLMConfig, exist_ok=True)
@@ -24,6 +26,7 @@ __all__ = [
     "NextLocLLMForCoordinateRegression",
     "NextLocLLMOutput",
     "CityRetriever",
+    "NextLocationPipeline",
     "MODEL_INPUT_NAMES",
     "EMBEDDED_BACKBONES",
     "resolve_backbone",

@@ -241,3 +241,25 @@ def test_hub_repo_serves_the_pipeline_without_the_package(root, exported, remote
         server.stop()
     assert got["many:module"].startswith("transformers_modules.")
     assert got["many"] == remote["known_many"]
+
+
+def test_a_model_object_in_process_equals_the_cli(exported, capsys):
+    """With the package imported, the task is registered: `pipeline(TASK, model=<model object>)` needs no folder."""
+    from transformers import AutoModel, pipeline
+
+    registered = subprocess.run(  # a fresh process: this module's own imports registered it here already
+        [sys.executable, "-c", "import nextlocllm_hf; from transformers.pipelines import PIPELINE_REGISTRY; "
+                               f"print({TASK!r} in PIPELINE_REGISTRY.get_supported_tasks())"],
+        capture_output=True, text=True, timeout=TIMEOUT)
+    assert registered.stdout.strip() == "True", registered.stderr[-2000:]
+
+    from nextlocllm_hf import NextLocationPipeline
+
+    model = AutoModel.from_pretrained(exported["models"]["next"])
+    pipe = pipeline(TASK, model=model)
+    assert isinstance(pipe, NextLocationPipeline)
+    result = pipe(exported["files"][0], k=K)
+    printed, table = cli(capsys, "--model", exported["models"]["next"], "--city", CITY, "--input",
+                         exported["files"][0], "--k", str(K))
+    assert_same_as_cli(result, printed, table)
+
