@@ -13,7 +13,7 @@ users, each predicted from its own last `history_length + current_length` record
 time of the visit to predict (`task_mode="at_time"` models only): one time for every user, a list (users in order of
 first appearance) or a dict user -> time. `city=` picks a city of the model (optional when it has one); `cells=` adds
 a city, a folder built by `dataset_scripts/build_city.py` or a `CityRetriever`, to the model and predicts in it.
-`max_duration_hours=` is the duration cap the city was built with (default: the `cells=` city's, else 24; 0 = none).
+`max_duration_hours=` overrides the duration cap the city was built with, which its retriever carries (0 = none).
 
 Each user's result is a dict: `user` (None without a user column), `city`, `predicted_lat`, `predicted_lon`
 (`predicted_duration_hours` with a duration head), `cells`, a list of `rank, cell_id, lat, lon, score, distance_m`
@@ -86,9 +86,8 @@ class NextLocationPipeline(Pipeline):
         return {name: value for name, value in given.items() if value is not None}, {}, {}
 
     # -------------------------------------------------------------------------------------------------- steps
-    def resolve_city(self, city: str | None = None, cells: Any = None) -> tuple[str, float | None]:
-        """The city to predict in (adding `cells` to the model) and its duration cap from city.json (None: unknown)."""
-        cap = None
+    def resolve_city(self, city: str | None = None, cells: Any = None) -> str:
+        """The city to predict in, adding `cells` (a built city folder or a retriever) to the model first."""
         if cells is not None:
             if isinstance(cells, (str, os.PathLike)):
                 retriever, built = read_city_folder(cells)
@@ -96,21 +95,19 @@ class NextLocationPipeline(Pipeline):
                 if list(built["poi_classes"]) != expected:
                     raise ValueError(f"cells={str(cells)!r}: poi_classes={built['poi_classes']!r} in the city but "
                                      f"{expected!r} in the model")
-                # None in city.json: built without a cap (0 here); absent (older builds): the default
-                cap = built.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS) or 0.0
             else:
                 retriever = cells
             if city is not None and city != retriever.name:
                 raise ValueError(f"cells holds city {retriever.name!r}, not city={city!r}")
             self.model.add_city(retriever)
-            return retriever.name, cap
+            return retriever.name
         if city is None:
             if len(self.model.cities) != 1:
                 raise ValueError(f"city= is required: this model knows the cities {self.model.cities} (a new city: "
                                  f"cells=CITY_DIR)")
-            return self.model.cities[0], cap
+            return self.model.cities[0]
         self.model.retriever(city)  # an unknown city raises, naming the known ones
-        return city, cap
+        return city
 
     def prepare(self, records: Any, city: str, max_duration_hours: float | None = None) -> list[tuple[Any, pd.DataFrame]]:
         """`(user, features)` per user (`prepare_records`); `max_duration_hours` 0 = no cap, None = the default."""
@@ -129,14 +126,14 @@ class NextLocationPipeline(Pipeline):
         return prepared
 
     def preprocess(self, records, city=None, cells=None, k=10, at=None, max_duration_hours=None) -> dict:
-        city, city_cap = self.resolve_city(city, cells)
+        city = self.resolve_city(city, cells)
         retriever = self.model.retriever(city)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= retriever.num_cells:
             raise ValueError(
                 f"k={k!r}: expected an integer from 1 to the {retriever.num_cells} candidate cells of city {city!r}"
             )
-        if max_duration_hours is None:
-            max_duration_hours = city_cap
+        if max_duration_hours is None:  # the cap the city was built with (None there: no cap, 0 here)
+            max_duration_hours = retriever.max_duration_hours or 0.0
         if max_duration_hours is not None and not max_duration_hours >= 0:
             raise ValueError(f"max_duration_hours={max_duration_hours!r}: expected hours >= 0 (0: no cap)")
         prepared = self.prepare(records, city, max_duration_hours)

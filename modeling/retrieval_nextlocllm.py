@@ -20,6 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .grid_nextlocllm import Grid
+from .records_nextlocllm import DEFAULT_MAX_DURATION_HOURS
 
 RETRIEVERS_WEIGHTS_NAME = "retrievers.safetensors"
 RETRIEVERS_CONFIG_NAME = "retrievers.json"
@@ -28,8 +29,10 @@ RETRIEVERS_FORMAT_VERSION = 1
 
 @dataclass(eq=False)
 class CityRetriever:
-    """Candidate cells of one city plus the per-city coordinate statistics the model normalizes with and its grid
-    (None for a retriever saved before the grid was stored)."""
+    """Candidate cells of one city plus the per-city coordinate statistics the model normalizes with, its grid
+    (None for a retriever saved before the grid was stored) and the cap its record durations were built with
+    (`max_duration_hours`, None: no cap; the builder's default for a retriever saved before the cap was stored), so
+    inference turns raw records into the durations training saw."""
 
     name: str
     cell_ids: np.ndarray  # (N,) int64
@@ -40,6 +43,7 @@ class CityRetriever:
     coordinate_std: np.ndarray  # (2,) per-axis standard deviation of the same
     metadata: dict[str, Any] = field(default_factory=dict)
     grid: Grid | None = None
+    max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS
 
     def __post_init__(self) -> None:
         self.cell_ids = np.asarray(self.cell_ids, dtype=np.int64).reshape(-1)
@@ -65,6 +69,9 @@ class CityRetriever:
             raise ValueError(f"{where}: coordinate_mean={self.coordinate_mean.tolist()} must be 2 finite numbers")
         if self.coordinate_std.shape != (2,) or not (self.coordinate_std > 0).all():
             raise ValueError(f"{where}: coordinate_std={self.coordinate_std.tolist()} must be 2 positive numbers")
+        cap = self.max_duration_hours
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < np.inf):
+            raise ValueError(f"{where}: max_duration_hours={cap!r} must be positive hours or None (no cap)")
         if isinstance(self.grid, Mapping):
             self.grid = Grid.from_dict(self.grid)
         if self.grid is not None and not self._grid_keys_inside.all():
@@ -79,9 +86,10 @@ class CityRetriever:
         coordinate_std: Sequence[float],
         metadata: Mapping[str, Any] | None = None,
         grid: Grid | Mapping[str, Any] | None = None,
+        max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS,
     ) -> "CityRetriever":
-        """Build from a candidate-cell table with columns `cell_id, lat, lon, x, y, poi_frequency` and the city's
-        grid (`Grid` or its dict, as in city.json)."""
+        """Build from a candidate-cell table with columns `cell_id, lat, lon, x, y, poi_frequency`, the city's
+        grid (`Grid` or its dict, as in city.json) and its duration cap."""
         missing = [c for c in ("cell_id", "lat", "lon", "x", "y", "poi_frequency") if c not in cells.columns]
         if missing:
             raise ValueError(f"city {name!r}: candidate cells lack columns {missing}")
@@ -95,12 +103,16 @@ class CityRetriever:
             coordinate_std=coordinate_std,
             metadata=dict(metadata or {}),
             grid=grid,
+            max_duration_hours=max_duration_hours,
         )
 
     @classmethod
     def from_city(cls, city: Mapping[str, Any], cells: Any) -> "CityRetriever":
-        """From a built city: its `city.json` (name, coordinate statistics, grid) and its `cells.parquet` table."""
-        return cls.from_cells(city["city"], cells, city["coordinate_mean"], city["coordinate_std"], grid=city.get("grid"))
+        """From a built city: its `city.json` (name, coordinate statistics, grid, duration cap) and its
+        `cells.parquet` table."""
+        return cls.from_cells(city["city"], cells, city["coordinate_mean"], city["coordinate_std"],
+                              grid=city.get("grid"),
+                              max_duration_hours=city.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS))
 
     @property
     def num_cells(self) -> int:
@@ -203,6 +215,7 @@ class CityRetriever:
             "coordinate_std": self.coordinate_std.tolist(),
             "metadata": self.metadata,
             **({"grid": self.grid.to_dict()} if self.grid is not None else {}),
+            "max_duration_hours": self.max_duration_hours,
         }
 
 
@@ -256,6 +269,7 @@ def load_retrievers(config_file: str, weights_file: str | None) -> dict[str, Cit
                 coordinate_std=city["coordinate_std"],
                 metadata=city.get("metadata", {}),
                 grid=city.get("grid"),  # absent in files written before the grid was stored
+                max_duration_hours=city.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS),  # likewise
             )
         except KeyError as error:
             raise ValueError(f"{weights_file}: missing array {error} of city {city.get('name')!r}") from error

@@ -8,12 +8,13 @@ Rows are turned into exactly the record features of the training samples by the 
 (same time and position) are dropped as the builder drops them, the last `history_length + current_length` records
 are kept (fewer is an error: the training data never pads), positions are projected to Web Mercator, day of week
 (0 = Monday) and hour come from the local clock, a record's duration is the hours to the next record clipped to
-`max_duration_hours` (the builder's `--max-duration-hours`, 24 h by default), and the last current record's duration
-is the median of the other input durations (its real gap would be the unknown future visit). A record's POI
-frequencies are those of its grid cell among the city's candidate cells, placed on the city's grid as stored in the
-model's retriever (`CityRetriever.locate`; a retriever saved before the grid was stored reads the cell size from the
-centroids' spacing); a record in no candidate cell gets zero POI frequencies (a cell the builder kept out had none),
-and one outside the city's grid is an error (the builder drops records outside its grid).
+the cap the city was built with (the builder's `--max-duration-hours`, 24 h by default, carried by the city's
+retriever), and the last current record's duration is the median of the other input durations (its real gap would
+be the unknown future visit). A record's POI frequencies are those of its grid cell among the city's candidate cells,
+placed on the city's grid as stored in the model's retriever (`CityRetriever.locate`; a retriever saved before the
+grid was stored reads the cell size from the centroids' spacing); a record in no candidate cell gets zero POI
+frequencies (a cell the builder kept out had none), and one outside the city's grid is an error (the builder drops
+records outside its grid).
 
 Two tasks, fixed when the model was trained (`config.task_mode`): `next` (where will the user go next?) takes the
 records alone; `at_time` (where will the user be at t?) also needs `--at "2012-06-01 18:00"`, the local wall-clock
@@ -42,7 +43,6 @@ import pandas as pd
 from .cli import entry_point, non_negative_float, positive_int
 from .modeling.pipeline_nextlocllm import NextLocationPipeline
 from .modeling.records_nextlocllm import (
-    DEFAULT_MAX_DURATION_HOURS,
     RECORD_COLUMNS_TABLE,
     model_inputs_from_records,
     prepare_records,
@@ -70,12 +70,12 @@ def predict_next(
     records: str | os.PathLike | pd.DataFrame,
     k: int = 10,
     at: str | None = None,
-    max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS,
+    max_duration_hours: float | None = None,
 ) -> pd.DataFrame:
     """Top-k next cells of one user in `city` (see `table_of`) from a records file or DataFrame."""
     read_records(records)  # one user's records: several users are an error here
     pipe = NextLocationPipeline(model=model, device=model.device)
-    return table_of(pipe(records, city=city, k=k, at=at, max_duration_hours=max_duration_hours or 0))
+    return table_of(pipe(records, city=city, k=k, at=at, max_duration_hours=max_duration_hours))
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     parser.add_argument(
         "--max_duration_hours", type=non_negative_float,
-        help="duration cap the city was built with; 0 = none [the --cells city's value, else 24]",
+        help="override the duration cap the city was built with (its retriever carries it); 0 = none",
     )
     parser.add_argument("--at", help='local time of the visit to predict, e.g. "2012-06-01 18:00" (at_time models only)')
     args = parser.parse_args(argv)

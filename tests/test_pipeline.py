@@ -263,3 +263,20 @@ def test_a_model_object_in_process_equals_the_cli(exported, capsys):
                          exported["files"][0], "--k", str(K))
     assert_same_as_cli(result, printed, table)
 
+
+
+def test_durations_follow_the_cap_the_city_was_built_with(exported):
+    """A city's retriever carries its duration cap: the pipeline clips raw gaps to it unless told otherwise."""
+    from transformers import AutoModel, pipeline
+
+    from nextlocllm_hf import CityRetriever
+
+    model = AutoModel.from_pretrained(exported["models"]["bare"])
+    city = load_city_splits(exported["city"])
+    capped = CityRetriever.from_city({**city.statistics, "max_duration_hours": 2.0}, city.cells)
+    pipe = pipeline(TASK, model=model)
+    durations = pipe(exported["files"][0], cells=capped, k=K)["records"]["duration"]
+    assert durations.max() <= 2.0
+    raw = pipe(exported["files"][0], cells=capped, k=K, max_duration_hours=0)["records"]["duration"]
+    assert raw.max() > 2.0  # the records do have longer gaps: the cap above did the clipping
+    np.testing.assert_allclose(np.minimum(raw.to_numpy()[:-1], 2.0), durations.to_numpy()[:-1], rtol=1e-6)

@@ -136,3 +136,26 @@ def test_a_retriever_file_without_the_grid_reads_the_cell_size_from_the_centroid
     known = inside & old_inside
     assert known.sum() > 100 and (rows[known] >= 0).any() and (rows[known] < 0).any()
     np.testing.assert_array_equal(old_rows[known], rows[known])
+
+
+def test_the_duration_cap_travels_with_the_retriever(built_city, tmp_path):
+    """The cap the city was built with (city.json) reaches inference; no cap stays None; older files get the
+    builder's default; a bad cap names the field."""
+    retriever = built_city.retriever()
+    assert retriever.max_duration_hours == built_city.statistics["max_duration_hours"] == 24.0
+    uncapped = CityRetriever.from_city({**built_city.statistics, "city": "uncapped", "max_duration_hours": None},
+                                       built_city.cells)
+    six = CityRetriever.from_city({**built_city.statistics, "city": "six", "max_duration_hours": 6.0},
+                                  built_city.cells)
+    assert uncapped.max_duration_hours is None and six.max_duration_hours == 6.0
+    save_retrievers({r.name: r for r in (uncapped, six)}, tmp_path)
+    loaded = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
+    assert loaded["uncapped"].max_duration_hours is None and loaded["six"].max_duration_hours == 6.0
+    index = json.loads((tmp_path / RETRIEVERS_CONFIG_NAME).read_text())
+    for city in index["cities"]:
+        del city["max_duration_hours"]  # a file written before the cap was stored
+    (tmp_path / RETRIEVERS_CONFIG_NAME).write_text(json.dumps(index))
+    older = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
+    assert {r.max_duration_hours for r in older.values()} == {24.0}
+    with pytest.raises(ValueError, match=r"city 'bad': max_duration_hours=-1.0 must be positive hours or None"):
+        CityRetriever.from_city({**built_city.statistics, "city": "bad", "max_duration_hours": -1.0}, built_city.cells)
