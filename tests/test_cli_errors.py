@@ -244,9 +244,9 @@ def test_overwrite_replaces_only_what_it_was_asked_to(files, tmp_path):
 
 # Runs train.py unchanged, except that Accelerate's save_state sends the process a real SIGINT once it has written
 # checkpoint 3's files and before that write is renamed into place: the interrupt lands mid-checkpoint on every
-# machine, however fast or loaded, where polling for the folder from outside raced a 6-step run to its end. A process
-# started in the background of a non-interactive shell (nohup, CI) inherits SIGINT ignored, so Python would install no
-# KeyboardInterrupt handler; the terminal a user presses Ctrl-C in has it, and so does this run.
+# machine, however fast or loaded (a signal sent from outside after polling for the folder could land anywhere). A
+# process started in the background of a non-interactive shell (nohup, CI) inherits SIGINT ignored, so Python would
+# install no KeyboardInterrupt handler; the terminal a user presses Ctrl-C in has it, and so does this run.
 INTERRUPT_DURING_CHECKPOINT_3 = """
 import os, runpy, signal, sys
 import accelerate
