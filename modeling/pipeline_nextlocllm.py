@@ -44,7 +44,6 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .geometry_nextlocllm import haversine_m, mercator_to_lonlat
 from .mixture_nextlocllm import mixture_log_density_np
 from .records_nextlocllm import (
-    DEFAULT_MAX_DURATION_HOURS,
     model_inputs_from_records,
     parse_records,
     prepare_records,
@@ -109,15 +108,14 @@ class NextLocationPipeline(Pipeline):
         self.model.retriever(city)  # an unknown city raises, naming the known ones
         return city
 
-    def prepare(self, records: Any, city: str, max_duration_hours: float | None = None) -> list[tuple[Any, pd.DataFrame]]:
-        """`(user, features)` per user (`prepare_records`); `max_duration_hours` 0 = no cap, None = the default."""
+    def prepare(self, records: Any, city: str, cap_hours: float | None) -> list[tuple[Any, pd.DataFrame]]:
+        """`(user, features)` per user (`prepare_records`), durations clipped to `cap_hours` (None: no cap)."""
         where = str(records) if isinstance(records, (str, os.PathLike)) else "records"
-        cap = DEFAULT_MAX_DURATION_HOURS if max_duration_hours is None else (max_duration_hours or None)
         retriever = self.model.retriever(city)
         prepared = []
         for user, rows in split_users(read_table(records)):
             try:
-                frame = prepare_records(parse_records(rows, where), retriever, self.model.config, cap)
+                frame = prepare_records(parse_records(rows, where), retriever, self.model.config, cap_hours)
             except ValueError as error:
                 if user is None:
                     raise
@@ -132,11 +130,11 @@ class NextLocationPipeline(Pipeline):
             raise ValueError(
                 f"k={k!r}: expected an integer from 1 to the {retriever.num_cells} candidate cells of city {city!r}"
             )
-        if max_duration_hours is None:  # the cap the city was built with (None there: no cap, 0 here)
-            max_duration_hours = retriever.max_duration_hours or 0.0
         if max_duration_hours is not None and not max_duration_hours >= 0:
             raise ValueError(f"max_duration_hours={max_duration_hours!r}: expected hours >= 0 (0: no cap)")
-        prepared = self.prepare(records, city, max_duration_hours)
+        # the cap the city was built with, unless overridden (0: no cap)
+        cap = retriever.max_duration_hours if max_duration_hours is None else (max_duration_hours or None)
+        prepared = self.prepare(records, city, cap)
         users = [user for user, _ in prepared]
         if isinstance(at, Mapping):
             unknown = [user for user in users if user not in at]

@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_compatible(model.config, city.statistics, args.cells)
         if city.name != args.city:
             raise ValueError(f"--cells {args.cells} holds city {city.name!r}, not --city {args.city!r}")
-        cells = args.cells
+        cells = city.retriever()  # read once here, checked above
     elif args.city not in model.cities:
         raise ValueError(
             f"--city {args.city!r} is not a city of this model; its cities: {model.cities}. For a new city, add "
