@@ -65,7 +65,7 @@ def show_top_k(model_dir: Path, city_path: str, k: int) -> dict:
     """Reload through AutoModel (no flag) and rank the new city's cells for one of its test trajectories."""
     model = AutoModel.from_pretrained(model_dir)
     city = load_city_splits(city_path)
-    samples = CitySamples(city.splits["test"], {city.name: city.statistics}, task_mode=model.config.task_mode)
+    samples = CitySamples(city.splits["test"], {city.name: city.metadata}, task_mode=model.config.task_mode)
     batch = samples[0]
     output = model.predict(batch, city=city.name, k=k)
     retriever = model.retriever(city.name)
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
             "--learning_rate", "1e-3",
             "--task_mode", "at_time",
             "--regression_target", "offset_from_last",
-            "--candidate_ranker",
+            "--head_type", "point_ranker",
             "--candidate_loss_weight", "10000",
             "--ranker_feature_path_learning_rate", "1e-4",
             "--gbdt_baseline",

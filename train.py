@@ -64,6 +64,7 @@ from nextlocllm_hf.metrics import DEFAULT_TABLE_COLUMNS, format_table
 from nextlocllm_hf.model_card import build_model_card
 from nextlocllm_hf.modeling.configuration_nextlocllm import (
     ADAPTATION_MODES,
+    HEAD_TYPES,
     POI_TEXT_ENCODINGS,
     REGRESSION_TARGETS,
     TASK_MODES,
@@ -108,14 +109,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="next: the records alone; at_time: also the target's day, hour and gap (the query)")
     model.add_argument("--regression_target", default=NextLocLLMConfig.regression_target, choices=REGRESSION_TARGETS,
                        help="point head: the paper's absolute position, or the offset from the last input point")
-    model.add_argument("--num_mixture_components", type=non_negative_int,
-                       default=NextLocLLMConfig.num_mixture_components,
-                       help="K > 0: Gaussian-mixture head ranking cells by density (0: the paper's point head)")
+    model.add_argument("--head_type", default=NextLocLLMConfig.head_type, choices=HEAD_TYPES,
+                       help="point (paper) or mixture (Gaussian modes, cells ranked by density); a _ranker type also "
+                            "re-ranks the input-record cells and the cells near the last point (listwise loss)")
+    model.add_argument("--num_mixture_components", type=positive_int,
+                       default=NextLocLLMConfig.num_mixture_components, help="the mixture heads' number of modes")
     model.add_argument("--mixture_distance_loss_weight", type=non_negative_float,
                        default=NextLocLLMConfig.mixture_distance_loss_weight,
                        help="add the distance of the closest mode (normalized units) to the mixture likelihood")
-    model.add_argument("--candidate_ranker", action="store_true",
-                       help="re-rank the input-record cells and the cells near the last point (listwise loss)")
     model.add_argument("--candidate_loss_weight", type=non_negative_float,
                        default=NextLocLLMConfig.candidate_loss_weight,
                        help="weight of the listwise loss")
@@ -214,17 +215,17 @@ def check_launch(accelerator: Accelerator, args: argparse.Namespace) -> None:
                              f"--max_grad_norm is {args.max_grad_norm}: set one of them so that they agree")
 
 
-def build_model(args: argparse.Namespace, statistics: dict):
+def build_model(args: argparse.Namespace, metadata: dict):
     if args.init_model:
         model = nextlocllm_hf.NextLocLLMForCoordinateRegression.from_pretrained(args.init_model)
-        check_compatible(model.config, statistics, args.init_model)
+        check_compatible(model.config, metadata, args.init_model)
         return model
     return nextlocllm_hf.NextLocLLMForCoordinateRegression.from_backbone(
         args.backbone,
         num_backbone_layers=args.num_backbone_layers,
-        history_length=statistics["history_length"],
-        current_length=statistics["current_length"],
-        poi_class_names=list(statistics["poi_classes"]),
+        history_length=metadata["history_length"],
+        current_length=metadata["current_length"],
+        poi_class_names=list(metadata["poi_classes"]),
         adaptation=args.adaptation,
         use_prompt=not args.no_prompt,
         use_llm_poi=not args.no_llm_poi,
@@ -232,9 +233,9 @@ def build_model(args: argparse.Namespace, statistics: dict):
         use_duration_head=args.duration_head,
         task_mode=args.task_mode,
         regression_target=args.regression_target,
+        head_type=args.head_type,
         num_mixture_components=args.num_mixture_components,
         mixture_distance_loss_weight=args.mixture_distance_loss_weight,
-        use_candidate_ranker=args.candidate_ranker,
         candidate_time_features=not args.no_candidate_time_features,
         candidate_loss_weight=args.candidate_loss_weight,
         max_candidates=args.max_candidates,
@@ -363,25 +364,25 @@ def train(args: argparse.Namespace) -> TrainingRun:
 
     # Data first: every inconsistency must surface before a single step.
     cities = load_cities(args.dataset)
-    statistics = {name: city.statistics for name, city in cities.cities.items()}
-    first = next(iter(statistics.values()))
+    metadata = {name: city.metadata for name, city in cities.cities.items()}
+    first = next(iter(metadata.values()))
     zero_shot = [load_city_splits(path) for path in args.zero_shot_dataset]
     model = build_model(args, first)
     for city in [*cities.cities.values(), *zero_shot]:
-        check_compatible(model.config, city.statistics, city.path)
+        check_compatible(model.config, city.metadata, city.path)
     for city in cities.cities.values():
         model.add_city(city.retriever())
 
     task_mode = model.config.task_mode
-    train_samples = CitySamples(cities.splits["train"], statistics, task_mode=task_mode)
+    train_samples = CitySamples(cities.splits["train"], metadata, task_mode=task_mode)
     validation_split = cities.splits["validation"]
     if args.max_eval_samples and len(validation_split) > args.max_eval_samples:
         validation_split = validation_split.shuffle(seed=args.seed).select(range(args.max_eval_samples))
-    validation_samples = CitySamples(validation_split, statistics, task_mode=task_mode)
+    validation_samples = CitySamples(validation_split, metadata, task_mode=task_mode)
     if len(train_samples) == 0 or len(validation_samples) == 0:
         raise ValueError(f"{args.dataset}: empty train ({len(train_samples)}) or validation split")
     warm_start = None
-    if model.config.use_candidate_ranker and not (args.init_model or resume_from):
+    if model.config.has_candidate_ranker and not (args.init_model or resume_from):
         warm_start = warm_start_candidate_ranker(model, cities.splits["train"], validation_split, args.seed)
         accelerator.print(f"candidate ranker warm-started on the features alone: validation hit@1 "
                           f"{max(warm_start['validation_hit@1']):.4f} after {warm_start['epochs']} epochs")
@@ -435,7 +436,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         accelerator.print(f"no complete checkpoint in {output_dir} yet: starting at step 0")
 
     accelerator.print(
-        f"training on {list(statistics)}: {len(train_samples)} samples, {steps_per_epoch} steps/epoch, {max_steps} "
+        f"training on {list(metadata)}: {len(train_samples)} samples, {steps_per_epoch} steps/epoch, {max_steps} "
         f"steps, {accelerator.num_processes} process(es), trainable parameters "
         f"{parameter_counts[0]:,} of {parameter_counts[1]:,}"
     )
@@ -517,14 +518,14 @@ def finish(args, accelerator, model, cities, zero_shot, best_dir: Path, results:
     """Load the best validation checkpoint, score the test split once (and the baselines), zero-shot cities, export."""
     best_weights = load_best(accelerator, model, best_dir)
     unwrapped = accelerator.unwrap_model(model)
-    statistics = {name: city.statistics for name, city in cities.cities.items()}
+    metadata = {name: city.metadata for name, city in cities.cities.items()}
     task_mode = unwrapped.config.task_mode
-    test_samples = CitySamples(cities.splits["test"], statistics, task_mode=task_mode)
+    test_samples = CitySamples(cities.splits["test"], metadata, task_mode=task_mode)
     test_scores, _ = evaluate_model(model, test_samples, args.per_device_eval_batch_size, accelerator, "test")
     results["test"] = single_city_view(test_scores)
     for city in zero_shot:
         unwrapped.add_city(city.retriever())
-        samples = CitySamples(city.splits["test"], {city.name: city.statistics}, task_mode=task_mode)
+        samples = CitySamples(city.splits["test"], {city.name: city.metadata}, task_mode=task_mode)
         scores, _ = evaluate_model(model, samples, args.per_device_eval_batch_size, accelerator, f"zero-shot {city.name}")
         results.setdefault("zero_shot", {})[city.name] = scores[city.name]
     if accelerator.is_main_process:

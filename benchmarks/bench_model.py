@@ -169,7 +169,7 @@ def ranker_worker(variant: str, batch_size: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = NextLocLLMForCoordinateRegression.from_backbone(
         "smollm2-135m", task_mode="at_time", regression_target="offset_from_last",
-        use_candidate_ranker=variant == "ranker")
+        head_type="point_ranker" if variant == "ranker" else "point")
     rng = np.random.default_rng(0)
     index = np.arange(2_000)
     xy = np.stack([index % 50, index // 50], axis=1) * 795.0 + np.array([-8.24e6, 4.97e6])

@@ -60,7 +60,7 @@ def measure(variant: str, task_mode: str, tables: dict[str, CandidateTable]) -> 
     else:
         settings = json.loads(variant)
         ranker, label = FeatureMLPRanker(task_mode, **settings), settings
-    ranker._fit(tables["train"], tables["validation"])
+    ranker.fit_tables(tables["train"], tables["validation"])
     line = {"variant": label,
             "val": round(100 * max(ranker.validation_hit_at_1), 2),
             "test": round(100 * hit_at_1(ranker.scores(tables["test"]), tables["test"]), 2)}

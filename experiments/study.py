@@ -56,9 +56,9 @@ VARIANTS: dict[str, list[str]] = {
 # Heads beyond the paper (issue 8), same budget: a Gaussian mixture ranked by density, and the candidate ranker
 # on top of it or of the paper's point (whose loss is in metres, hence the weight).
 HEADS: dict[str, list[str]] = {
-    "mixture": ["--num_mixture_components", "5"],
-    "mixture_ranker": ["--num_mixture_components", "5", "--candidate_ranker"],
-    "point_ranker": ["--candidate_ranker", "--candidate_loss_weight", "1000"],
+    "mixture": ["--head_type", "mixture", "--num_mixture_components", "5"],
+    "mixture_ranker": ["--head_type", "mixture_ranker", "--num_mixture_components", "5"],
+    "point_ranker": ["--head_type", "point_ranker", "--candidate_loss_weight", "1000"],
 }
 
 # Issue 12: every method in both task modes. The model's rows: the paper's point head, the offset-from-last-point head
@@ -66,7 +66,7 @@ HEADS: dict[str, list[str]] = {
 # The scorer's feature path starts from the features-only ranker (warm start), so it learns slowly while the context
 # path, the record embeddings and the backbone's norms learn at the main rate; the listwise loss outweighs the point's
 # loss in metres (the ranking is the output).
-RANKER = ["--regression_target", "offset_from_last", "--candidate_ranker", "--candidate_loss_weight", "10000",
+RANKER = ["--regression_target", "offset_from_last", "--head_type", "point_ranker", "--candidate_loss_weight", "10000",
           "--ranker_feature_path_learning_rate", "1e-4"]
 MODES: dict[str, list[str]] = {
     "nextlocllm_ranker/at_time": ["--task_mode", "at_time", *RANKER],
@@ -197,7 +197,7 @@ class Study:
             city = self.city(city_name, split_seed)
             if city.name not in model.cities:
                 model.add_city(city.retriever())  # zero-shot: the new city's cells and statistics
-            samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.statistics},
+            samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.metadata},
                                   task_mode=model.config.task_mode)
             _, raw = evaluate_model(model, samples, batch_size=128, description=f"{variant} seed {seed} {city_name}")
             return Predictions(raw["ranked"], raw["coordinates"])  # ranked by the model's own head

@@ -55,6 +55,9 @@ TASK_MODES = ("next", "at_time")
 # What the point head regresses: the paper's absolute normalized position, or the offset from the last input point.
 REGRESSION_TARGETS = ("absolute", "offset_from_last")
 POI_TEXT_ENCODINGS = ("token_embeddings", "hidden_states")
+# The prediction heads (see `heads_nextlocllm.py`): a point (paper) or a Gaussian mixture, each alone or under the
+# candidate ranker.
+HEAD_TYPES = ("point", "mixture", "point_ranker", "mixture_ranker")
 
 
 class NextLocLLMConfig(PreTrainedConfig):
@@ -89,15 +92,19 @@ class NextLocLLMConfig(PreTrainedConfig):
             defaults for the backbone type).
         poi_text_encoding (`str`): `token_embeddings` (paper: the backbone's input embeddings of the description
             tokens) or `hidden_states` (the truncated backbone's last hidden states of the description).
-        num_mixture_components (`int`, 0): 0 keeps the paper's head (one point, cells ranked by distance to it);
-            K > 0 predicts K weighted 2-D Gaussian modes, trained by negative log-likelihood, and ranks cells by
-            the mixture density at their centres (next places are multimodal: home, work, a cafe across town).
-        mixture_distance_loss_weight (`float`, 0.0): adds the paper's distance loss on the closest mode, in
-            normalized units, to the mixture likelihood.
-        use_candidate_ranker (`bool`, False): re-rank a per-sample candidate set (the cells of the input records and
+        head_type (`str`, "point"): the prediction head, one of `HEAD_TYPES`. `point` is the paper's (one point,
+            cells ranked by distance to it). `mixture` predicts `num_mixture_components` weighted 2-D Gaussian modes,
+            trained by negative log-likelihood, and ranks cells by the mixture density at their centres (next places
+            are multimodal: home, work, a cafe across town). `point_ranker` / `mixture_ranker` add the candidate
+            ranker on top of that head: it re-ranks a per-sample candidate set (the cells of the input records and
             the cells nearest the last point) with a scorer over city-agnostic, query-time-aware features (see
             `candidates_nextlocllm.py`), the backbone's readout state and its states at each candidate's visits,
-            trained with a listwise loss on the true cell. Needs the records' cell ids and the city at forward time.
+            trained with a listwise loss on the true cell; it needs the records' cell ids and the city at forward
+            time. Configs saved before this field (`num_mixture_components` 0 or K, `use_candidate_ranker`) load as
+            the head they described.
+        num_mixture_components (`int`, 5): K, the mixture heads' number of modes.
+        mixture_distance_loss_weight (`float`, 0.0): adds the paper's distance loss on the closest mode, in
+            normalized units, to the mixture likelihood.
         candidate_time_features (`bool`, True): include the time-conditioned candidate features (off: an ablation).
         candidate_neighbors (`int`, 10): cells nearest the last input point added as candidates.
         max_candidates (`int`, 64): candidates per sample (input-record cells first, then neighbours).
@@ -140,9 +147,9 @@ class NextLocLLMConfig(PreTrainedConfig):
     lora_target_modules: list[str] | None = None
     poi_text_encoding: str = "token_embeddings"
     initializer_range: float = 0.02
-    num_mixture_components: int = 0
+    head_type: str = "point"
+    num_mixture_components: int = 5
     mixture_distance_loss_weight: float = 0.0
-    use_candidate_ranker: bool = False
     candidate_time_features: bool = True
     candidate_neighbors: int = 10
     max_candidates: int = 64
@@ -151,6 +158,11 @@ class NextLocLLMConfig(PreTrainedConfig):
     candidate_loss_weight: float = 1.0
 
     def __post_init__(self, **kwargs):
+        legacy_ranker = kwargs.pop("use_candidate_ranker", None)
+        if legacy_ranker is not None:  # a config saved before `head_type`: its K = 0 meant the point head
+            position = "mixture" if self.num_mixture_components else "point"
+            self.head_type = f"{position}_ranker" if legacy_ranker else position
+            self.num_mixture_components = self.num_mixture_components or type(self).num_mixture_components
         super().__post_init__(**kwargs)
         if self.poi_class_names is None:
             self.poi_class_names = list(DEFAULT_POI_CLASS_NAMES)
@@ -198,10 +210,11 @@ class NextLocLLMConfig(PreTrainedConfig):
         )
         require(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "a value in [0, 1)")
         require(self.duration_loss_weight >= 0.0, "duration_loss_weight", "a value >= 0")
+        require(self.head_type in HEAD_TYPES, "head_type", f"one of {HEAD_TYPES}")
         require(
             isinstance(self.num_mixture_components, int) and not isinstance(self.num_mixture_components, bool)
-            and self.num_mixture_components >= 0,
-            "num_mixture_components", "an integer >= 0 (0: the paper's single-point head)",
+            and self.num_mixture_components >= 1,
+            "num_mixture_components", "a positive integer (the mixture's number of modes)",
         )
         require(self.mixture_distance_loss_weight >= 0.0, "mixture_distance_loss_weight", "a value >= 0")
         require(self.candidate_loss_weight >= 0.0, "candidate_loss_weight", "a value >= 0")
@@ -228,15 +241,24 @@ class NextLocLLMConfig(PreTrainedConfig):
         return width if self.use_llm_poi else width + self.poi_embedding_dim
 
     @property
+    def position_head_type(self) -> str:
+        """The head that predicts a position: `point` or `mixture` (the candidate ranker re-ranks on top of it)."""
+        return self.head_type.removesuffix("_ranker")
+
+    @property
+    def has_candidate_ranker(self) -> bool:
+        return self.head_type.endswith("_ranker")
+
+    @property
     def head_description(self) -> str:
         """Which prediction head a checkpoint uses, in words (model cards, logs)."""
-        if self.num_mixture_components:
+        if self.position_head_type == "mixture":
             head = f"{self.num_mixture_components}-component Gaussian mixture, cells ranked by mixture density"
         elif self.regression_target == "offset_from_last":
             head = "single point as an offset from the last input point, cells ranked by distance to it (KD-tree)"
         else:
             head = "single point (paper), cells ranked by distance to it (KD-tree)"
-        if self.use_candidate_ranker:
+        if self.has_candidate_ranker:
             head += "; candidate ranker re-ranks the input-record cells and the cells near the last point"
         head += f" (task: {self.task_mode})"
         return head
@@ -252,4 +274,4 @@ class NextLocLLMConfig(PreTrainedConfig):
         return [f"{name}: {text}" for name, text in zip(self.poi_class_names, self.poi_class_descriptions)]
 
 
-__all__ = ["NextLocLLMConfig", "TASK_MODES", "REGRESSION_TARGETS"]
+__all__ = ["NextLocLLMConfig", "TASK_MODES", "REGRESSION_TARGETS", "HEAD_TYPES"]

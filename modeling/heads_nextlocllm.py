@@ -1,11 +1,13 @@
 """The prediction heads on the backbone's readout state, each with its loss.
 
-The position head is picked from the config by `position_head_type` in `POSITION_HEADS`:
-- `point` (`num_mixture_components=0`, the paper): one point, the normalized position or, with
-  `regression_target="offset_from_last"`, the offset from the last input point; loss: mean distance in metres.
-- `mixture` (`num_mixture_components=K`): K weighted 2-D Gaussians in normalized coordinates; loss: negative
-  log-likelihood, plus optionally the closest mode's distance (`mixture_distance_loss_weight`).
-On top, `use_candidate_ranker` re-ranks a per-sample candidate set (`score_candidates`, listwise loss), and
+The config's `head_type` picks them: its position head from `POSITION_HEADS` (`config.position_head_type`), and with
+a `_ranker` type the candidate ranker on top.
+- `point` (the paper): one point, the normalized position or, with `regression_target="offset_from_last"`, the offset
+  from the last input point; loss: mean distance in metres.
+- `mixture`: `num_mixture_components` weighted 2-D Gaussians in normalized coordinates; loss: negative log-likelihood,
+  plus optionally the closest mode's distance (`mixture_distance_loss_weight`).
+- `point_ranker` / `mixture_ranker`: that position head, and a scorer that re-ranks a per-sample candidate set
+  (`score_candidates`, listwise loss).
 `use_duration_head` adds the stay-duration head. The heads are `nn.Linear` subclasses under the attribute names of the
 published checkpoints (`regression_head`, `mixture_head`, `duration_head`): calling one gives its raw output, as a
 linear layer does; `predict`/`loss` turn that into positions and losses.
@@ -108,11 +110,6 @@ class MixtureHead(nn.Linear):
 POSITION_HEADS: dict[str, type[PointHead] | type[MixtureHead]] = {"point": PointHead, "mixture": MixtureHead}
 
 
-def position_head_type(config: NextLocLLMConfig) -> str:
-    """The `POSITION_HEADS` key a config selects: `num_mixture_components` 0 is the paper's point head."""
-    return "mixture" if config.num_mixture_components else "point"
-
-
 class DurationHead(nn.Linear):
     """The next visit's stay duration, regressed as log1p hours (ReLU keeps it >= 0)."""
 
@@ -135,7 +132,7 @@ class DurationHead(nn.Linear):
 def build_candidate_scorer(config: NextLocLLMConfig) -> CandidateScorer:
     """The ranker's scorer: the shared candidate features, and with a mixture its log-density at the cell."""
     num_features = candidate_feature_size(config.num_poi_classes, config.task_mode, config.candidate_time_features)
-    num_features += bool(config.num_mixture_components)
+    num_features += config.position_head_type == "mixture"
     return CandidateScorer(num_features, config.hidden_size, config.candidate_ranker_width,
                            config.candidate_feature_bins)
 
@@ -184,5 +181,5 @@ def candidate_loss(scores: torch.Tensor, candidates: CandidateSet, target_cell: 
     return ranking_loss
 
 
-__all__ = ["PositionPrediction", "PointHead", "MixtureHead", "POSITION_HEADS", "position_head_type", "DurationHead",
+__all__ = ["PositionPrediction", "PointHead", "MixtureHead", "POSITION_HEADS", "DurationHead",
            "build_candidate_scorer", "score_candidates", "candidate_loss"]

@@ -10,9 +10,9 @@ into top-k candidate cells.
 
 Two task modes (`task_mode`): `next` (the records alone) and `at_time` (the query time of the visit to predict is one
 more token). Beyond the paper, all config options that keep every city-specific quantity out of the weights: an
-offset-from-last-point parameterization of the point head, a Gaussian-mixture head (`num_mixture_components`,
-ranking cells by density, see `mixture_nextlocllm.py`) and a candidate ranker over query-time-aware features and the
-backbone's states (`use_candidate_ranker`, see `candidates_nextlocllm.py`).
+offset-from-last-point parameterization of the point head, a Gaussian-mixture head (`head_type="mixture"`, ranking
+cells by density, see `mixture_nextlocllm.py`) and a candidate ranker over query-time-aware features and the
+backbone's states (`head_type="point_ranker"` / `"mixture_ranker"`, see `candidates_nextlocllm.py`).
 
 Reading order: `encoder_nextlocllm.py` (records -> hidden states, the prompt as a shared prefix), `heads_nextlocllm.py`
 (the head the config selects, with its loss), `ranking_nextlocllm.py` (head output -> top-k cells); this file wires
@@ -45,11 +45,10 @@ from .heads_nextlocllm import (
     PointHead,
     build_candidate_scorer,
     candidate_loss,
-    position_head_type,
     score_candidates,
 )
 from .loading_nextlocllm import check_model_type, load_retrievers_beside, resolve_revision
-from .ranking_nextlocllm import rank_cells
+from .ranking_nextlocllm import city_groups, rank_cells
 from .retrieval_nextlocllm import CityRetriever, save_retrievers
 from .validation_nextlocllm import check_positive_int, check_shapes, check_values
 
@@ -92,9 +91,10 @@ class NextLocLLMOutput(ModelOutput):
         top_k_cells / top_k_distances: `(batch, k)` the city's best-ranked cells and their distances (m) from the
             predicted point (by distance for the paper's head, by density for the mixture, by score for candidates).
         mixture_means / mixture_scales: `(batch, K, 2)` the modes' centres and standard deviations, projected metres;
-            mixture_weights: `(batch, K)`; with `num_mixture_components=K`. `coordinates` is then the heaviest mode.
+            mixture_weights: `(batch, K)`; with a mixture head of K components. `coordinates` is then the heaviest
+            mode.
         candidate_cells / candidate_scores: `(batch, max_candidates)` the ranker's candidates (-1 = padding) and
-            their scores, with `use_candidate_ranker`.
+            their scores, with a `_ranker` head type.
         hidden_states: the backbone's hidden states at the record tokens (the shared prompt's are not repeated per
             sample), when requested.
     """
@@ -155,10 +155,10 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         self._build_encoder(config)  # record embedding, text buffers, query token, backbone
         # The heads, under their checkpoint names (`regression_head` / `mixture_head`, `candidate_scorer`,
         # `duration_head`), built in that order.
-        head = POSITION_HEADS[position_head_type(config)]
+        head = POSITION_HEADS[config.position_head_type]
         self.add_module(head.attribute_name, head(config))
         self.position_head_name = head.attribute_name
-        if config.use_candidate_ranker:
+        if config.has_candidate_ranker:
             self.candidate_scorer = build_candidate_scorer(config)
         if config.use_duration_head:
             self.duration_head = DurationHead(config)
@@ -224,11 +224,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
                     torch.as_tensor(std, dtype=torch.float64).expand(batch_size, 2))
         if city is None:
             raise ValueError("coordinate_mean/coordinate_std or city= is required to normalize coordinates")
-        names = [city] * batch_size if isinstance(city, str) else list(city)
-        if len(names) != batch_size:
-            raise ValueError(f"city lists {len(names)} names for a batch of {batch_size}")
-        mean = np.stack([self.retriever(name).coordinate_mean for name in names])
-        std = np.stack([self.retriever(name).coordinate_std for name in names])
+        mean, std = np.empty((batch_size, 2)), np.empty((batch_size, 2))
+        for name, rows in city_groups(city, batch_size).items():
+            mean[rows], std[rows] = self.retriever(name).coordinate_mean, self.retriever(name).coordinate_std
         return torch.from_numpy(mean), torch.from_numpy(std)
 
     # -------------------------------------------------------------------------------------------------- forward
@@ -317,9 +315,10 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
             if duration_labels is not None and labels is not None:
                 loss = loss + self.duration_head.loss(log_duration, duration_labels)
         candidates = scores = None
-        if self.config.use_candidate_ranker:
+        if self.config.has_candidate_ranker:
             if city is None or history_cell is None or current_cell is None:
-                raise ValueError("use_candidate_ranker=True needs city=, history_cell and current_cell")
+                raise ValueError(f"head_type={self.config.head_type!r} (the candidate ranker) needs city=, "
+                                 f"history_cell and current_cell")
             candidates, scores = score_candidates(
                 self.candidate_scorer, self.config, {name: inputs[name] for name in (*RECORD_COLUMNS, *QUERY_COLUMNS)},
                 city, self.retriever, position, mean, std, encoded.last_state, encoded.record_states,

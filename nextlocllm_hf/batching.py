@@ -28,27 +28,27 @@ class CitySamples(Dataset):
     def __init__(
         self,
         split,
-        city_statistics: Mapping[str, Mapping],
+        city_metadata: Mapping[str, Mapping],
         city_names: Sequence[str] | None = None,
         task_mode: str = "next",
     ):
-        """`split`: a `datasets.Dataset` with the city-sample Features; `city_statistics`: name -> city.json dict.
+        """`split`: a `datasets.Dataset` with the city-sample Features; `city_metadata`: name -> city.json dict.
 
-        `city_names` fixes the order behind `city_index` (default: the order of `city_statistics`); `task_mode`
+        `city_names` fixes the order behind `city_index` (default: the order of `city_metadata`); `task_mode`
         (`next` or `at_time`) whether batches carry the query fields.
         """
         if task_mode not in TASK_MODES:
             raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
         self.task_mode = task_mode
-        self.city_names = list(city_names or city_statistics)
+        self.city_names = list(city_names or city_metadata)
         columns = rows_to_arrays(split, split.column_names)
         unknown = sorted(set(np.unique(columns["city"]).tolist()) - set(self.city_names))
         if unknown:
             raise ValueError(f"split holds cities {unknown} without statistics; known: {self.city_names}")
         index_of = {name: i for i, name in enumerate(self.city_names)}
         self.city_index = np.array([index_of[name] for name in columns["city"]], dtype=np.int64)
-        mean = np.array([city_statistics[n]["coordinate_mean"] for n in self.city_names], dtype=np.float64)
-        std = np.array([city_statistics[n]["coordinate_std"] for n in self.city_names], dtype=np.float64)
+        mean = np.array([city_metadata[n]["coordinate_mean"] for n in self.city_names], dtype=np.float64)
+        std = np.array([city_metadata[n]["coordinate_std"] for n in self.city_names], dtype=np.float64)
         self.arrays: dict[str, np.ndarray] = {
             "coordinate_mean": mean[self.city_index],
             "coordinate_std": std[self.city_index],

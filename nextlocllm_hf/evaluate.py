@@ -96,11 +96,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     city = load_city_splits(args.dataset)  # before the model: the cheaper check first
     model = NextLocLLMForCoordinateRegression.from_pretrained(args.model)
-    check_compatible(model.config, city.statistics, args.dataset)
+    check_compatible(model.config, city.metadata, args.dataset)
     if city.name not in model.cities:
         print(f"city {city.name!r} is new to this model: evaluating zero-shot with its own cells and statistics")
         model.add_city(city.retriever())
-    samples = CitySamples(city.splits[args.split], {city.name: city.statistics}, task_mode=model.config.task_mode)
+    samples = CitySamples(city.splits[args.split], {city.name: city.metadata}, task_mode=model.config.task_mode)
     scores, _ = evaluate_model(model, samples, args.batch_size)
     rows = {"NextLocLLM": scores[city.name]}
     if args.baselines:
@@ -110,12 +110,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(rows))
 
 
-def check_compatible(config, statistics: Mapping, where: str) -> None:
+def check_compatible(config, metadata: Mapping, where: str) -> None:
     """A model and a city dataset must agree on sequence lengths and POI classes; say which field differs."""
     pairs = {
-        "history_length": (config.history_length, statistics["history_length"]),
-        "current_length": (config.current_length, statistics["current_length"]),
-        "poi_classes": (list(config.poi_class_names), list(statistics["poi_classes"])),
+        "history_length": (config.history_length, metadata["history_length"]),
+        "current_length": (config.current_length, metadata["current_length"]),
+        "poi_classes": (list(config.poi_class_names), list(metadata["poi_classes"])),
     }
     for field, (model_value, data_value) in pairs.items():
         if model_value != data_value:

@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cells = None
     if args.cells:
         city = load_city_splits(args.cells)
-        check_compatible(model.config, city.statistics, args.cells)
+        check_compatible(model.config, city.metadata, args.cells)
         if city.name != args.city:
             raise ValueError(f"--cells {args.cells} holds city {city.name!r}, not --city {args.city!r}")
         cells = city.retriever()  # read once here, checked above

@@ -226,7 +226,7 @@ def test_predict_k_must_be_positive(files):
 
     model = NextLocLLMForCoordinateRegression.from_pretrained(files["model"])
     city = load_city_splits(files["city"])
-    batch = CitySamples(city.splits["test"], {city.name: city.statistics})[:2]
+    batch = CitySamples(city.splits["test"], {city.name: city.metadata})[:2]
     for k in (-3, 0, 2.5):
         with pytest.raises(ValueError, match=rf"k={k!r}: expected a positive integer"):
             model.predict(batch, city=city.name, k=k)

@@ -51,7 +51,8 @@ def write_fixture(tmp_path, **kw):
 
 def cfg(ci, pi, out=None, **kw):
     base = dict(city="tiny", format="foursquare", input=str(ci), pois=str(pi) if pi else None,
-                output=str(out) if out else None, history=H, current=L, stride=STRIDE, show_progress=False)
+                output=str(out) if out else None, history_length=H, current_length=L, stride=STRIDE,
+                show_progress=False)
     base.update(kw)
     return BuildConfig(**base)
 
@@ -77,8 +78,8 @@ def test_statistics_from_train_only(tmp_path):
     train_users = set(res.splits["train"].column("user_id").to_pylist())
     tr = df[df.user_id.isin(train_users)]
     x, y = lonlat_to_mercator(tr.longitude.to_numpy(), tr.latitude.to_numpy())
-    np.testing.assert_allclose(res.statistics["coordinate_mean"], [x.mean(), y.mean()], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(res.statistics["coordinate_std"], [x.std(), y.std()], rtol=1e-9)
+    np.testing.assert_allclose(res.metadata["coordinate_mean"], [x.mean(), y.mean()], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(res.metadata["coordinate_std"], [x.std(), y.std()], rtol=1e-9)
     # moving a test user far away does not change the statistics
     test_user = sorted(set(res.splits["test"].column("user_id").to_pylist()))[0]
     df2 = df.copy()
@@ -87,8 +88,8 @@ def test_statistics_from_train_only(tmp_path):
     df2.loc[m, "longitude"] -= 0.01
     df2.to_csv(ci, index=False)
     res2 = build_city(cfg(ci, pi))
-    assert res2.statistics["coordinate_mean"] == res.statistics["coordinate_mean"]
-    assert res2.statistics["coordinate_std"] == res.statistics["coordinate_std"]
+    assert res2.metadata["coordinate_mean"] == res.metadata["coordinate_mean"]
+    assert res2.metadata["coordinate_std"] == res.metadata["coordinate_std"]
 
 
 def test_features_preserved_through_save_and_load(tmp_path):
@@ -100,7 +101,7 @@ def test_features_preserved_through_save_and_load(tmp_path):
     for split in ("train", "validation", "test"):
         assert city.splits[split].features == expected
         assert city.splits[split].num_rows == res.splits[split].num_rows
-    assert city.name == "tiny" and city.statistics["history_length"] == H
+    assert city.name == "tiny" and city.metadata["history_length"] == H
     row = city.splits["train"][0]
     assert len(row["history_coordinates"]) == H and len(row["current_poi"]) == L and len(row["current_poi"][0]) == 5
     assert min(min(r) for r in city.splits["train"]["history_duration"][:]) >= 0
@@ -174,7 +175,7 @@ def test_time_split_orders_targets(tmp_path):
     res = build_city(cfg(ci, pi, split="time"))
     n = {k: v.num_rows for k, v in res.splits.items()}
     assert n["train"] > n["test"] > 0 and n["validation"] > 0
-    assert res.statistics["split_boundaries"]["validation_from"] <= res.statistics["split_boundaries"]["test_from"]
+    assert res.metadata["split_boundaries"]["validation_from"] <= res.metadata["split_boundaries"]["test_from"]
 
 
 def test_load_cities_concatenates(tmp_path):
@@ -191,7 +192,7 @@ def test_load_cities_concatenates(tmp_path):
     assert load_city_splits(tmp_path / "all", city="b").name == "b"
     with pytest.raises(ValueError, match="several cities"):
         load_city_splits(tmp_path / "all")
-    build_and_save(cfg(ci, pi, tmp_path / "c", city="c", history=3))
+    build_and_save(cfg(ci, pi, tmp_path / "c", city="c", history_length=3))
     with pytest.raises(ValueError, match="history_length"):
         load_cities([tmp_path / "all" / "a", tmp_path / "c"])
 

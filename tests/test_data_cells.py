@@ -71,8 +71,8 @@ def test_record_poi_vectors_end_to_end(tmp_path):
     pd.DataFrame([dict(zip(("lat", "lon"), _point(c, r, 200, 200)), poi_class=k) for c, r, k in pois]).to_csv(
         tmp_path / "p.csv", index=False)
     cfg = BuildConfig(city="hand", format="csv", input=str(tmp_path / "r.csv"), pois=str(tmp_path / "p.csv"),
-                      columns={"user": "uid", "time": "ts", "lat": "la", "lon": "lo"}, history=2, current=1,
-                      stride=1, split_fractions=(0.34, 0.33, 0.33), show_progress=False)
+                      columns={"user": "uid", "time": "ts", "lat": "la", "lon": "lo"}, history_length=2,
+                      current_length=1, stride=1, split_fractions=(0.34, 0.33, 0.33), show_progress=False)
     res = build_city(cfg)
     assert res.report.unmapped_categories == {"Spaceport": 1}
     cells = res.cells.set_index(["row", "col"])

@@ -29,7 +29,7 @@ def frame(n_users=4, n=8):
 
 def build(tmp_path, df, **kw):
     df.to_csv(tmp_path / "in.csv", index=False)
-    base = dict(city="e", format="csv", input=str(tmp_path / "in.csv"), history=H, current=L, stride=1,
+    base = dict(city="e", format="csv", input=str(tmp_path / "in.csv"), history_length=H, current_length=L, stride=1,
                 show_progress=False)
     base.update(kw)
     return build_city(BuildConfig(**base))
@@ -83,9 +83,9 @@ def test_too_short_users_counted_or_error(tmp_path):
     df = pd.concat([frame(), frame(1, 3).assign(user_id="short")])
     res = build(tmp_path, df)
     assert res.report.user_drops["user_too_short"] == 1 and res.report.drops["segment_too_short"] == 3
-    assert res.statistics["counts"]["drops"]["users"] == {"user_too_short": 1}
+    assert res.metadata["counts"]["drops"]["users"] == {"user_too_short": 1}
     with pytest.raises(ValueError, match="no user has a segment of at least"):
-        build(tmp_path, frame(), history=20)
+        build(tmp_path, frame(), history_length=20)
     with pytest.raises(ValueError, match="too few users"):
         build(tmp_path, frame(2))
 
@@ -99,7 +99,8 @@ def test_duplicates_counted(tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"history": 0}, "history"), ({"split_fractions": (0.5, 0.1, 0.1)}, "fractions"), ({"format": "xml"}, "format"),
+    ({"history_length": 0}, "history_length=0"), ({"split_fractions": (0.5, 0.1, 0.1)}, "fractions"),
+    ({"format": "xml"}, "format"),
     ({"candidates": "some"}, "candidates"), ({"poi_normalization": "softmax"}, "normalization"),
     ({"split": "random"}, "split"),
 ])
@@ -128,7 +129,8 @@ def test_cli_reports_errors_and_builds(tmp_path, capsys):
     assert rc == 2 and "missing required field 'lat'" in capsys.readouterr().err
     frame().to_csv(tmp_path / "ok.csv", index=False)
     rc = cli.main(["--format", "csv", "--input", str(tmp_path / "ok.csv"), "--city", "x", "--output",
-                   str(tmp_path / "o"), "--history", "2", "--current", "1", "--stride", "1", "--no-progress"])
+                   str(tmp_path / "o"), "--history-length", "2", "--current-length", "1", "--stride", "1",
+                   "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "samples: train" in out and (tmp_path / "o" / "city.json").exists()
 

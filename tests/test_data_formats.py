@@ -30,7 +30,7 @@ def rows(n_users=3, n=6, start="2012-04-03 18:00:00"):
 
 
 def cfg(tmp_path, **kw):
-    base = dict(city="c", history=H, current=L, stride=1, split_fractions=FRACTIONS, show_progress=False)
+    base = dict(city="c", history_length=H, current_length=L, stride=1, split_fractions=FRACTIONS, show_progress=False)
     base.update(kw)
     return BuildConfig(**base)
 
@@ -63,7 +63,7 @@ def test_foursquare_raw_tsmc2014(tmp_path):
     (tmp_path / "dataset_TSMC2014_NYC.txt").write_text("\n".join(lines) + "\n")
     res = build_city(cfg(tmp_path, format="foursquare", input=str(tmp_path / "dataset_TSMC2014_NYC.txt")))
     assert n_samples(res) == 9
-    assert res.statistics["source"]["format"] == "foursquare raw tsmc2014"
+    assert res.metadata["source"]["format"] == "foursquare raw tsmc2014"
     assert res.report.unmapped_categories == {"Moon Base": 1}  # no root column in TSMC2014: reported
     first = res.splits["train"].to_pandas().iloc[0]
     assert first.history_hour[0] == (14 + 5 * (int(first.user_id) - 1)) % 24  # 18:00 UTC - 4 h
@@ -161,7 +161,7 @@ def test_yjmob_virtual_grid_and_gap_cut(tmp_path):
     pd.DataFrame(recs, columns=["uid", "d", "t", "x", "y"]).to_csv(tmp_path / "y.csv", index=False)
     res = build_city(cfg(tmp_path, format="yjmob", input=str(tmp_path / "y.csv")))
     assert res.report.drops["masked_location"] == 3
-    assert res.statistics["max_gap_hours"] == 24.0 and res.report.info["segments_kept"] == 6
+    assert res.metadata["max_gap_hours"] == 24.0 and res.report.info["segments_kept"] == 6
     assert n_samples(res) == 6 * 2  # two windows per 5-record segment, none across the gap
     t = pd.concat([s.to_pandas() for s in res.splits.values()])
     first = t[t.history_hour.map(lambda h: h[0]) == 5].iloc[0]

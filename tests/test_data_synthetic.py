@@ -47,5 +47,5 @@ def test_build_synthetic_fast(tmp_path):
     assert res.report.info["users_kept"] >= 95 and res.report.unmapped_categories == {}
     city = load_city_splits(tmp_path / "d")
     assert city.splits["train"].num_rows > 1000
-    assert city.statistics["source"]["format"] == "synthetic"
-    assert city.statistics["source"]["params"]["n_users"] == 100
+    assert city.metadata["source"]["format"] == "synthetic"
+    assert city.metadata["source"]["params"]["n_users"] == 100

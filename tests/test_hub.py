@@ -128,7 +128,7 @@ for kind, repo in spec["broken"].items():
 def city(*args, **kwargs):
     c = load_city_splits(*args, **kwargs)
     return {"name": c.name, "rows": {s: d.to_list() for s, d in c.splits.items()},
-            "features": {s: d.features for s, d in c.splits.items()}, "cells": c.cells, "statistics": c.statistics,
+            "features": {s: d.features for s, d in c.splits.items()}, "cells": c.cells, "metadata": c.metadata,
             "retriever": (c.retriever().cell_ids, c.retriever().coordinate_mean, c.retriever().coordinate_std)}
 attempt("alpha", lambda: city(spec["data_repo"], city="alpha"))
 attempt("beta", lambda: city(spec["data_repo"], city="beta"))
@@ -295,8 +295,8 @@ def exported(root):
     torch.manual_seed(0)
     # The LoRA model also carries both heads beyond the paper and the other task mode (at_time, with the query as
     # input), so the Hub round trip covers them.
-    lora = build_model(str(backbones["llama"]), adaptation="lora", num_mixture_components=3, use_candidate_ranker=True,
-                       task_mode="at_time")
+    lora = build_model(str(backbones["llama"]), adaptation="lora", head_type="mixture_ranker",
+                       num_mixture_components=3, task_mode="at_time")
     for name, settings in CITIES.items():
         lora.add_city(make_retriever(name, num_cells=40, **settings))
     with torch.no_grad():  # LoRA B starts at zero: give the adapter weights that change the output, as training does
@@ -446,7 +446,7 @@ def test_private_repo_needs_the_token_for_weights_and_retrievers(loaded, exporte
 def test_lora_model_is_self_contained(loaded, exported, root):
     config = json.loads((root / "lora" / "config.json").read_text())
     assert config["adaptation"] == "lora"
-    assert config["num_mixture_components"] == 3 and config["use_candidate_ranker"]
+    assert config["head_type"] == "mixture_ranker" and config["num_mixture_components"] == 3
     assert config["task_mode"] == "at_time"
     lora = outcome(loaded["lora"])
     assert_same_state(lora["state"], exported["lora"]["state"])
@@ -594,7 +594,7 @@ def test_city_dataset_round_trip(loaded, pushed, name):
         assert got["features"][split] == dataset.features
         assert got["rows"][split] == dataset.to_list()
     pd.testing.assert_frame_equal(got["cells"], local.cells)
-    assert got["statistics"] == local.statistics
+    assert got["metadata"] == local.metadata
     retriever = local.retriever()
     assert (got["retriever"][0] == retriever.cell_ids).all()
     assert (got["retriever"][1] == retriever.coordinate_mean).all()

@@ -4,6 +4,8 @@ The model's layers are split over modules (encoder, heads) but keep the flat sta
 order of the published checkpoints, so a seed gives the same initial weights and a saved model reloads exactly.
 """
 
+import json
+
 import pytest
 import torch
 from conftest import build_model, make_batch, make_retriever
@@ -27,9 +29,9 @@ PUBLISHED = {
                        RECORD_KEYS + PROJECTIONS + LLM_POI + ["regression_head.weight", "duration_head.weight"]),
     "offset,at_time": ({"regression_target": "offset_from_last", "task_mode": "at_time"},
                        RECORD_KEYS + PROJECTIONS + LLM_POI + QUERY + ["regression_head.weight"]),
-    "mixture": ({"num_mixture_components": 3}, RECORD_KEYS + PROJECTIONS + LLM_POI + ["mixture_head.weight",
-                                                                                      "mixture_head.bias"]),
-    "ranker+mixture,at_time": ({"num_mixture_components": 2, "use_candidate_ranker": True, "task_mode": "at_time"},
+    "mixture": ({"head_type": "mixture", "num_mixture_components": 3},
+                RECORD_KEYS + PROJECTIONS + LLM_POI + ["mixture_head.weight", "mixture_head.bias"]),
+    "ranker+mixture,at_time": ({"head_type": "mixture_ranker", "num_mixture_components": 2, "task_mode": "at_time"},
                                RECORD_KEYS + PROJECTIONS + LLM_POI + QUERY + ["mixture_head.weight",
                                                                              "mixture_head.bias"] + SCORER),
     "plain POI, no prompt": ({"use_prompt": False, "use_llm_poi": False},
@@ -71,3 +73,26 @@ def test_a_seed_fixes_the_weights_and_a_saved_model_reloads_them_exactly(tiny_ba
     torch.testing.assert_close(out.normalized_coordinates, original.normalized_coordinates, rtol=0, atol=1e-6)
     assert torch.equal(out.top_k_cells, original.top_k_cells)
     assert not hasattr(loaded, "reference_computation")  # the paper's form lives in the tests only
+
+
+@pytest.mark.parametrize("variant, legacy_fields", [
+    ("point+duration", {"num_mixture_components": 0, "use_candidate_ranker": False}),
+    ("ranker+mixture,at_time", {"num_mixture_components": 2, "use_candidate_ranker": True}),
+])
+def test_a_config_saved_before_head_type_loads_as_the_head_it_described(tiny_backbone, variant, legacy_fields,
+                                                                        tmp_path):
+    overrides, _ = PUBLISHED[variant]
+    model = build_model(tiny_backbone, **overrides).eval()
+    model.add_city(make_retriever("nyc"))
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    head_type = config.pop("head_type")
+    config.update(legacy_fields)  # how configs were written before `head_type` existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.head_type == head_type
+    assert "use_candidate_ranker" not in loaded.config.to_dict()
+    batch = make_batch(model.config, model.retriever("nyc"), batch_size=3)
+    with torch.no_grad():
+        expected = model(**batch, city="nyc", top_k=5).top_k_cells
+        assert torch.equal(loaded(**batch, city="nyc", top_k=5).top_k_cells, expected)

@@ -15,7 +15,7 @@ def city():
 
 
 def test_mixture_head_outputs_loss_and_density_ranking(tiny_backbone, city):
-    model = build_model(tiny_backbone, num_mixture_components=3).eval()
+    model = build_model(tiny_backbone, head_type="mixture", num_mixture_components=3).eval()
     model.add_city(city)
     batch = make_batch(model.config, city, batch_size=4)
     with torch.no_grad():
@@ -45,7 +45,8 @@ def test_mixture_head_outputs_loss_and_density_ranking(tiny_backbone, city):
 
 
 def test_mixture_head_trains_and_round_trips(tiny_backbone, city, tmp_path):
-    model = build_model(tiny_backbone, num_mixture_components=2, mixture_distance_loss_weight=0.5)
+    model = build_model(tiny_backbone, head_type="mixture", num_mixture_components=2,
+                        mixture_distance_loss_weight=0.5)
     model.add_city(city)
     batch = make_batch(model.config, city)
     model(**batch, city="nyc").loss.backward()
@@ -53,14 +54,15 @@ def test_mixture_head_trains_and_round_trips(tiny_backbone, city, tmp_path):
     assert not hasattr(model, "regression_head")
     model.eval().save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert loaded.config.num_mixture_components == 2
+    assert loaded.config.head_type == "mixture" and loaded.config.num_mixture_components == 2
     first, second = model.predict(batch, "nyc", k=5), loaded.predict(batch, "nyc", k=5)
     np.testing.assert_array_equal(first.top_k_cells.numpy(), second.top_k_cells.numpy())
 
 
-@pytest.mark.parametrize("mixture, task_mode", [(0, "next"), (3, "next"), (0, "at_time")])
-def test_candidate_ranker_ranks_its_candidates_first_and_trains(tiny_backbone, city, mixture, task_mode):
-    model = build_model(tiny_backbone, use_candidate_ranker=True, num_mixture_components=mixture,
+@pytest.mark.parametrize("head_type, task_mode", [("point_ranker", "next"), ("mixture_ranker", "next"),
+                                                 ("point_ranker", "at_time")])
+def test_candidate_ranker_ranks_its_candidates_first_and_trains(tiny_backbone, city, head_type, task_mode):
+    model = build_model(tiny_backbone, head_type=head_type, num_mixture_components=3,
                         candidate_neighbors=4, max_candidates=20, task_mode=task_mode)
     model.add_city(city)
     batch = make_batch(model.config, city, batch_size=3)
@@ -87,7 +89,7 @@ def test_candidate_ranker_ranks_its_candidates_first_and_trains(tiny_backbone, c
 
 
 def test_candidate_ranker_has_no_per_cell_parameters_and_ranks_a_new_city(tiny_backbone, city, tmp_path):
-    model = build_model(tiny_backbone, use_candidate_ranker=True, num_mixture_components=2, max_candidates=16)
+    model = build_model(tiny_backbone, head_type="mixture_ranker", num_mixture_components=2, max_candidates=16)
     model.add_city(city)
     model.eval().save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path).eval()
@@ -103,7 +105,7 @@ def test_candidate_ranker_has_no_per_cell_parameters_and_ranks_a_new_city(tiny_b
 
 
 def test_candidate_ranker_scores_depend_on_the_query_time(tiny_backbone, city):
-    model = build_model(tiny_backbone, use_candidate_ranker=True, task_mode="at_time", max_candidates=20).eval()
+    model = build_model(tiny_backbone, head_type="point_ranker", task_mode="at_time", max_candidates=20).eval()
     model.add_city(city)
     batch = make_batch(model.config, city, batch_size=3)
     first = model(**batch, city="nyc").candidate_scores
@@ -112,22 +114,22 @@ def test_candidate_ranker_scores_depend_on_the_query_time(tiny_backbone, city):
 
 
 def test_candidate_ranker_needs_cells_and_city(tiny_backbone, city):
-    model = build_model(tiny_backbone, use_candidate_ranker=True)
+    model = build_model(tiny_backbone, head_type="point_ranker")
     model.add_city(city)
     batch = make_batch(model.config, city)
     del batch["history_cell"]
     with pytest.raises(ValueError, match="history_cell"):
         model(**batch, city="nyc")
     batch = make_batch(model.config, city)
-    with pytest.raises(ValueError, match="use_candidate_ranker=True needs city="):
+    with pytest.raises(ValueError, match="head_type='point_ranker' \\(the candidate ranker\\) needs city="):
         model(**batch, coordinate_mean=city.coordinate_mean, coordinate_std=city.coordinate_std)
     batch["current_cell"] = batch["current_cell"][:, :1]
     with pytest.raises(ValueError, match="current_cell has shape"):
         model(**batch, city="nyc")
 
 
-@pytest.mark.parametrize("field, value", [("num_mixture_components", -1), ("max_candidates", 0),
-                                          ("candidate_loss_weight", -1.0)])
+@pytest.mark.parametrize("field, value", [("head_type", "ranker"), ("num_mixture_components", 0),
+                                          ("max_candidates", 0), ("candidate_loss_weight", -1.0)])
 def test_config_rejects_bad_head_fields(field, value):
     from nextlocllm_hf import NextLocLLMConfig
 
@@ -139,7 +141,7 @@ def test_model_card_names_the_head(tiny_backbone, city):
     from nextlocllm_hf.model_card import build_model_card
 
     for overrides, expected in (({}, "single point (paper)"),
-                                ({"num_mixture_components": 4, "use_candidate_ranker": True},
+                                ({"head_type": "mixture_ranker", "num_mixture_components": 4},
                                  "4-component Gaussian mixture")):
         model = build_model(tiny_backbone, **overrides)
         model.add_city(city)

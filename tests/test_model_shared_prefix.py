@@ -60,7 +60,7 @@ def test_inference_reuses_the_prompt_cache_until_weights_change(tiny_backbone):
     assert model.prompt_prefix.cache is None
 
 
-@pytest.mark.parametrize("heads", [{}, {"num_mixture_components": 3, "use_candidate_ranker": True}])
+@pytest.mark.parametrize("heads", [{}, {"head_type": "mixture_ranker", "num_mixture_components": 3}])
 def test_batch_inference_in_chunks_equals_one_batch_and_computes_the_prompt_once(tiny_backbone, heads):
     model = build_model(tiny_backbone, **heads)
     model.add_city(make_retriever("nyc"))

@@ -94,8 +94,8 @@ def exported(root):
     """A built city, users' raw records, and three models saved with the pipeline: next (with the city), the same
     weights without any city, and an at_time model with the candidate ranker."""
     city_dir = root / "city"
-    build_and_save(BuildConfig(city=CITY, format="synthetic", output=str(city_dir), seed=SEED, history=H, current=L,
-                               synthetic=SYNTHETIC, show_progress=False))
+    build_and_save(BuildConfig(city=CITY, format="synthetic", output=str(city_dir), seed=SEED, history_length=H,
+                               current_length=L, synthetic=SYNTHETIC, show_progress=False))
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     TINY_BACKBONES["gpt2"](len(tokenizer)).save_pretrained(root / "backbone")
@@ -107,7 +107,7 @@ def exported(root):
     model.add_city(retriever)
     model.save_pretrained(root / "next")
     torch.manual_seed(2)
-    at_time = build_model(str(root / "backbone"), task_mode="at_time", use_candidate_ranker=True, max_candidates=16)
+    at_time = build_model(str(root / "backbone"), task_mode="at_time", head_type="point_ranker", max_candidates=16)
     at_time.add_city(retriever)
     at_time.save_pretrained(root / "at_time")
 
@@ -273,7 +273,7 @@ def test_durations_follow_the_cap_the_city_was_built_with(exported):
 
     model = AutoModel.from_pretrained(exported["models"]["bare"])
     city = load_city_splits(exported["city"])
-    capped = CityRetriever.from_city({**city.statistics, "max_duration_hours": 2.0}, city.cells)
+    capped = CityRetriever.from_city({**city.metadata, "max_duration_hours": 2.0}, city.cells)
     pipe = pipeline(TASK, model=model)
     durations = pipe(exported["files"][0], cells=capped, k=K)["records"]["duration"]
     assert durations.max() <= 2.0

@@ -28,8 +28,8 @@ K = 5
 @pytest.fixture(scope="module")
 def city_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("city")
-    config = BuildConfig(city=CITY, format="synthetic", output=str(folder), seed=SEED, history=H, current=L,
-                         synthetic=SYNTHETIC, show_progress=False)
+    config = BuildConfig(city=CITY, format="synthetic", output=str(folder), seed=SEED, history_length=H,
+                         current_length=L, synthetic=SYNTHETIC, show_progress=False)
     build_and_save(config)
     return str(folder)
 
@@ -48,7 +48,7 @@ def models(tiny_backbone, city_dir, tmp_path_factory):
 def sample_and_records(city_dir: str, index: int = 0, task_mode: str = "next"):
     """A test sample of the built city and the raw records (oldest first) its H + L inputs were built from."""
     city = load_city_splits(city_dir)
-    samples = CitySamples(city.splits["test"], {city.name: city.statistics}, task_mode=task_mode)
+    samples = CitySamples(city.splits["test"], {city.name: city.metadata}, task_mode=task_mode)
     sample = samples[index]
     user = city.splits["test"][index]["user_id"]
     raw, _, _ = generate_synthetic_city(SyntheticCityParams(city=CITY, seed=SEED, **SYNTHETIC))
@@ -286,7 +286,7 @@ def test_at_time_query_is_the_day_hour_and_gap_of_the_given_time(tiny_backbone, 
 
 
 def test_cli_at_time_builds_the_query_of_the_training_samples(tiny_backbone, city_dir, tmp_path, capsys):
-    model = build_model(tiny_backbone, task_mode="at_time", use_candidate_ranker=True, max_candidates=16)
+    model = build_model(tiny_backbone, task_mode="at_time", head_type="point_ranker", max_candidates=16)
     model.add_city(load_city_splits(city_dir).retriever())
     model.save_pretrained(tmp_path / "at_time")
     sample, raw = sample_and_records(city_dir, index=1, task_mode="at_time")

@@ -101,7 +101,7 @@ def test_the_grid_travels_with_the_retriever_and_places_points_like_the_builder(
     from nextlocllm_hf.columns import rows_to_arrays
 
     retriever = built_city.retriever()
-    assert retriever.grid is not None and retriever.grid.to_dict() == built_city.statistics["grid"]
+    assert retriever.grid is not None and retriever.grid.to_dict() == built_city.metadata["grid"]
     save_retrievers({retriever.name: retriever}, tmp_path)
     loaded = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
     assert loaded[retriever.name].grid == retriever.grid
@@ -142,10 +142,10 @@ def test_the_duration_cap_travels_with_the_retriever(built_city, tmp_path):
     """The cap the city was built with (city.json) reaches inference; no cap stays None; older files get the
     builder's default; a bad cap names the field."""
     retriever = built_city.retriever()
-    assert retriever.max_duration_hours == built_city.statistics["max_duration_hours"] == 24.0
-    uncapped = CityRetriever.from_city({**built_city.statistics, "city": "uncapped", "max_duration_hours": None},
+    assert retriever.max_duration_hours == built_city.metadata["max_duration_hours"] == 24.0
+    uncapped = CityRetriever.from_city({**built_city.metadata, "city": "uncapped", "max_duration_hours": None},
                                        built_city.cells)
-    six = CityRetriever.from_city({**built_city.statistics, "city": "six", "max_duration_hours": 6.0},
+    six = CityRetriever.from_city({**built_city.metadata, "city": "six", "max_duration_hours": 6.0},
                                   built_city.cells)
     assert uncapped.max_duration_hours is None and six.max_duration_hours == 6.0
     save_retrievers({r.name: r for r in (uncapped, six)}, tmp_path)
@@ -158,4 +158,4 @@ def test_the_duration_cap_travels_with_the_retriever(built_city, tmp_path):
     older = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
     assert {r.max_duration_hours for r in older.values()} == {24.0}
     with pytest.raises(ValueError, match=r"city 'bad': max_duration_hours=-1.0 must be positive hours or None"):
-        CityRetriever.from_city({**built_city.statistics, "city": "bad", "max_duration_hours": -1.0}, built_city.cells)
+        CityRetriever.from_city({**built_city.metadata, "city": "bad", "max_duration_hours": -1.0}, built_city.cells)

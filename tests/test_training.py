@@ -77,7 +77,7 @@ def test_resume_mid_epoch_ends_bit_identical(workspace):
     assert straight.keys() == resumed.keys()
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
-    initial = train_script.build_model(train_script.parse_args(arguments(workspace, root / "x")), _statistics(workspace))
+    initial = train_script.build_model(train_script.parse_args(arguments(workspace, root / "x")), _metadata(workspace))
     assert not torch.equal(initial.regression_head.weight, straight["regression_head.weight"])  # it did train
     first = json.loads((root / "straight" / "results.json").read_text())
     second = json.loads((root / "resumed" / "results.json").read_text())
@@ -108,7 +108,8 @@ def test_at_time_ranker_starts_from_the_features_only_ranker(workspace):
     output = workspace["root"] / "ranker"
     results = train_script.main(arguments(
         workspace, output, "--max_steps", "4", "--eval_steps", "2", "--task_mode", "at_time",
-        "--regression_target", "offset_from_last", "--candidate_ranker", "--ranker_feature_path_learning_rate", "1e-4",
+        "--regression_target", "offset_from_last", "--head_type", "point_ranker",
+        "--ranker_feature_path_learning_rate", "1e-4",
         "--gbdt_baseline", "--zero_shot_dataset", workspace["other_city"],
     ))
     assert results["task_mode"] == "at_time"
@@ -119,7 +120,7 @@ def test_at_time_ranker_starts_from_the_features_only_ranker(workspace):
     assert {"gbdt_ranker / city-a", "gbdt_ranker / city-b (zero-shot)", "hour_frequency / city-a"} <= set(
         results["baselines"])
     exported = AutoModel.from_pretrained(output / "model")
-    assert exported.config.task_mode == "at_time" and exported.config.use_candidate_ranker
+    assert exported.config.task_mode == "at_time" and exported.config.head_type == "point_ranker"
     assert float(exported.candidate_scorer.feature_scale.min()) > 0  # scaling fitted on training candidates
     assert len(results["training_history"]) == 4 and "copy_last_loss" in results["training_history"][0]
 
@@ -150,7 +151,7 @@ def test_bad_inputs_fail_before_training(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a city dataset folder"):
         train_script.main(arguments(workspace, tmp_path / "o1", "--max_steps", "1") + ["--dataset", str(not_a_city)])
     short = train_script.build_model(
-        train_script.parse_args(arguments(workspace, tmp_path / "x")), {**_statistics(workspace), "history_length": 10}
+        train_script.parse_args(arguments(workspace, tmp_path / "x")), {**_metadata(workspace), "history_length": 10}
     )
     short.save_pretrained(tmp_path / "short-model")
     with pytest.raises(ValueError, match=r"history_length=40 in the data but 10 in the model"):
@@ -181,10 +182,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _statistics(workspace):
+def _metadata(workspace):
     from nextlocllm_hf.data import load_city_splits
 
-    return load_city_splits(workspace["city"]).statistics
+    return load_city_splits(workspace["city"]).metadata
 
 
 @pytest.mark.parametrize("name", ["multi_gpu", "fsdp", "deepspeed_zero2"])
@@ -212,7 +213,7 @@ def test_evaluate_cli_prints_model_and_baselines_zero_shot(workspace, tmp_path, 
 def test_fsdp_on_cpu_loads_the_best_weights_into_the_shards(workspace, tmp_path):
     """Accelerate runs FSDP only on GPUs; torch's FSDP2 runs on CPU (gloo), and `load_best` works on its shards."""
     model = train_script.build_model(train_script.parse_args(arguments(workspace, tmp_path / "x")),
-                                     _statistics(workspace))
+                                     _metadata(workspace))
     model.save_pretrained(tmp_path / "model")
     model.save_pretrained(tmp_path / "best")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

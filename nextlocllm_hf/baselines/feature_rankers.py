@@ -104,7 +104,10 @@ class CandidateFeatureRanker:
     def fit(self, train_rows: Any, validation_rows: Any,
             cities: CityRetriever | Mapping[str, CityRetriever]) -> "CandidateFeatureRanker":
         """Learn on the training users' samples, select on the validation users' (see `table` for `cities`)."""
-        train, validation = self.table(train_rows, cities), self.table(validation_rows, cities)
+        return self.fit_tables(self.table(train_rows, cities), self.table(validation_rows, cities))
+
+    def fit_tables(self, train: CandidateTable, validation: CandidateTable) -> "CandidateFeatureRanker":
+        """`fit` on candidate tables already built (a sweep builds them once for every setting it tries)."""
         if not train.hits.any(axis=1).any() or not validation.hits.any(axis=1).any():
             raise ValueError(f"{self.name}: no training or validation sample has its true cell among the candidates")
         self._fit(train, validation)

@@ -3,7 +3,7 @@
 Public API::
 
     from nextlocllm_hf.data import load_city_splits, load_cities, DEFAULT_POI_CLASSES
-    city = load_city_splits("path/to/nyc")      # CityDataset: .name .splits .cells .statistics .retriever()
+    city = load_city_splits("path/to/nyc")      # CityDataset: .name .splits .cells .metadata .retriever()
     multi = load_cities(["data/nyc", "data/calgary"])   # .splits concatenated, .cities, .retrievers()
 
 Heavier submodules (``datasets``) are imported lazily.

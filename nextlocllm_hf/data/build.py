@@ -43,8 +43,8 @@ class BuildConfig:
     pois: str | None = None
     output: str | None = None
     cell_size_m: float = 500.0
-    history: int = 40
-    current: int = 5
+    history_length: int = 40
+    current_length: int = 5
     stride: int = 3
     split: str = "user"
     split_fractions: tuple = (0.7, 0.1, 0.2)
@@ -75,8 +75,9 @@ class BuildConfig:
             raise ValueError(f"--input is required for --format {self.format}")
         if not self.city or any(c in self.city for c in "/\\"):
             raise ValueError(f"invalid city name {self.city!r}")
-        if self.history < 1 or self.current < 1:
-            raise ValueError(f"history and current lengths must be >= 1 (got {self.history}, {self.current})")
+        for name in ("history_length", "current_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.cell_size_m <= 0:
@@ -96,7 +97,7 @@ class BuildConfig:
 class BuildResult:
     splits: dict  # split name -> pyarrow Table
     cells: pd.DataFrame
-    statistics: dict
+    metadata: dict  # what city.json holds
     report: BuildReport
 
     def save(self, output, show_progress: bool = True) -> Path:
@@ -119,15 +120,15 @@ class BuildResult:
                 datasets.enable_progress_bars()
 
     def _save(self, out: Path, Dataset, DatasetInfo) -> None:
-        H, L = self.statistics["history_length"], self.statistics["current_length"]
-        C = len(self.statistics["poi_classes"])
+        H, L = self.metadata["history_length"], self.metadata["current_length"]
+        C = len(self.metadata["poi_classes"])
         feats = city_features(H, L, C)
         for name, table in self.splits.items():
             Dataset(table, info=DatasetInfo(features=feats)).to_parquet(str(out / f"{name}.parquet"))
         cf = cell_features(C)
         Dataset.from_pandas(self.cells, features=cf, preserve_index=False).to_parquet(str(out / "cells.parquet"))
         with open(out / "city.json", "w", encoding="utf-8") as f:
-            json.dump(self.statistics, f, indent=1, ensure_ascii=False, default=_json_default)
+            json.dump(self.metadata, f, indent=1, ensure_ascii=False, default=_json_default)
 
 
 def _json_default(o):
@@ -227,13 +228,13 @@ def _classify_pois(pois: pd.DataFrame, classes, cfg: BuildConfig, report: BuildR
 
 
 def build_city(cfg: BuildConfig) -> BuildResult:
-    """Run the whole pipeline; returns the tables, cells, statistics and report (nothing written)."""
+    """Run the whole pipeline; returns the tables, cells, metadata and report (nothing written)."""
     cfg.validate()
     t0 = time.perf_counter()
     report = BuildReport(city=cfg.city, format=cfg.format)
     classes = DEFAULT_POI_CLASSES
     C = len(classes)
-    H, L = cfg.history, cfg.current
+    H, L = cfg.history_length, cfg.current_length
     W = H + L + 1
     steps = tqdm(total=6, desc=f"build {cfg.city}", disable=not cfg.show_progress)
 
@@ -319,7 +320,7 @@ def build_city(cfg: BuildConfig) -> BuildResult:
     report.drop("user_too_short", int(users_all.size - users_kept.size), kind="users")
     if not long_seg.any():
         raise ValueError(f"no user has a segment of at least H + L + 1 = {W} records (longest: {int(seg_n.max())}); "
-                         f"lower --history/--current or check --max-gap-hours")
+                         f"lower --history-length/--current-length or check --max-gap-hours")
     idx = window_index(seg_s, seg_n, W, cfg.stride)
     in_samples = np.zeros(len(recs), dtype=bool)
     in_samples[idx.ravel()] = True

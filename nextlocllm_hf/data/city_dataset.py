@@ -9,6 +9,7 @@ multi-city collection; ``city=NAME`` picks one.  A Hub dataset repo id is fetche
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,31 +21,38 @@ CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS))  
 
 @dataclass(frozen=True)
 class CityDataset:
-    """One city: its sample splits, candidate cells and statistics."""
+    """One city: its sample splits, candidate cells and ``metadata`` (``city.json``: coordinate statistics, grid,
+    POI classes, sample lengths, build options and counts)."""
 
     name: str
     splits: object  # datasets.DatasetDict
     cells: pd.DataFrame
-    statistics: dict
+    metadata: dict
     path: str = ""
 
     @property
+    def statistics(self) -> dict:
+        """The former name of ``metadata`` (it always held the whole ``city.json``, not only statistics)."""
+        warnings.warn("CityDataset.statistics is now CityDataset.metadata", FutureWarning, stacklevel=2)
+        return self.metadata
+
+    @property
     def poi_classes(self) -> list:
-        return list(self.statistics["poi_classes"])
+        return list(self.metadata["poi_classes"])
 
     @property
     def coordinate_mean(self) -> list:
-        return list(self.statistics["coordinate_mean"])
+        return list(self.metadata["coordinate_mean"])
 
     @property
     def coordinate_std(self) -> list:
-        return list(self.statistics["coordinate_std"])
+        return list(self.metadata["coordinate_std"])
 
     def retriever(self):
         """This city's :class:`CityRetriever` (cells, coordinate statistics and grid): what a model needs of it."""
         from nextlocllm_hf.modeling.retrieval_nextlocllm import CityRetriever
 
-        return CityRetriever.from_city(self.statistics, self.cells)
+        return CityRetriever.from_city(self.metadata, self.cells)
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ def load_city_splits(path_or_repo_id, city: str | None = None, revision: str | N
 
     Returns a :class:`CityDataset` with ``.splits`` (``DatasetDict`` train/validation/test with the
     explicit Features of :func:`nextlocllm_hf.data.features.city_features`), ``.cells`` (pandas),
-    ``.statistics`` (``city.json``) and ``.retriever()``.  A repo id (``ORG/NAME``, pushed with
+    ``.metadata`` (``city.json``) and ``.retriever()``.  A repo id (``ORG/NAME``, pushed with
     ``nextlocllm_hf.hub.push_city_dataset``) is read at ``revision`` (branch or commit; default main),
     one config per city: pass ``city=NAME`` when it holds several.
     """
@@ -216,8 +224,8 @@ def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
     first = next(iter(loaded.values()))
     for ds in loaded.values():
         for key in ("history_length", "current_length", "poi_classes"):
-            if ds.statistics[key] != first.statistics[key]:
+            if ds.metadata[key] != first.metadata[key]:
                 raise ValueError(f"cities {first.name!r} and {ds.name!r} differ in {key}: "
-                                 f"{first.statistics[key]!r} vs {ds.statistics[key]!r}")
+                                 f"{first.metadata[key]!r} vs {ds.metadata[key]!r}")
     splits = DatasetDict({s: concatenate_datasets([ds.splits[s] for ds in loaded.values()]) for s in SPLITS})
     return MultiCityDataset(loaded, splits)
