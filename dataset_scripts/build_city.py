@@ -94,6 +94,11 @@ def parse_args(argv=None):
     g.add_argument("--n-pois", type=positive_int, default=None, help="synthetic: POIs (default drawn per city)")
     g.add_argument("--extent-km", type=positive_float, default=None, help="synthetic: side of the city square (default drawn)")
     g.add_argument("--center", help="synthetic: lat,lon of the centre (default drawn)")
+    g = p.add_argument_group("terms of the source data (for the dataset card)")
+    g.add_argument("--license", default=B.license,
+                   help="the source data's license as a Hub license id (cc-by-4.0, odbl, other...) [%(default)s]")
+    g.add_argument("--license-terms", help="the source's terms in words, as it states them")
+    g.add_argument("--citation", help="the citation the source asks for (BibTeX)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("hub")
     g.add_argument("--push_to_hub", "--push-to-hub", dest="push_to_hub", metavar="ORG/NAME",
@@ -118,7 +123,8 @@ def config_from_args(a) -> BuildConfig:
         poi_columns=parse_mapping(a.poi_columns), time_format=a.time_format, time_unit=a.time_unit,
         timezone=a.timezone, category_map=a.category_map, max_invalid_fraction=a.max_invalid_fraction,
         stay_distance_m=a.stay_distance_m, stay_min_minutes=a.stay_min_minutes, synthetic=syn,
-        show_progress=not a.no_progress, overwrite=a.overwrite,
+        show_progress=not a.no_progress, overwrite=a.overwrite, license=a.license, license_terms=a.license_terms,
+        citation=a.citation,
     )
 
 
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
         refuse_occupied_city(a.push_to_hub, a.city, revision=a.hub_revision, overwrite=a.overwrite)
     res = build_and_save(config)
     print(res.report.render())
-    print(f"wrote {a.output} (train/validation/test.parquet, cells.parquet, city.json) "
+    print(f"wrote {a.output} (train/validation/test.parquet, cells.parquet, city.json, README.md) "
           f"in {time.perf_counter() - t0:.1f} s total")
     if a.push_to_hub:
         from nextlocllm_hf.hub import push_city_dataset

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -149,6 +149,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
     duration head), and a KD-tree retriever per known city."""
 
     input_names = MODEL_INPUT_NAMES
+    # How `push_to_hub` uploads: the nextlocllm_hf package sets its `push_model` (the validated card with the run's
+    # metrics) on import; without the package (remote code), transformers' own push.
+    hub_pusher: ClassVar[Callable[..., Any] | None] = None
 
     def __init__(self, config: NextLocLLMConfig):
         super().__init__(config)
@@ -417,6 +420,13 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             save_retrievers(self.retrievers, save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """transformers' `push_to_hub`; with the nextlocllm_hf package installed, its card and checks (see
+        `hub_pusher`), which also take `results=` (train.py's results.json)."""
+        if type(self).hub_pusher is None:
+            return super().push_to_hub(repo_id, **kwargs)
+        return type(self).hub_pusher(self, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -3,7 +3,8 @@
 Importing the package registers `NextLocLLMConfig` / `NextLocLLMForCoordinateRegression` with `AutoConfig` and
 `AutoModel`, and marks them for auto classes so that `save_pretrained` ships the flat modeling code and `auto_map`
 (loading then also works with `trust_remote_code=True` where this package is not installed). It also registers the
-`next-location` pipeline task, so `pipeline("next-location", model=model)` takes a model object too.
+`next-location` pipeline task, so `pipeline("next-location", model=model)` takes a model object too, and makes
+`model.push_to_hub` push the package's validated model card (with the run's metrics) like `nextlocllm_hf.hub`.
 """
 
 from transformers import AutoConfig, AutoModel
@@ -18,6 +19,15 @@ AutoConfig.register(NextLocLLMConfig.model_type, NextLocLLMConfig, exist_ok=True
 AutoModel.register(NextLocLLMConfig, NextLocLLMForCoordinateRegression, exist_ok=True)
 NextLocLLMConfig.register_for_auto_class()
 NextLocLLMForCoordinateRegression.register_for_auto_class("AutoModel")
+
+
+def _push_to_hub_with_card(model, repo_id: str, **kwargs):
+    from .hub import push_to_hub_with_card  # huggingface_hub's upload machinery loads only when pushing
+
+    return push_to_hub_with_card(model, repo_id, **kwargs)
+
+
+NextLocLLMForCoordinateRegression.hub_pusher = staticmethod(_push_to_hub_with_card)
 
 __version__ = "0.1.0"
 

@@ -262,12 +262,16 @@ def push_model(
     metric_for_best_model: str = "hit@1",
     validate_card: bool = True,
     overwrite: bool = False,
+    create_pr: bool = False,
+    tags: Sequence[str] = (),
 ):
     """Push an exported model folder (or a model object, saved first) to `repo_id`; returns the `CommitInfo`.
 
     `revision`: a branch (created from main if missing). `results`: train.py's results.json (dict or path) to
     (re)generate the card with per-city metrics; without it the folder's README.md is pushed (usage snippet
-    pointed at `repo_id`). `validate_card`: have the Hub validate the card's metadata first (`/api/validate-yaml`).
+    pointed at `repo_id`). A model object loaded from a folder whose weights it still holds unchanged pushes that
+    folder's card (train.py's export has the run's metrics in it); otherwise a card without metrics. `tags` are added
+    to the card's. `validate_card`: have the Hub validate the card's metadata first (`/api/validate-yaml`).
     `overwrite`: replace a model already at `revision` (otherwise `FileExistsError` before any upload).
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
@@ -284,11 +288,16 @@ def push_model(
                 model = model.merge_and_unload()
             folder = Path(tmp) / "model"
             model.save_pretrained(folder)  # with the next-location pipeline
+            source = _unchanged_source_folder(model)
+            if source is not None and (source / CARD_NAME).is_file():
+                (folder / CARD_NAME).write_bytes((source / CARD_NAME).read_bytes())
         files = check_model_folder(folder)
         skipped = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in {*files, CARD_NAME})
         if skipped:
             logger.info("not pushed (not part of a NextLocLLM model): %s", ", ".join(skipped))
         card = model_card_for(folder, repo_id, results, train_cities, dataset_ids, metric_for_best_model)
+        if tags:
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
         uploads: dict[str, bytes | Path] = {name: folder / name for name in files}
         uploads[CARD_NAME] = str(card).encode("utf-8")
         _refuse_token_in(uploads, token)  # before anything goes over the network
@@ -305,10 +314,42 @@ def push_model(
                                          else str(content)) for name, content in uploads.items()]
         operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
         info = api.create_commit(repo_id, operations, commit_message=commit_message,
-                                 commit_description=commit_description, repo_type="model", revision=revision)
+                                 commit_description=commit_description, repo_type="model", revision=revision,
+                                 create_pr=create_pr)
     logger.info("pushed %s to %s (%d files, %d deleted): %s", folder, repo_id, len(uploads), len(stale),
                 info.commit_url)
     return info
+
+
+def _unchanged_source_folder(model) -> Path | None:
+    """The local folder `model` was loaded from, if its weights there are still exactly the model's (so the card's
+    metrics describe it)."""
+    from safetensors.torch import load_file
+
+    folder = Path(str(getattr(model.config, "name_or_path", "") or ""))
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return None
+    saved, current = load_file(weights), model.state_dict()
+    same = saved.keys() == current.keys() and all(
+        tensor.shape == current[key].shape and bool((tensor == current[key].detach().cpu()).all())
+        for key, tensor in saved.items())
+    if not same:
+        logger.info("%s: the model's weights differ from the folder's; its card's metrics are not pushed", folder)
+    return folder if same else None
+
+
+def push_to_hub_with_card(model, repo_id: str, *, commit_message: str | None = None,
+                          commit_description: str | None = None, private: bool | None = None,
+                          token: bool | str | None = None, revision: str | None = None, create_pr: bool = False,
+                          tags: Sequence[str] | None = None, **options):
+    """`model.push_to_hub` where this package is installed: transformers' arguments, then `push_model` (the
+    validated card; `results=`, `train_cities=`, `dataset_ids=` as there). Like transformers', it pushes over what
+    the repo holds."""
+    return push_model(model, repo_id, token=token if isinstance(token, str) else None, revision=revision,
+                      private=private, commit_message=commit_message or DEFAULT_MODEL_COMMIT,
+                      commit_description=commit_description, create_pr=create_pr, tags=tags or (), overwrite=True,
+                      **options)
 
 
 # ------------------------------------------------------------------------------------------------------ dataset
@@ -352,7 +393,8 @@ def push_city_dataset(
     max_shard_size: str | int | None = None,
     overwrite: bool = False,
 ):
-    """Push built cities to a dataset repo, one config per city; returns the list of `CommitInfo` (two per city).
+    """Push built cities to a dataset repo, one config per city; returns the list of `CommitInfo` (two per city, then
+    one for the dataset card, rewritten for every city the repo holds).
 
     `city_dir_or_dirs`: a city folder (build_city.py output), a folder of city folders, or a list of either.
     `overwrite`: replace a city the repo already holds (otherwise `FileExistsError` before any upload; other cities of
@@ -386,7 +428,29 @@ def push_city_dataset(
         commits.append(api.create_commit(repo_id, operations, commit_message=f"{message} (cells, statistics)",
                                          repo_type="dataset", revision=revision))
         logger.info("pushed city %s from %s to dataset %s", city.name, directory, repo_id)
+    commits.append(_push_dataset_card(api, repo_id, revision, token, commit_message or "Update the dataset card"))
     return commits
+
+
+def _push_dataset_card(api, repo_id: str, revision: str | None, token: str | None, message: str):
+    """Rewrite the repo's card for all its cities: `datasets` wrote the `configs` and `dataset_info` of each pushed
+    city into it but nothing else; the body and metadata come from each city's `<city>/city.json` in the repo."""
+    from huggingface_hub import DatasetCard
+
+    from nextlocllm_hf.data.card import dataset_card
+
+    def download(path: str) -> str:
+        return api.hf_hub_download(repo_id, path, repo_type="dataset", revision=revision)
+
+    existing = DatasetCard.load(download(CARD_NAME), repo_type="dataset").data
+    files = set(api.list_repo_files(repo_id, repo_type="dataset", revision=revision))
+    cities = [json.loads(Path(download(f"{config['config_name']}/city.json")).read_text(encoding="utf-8"))
+              for config in existing.configs or [] if f"{config['config_name']}/city.json" in files]
+    card = dataset_card(cities, configs=existing.configs, dataset_info=existing.dataset_info)
+    _refuse_token_in({CARD_NAME: str(card).encode()}, token)
+    card.validate(repo_type="dataset")
+    return api.upload_file(path_or_fileobj=str(card).encode(), path_in_repo=CARD_NAME, repo_id=repo_id,
+                           repo_type="dataset", revision=revision, commit_message=message)
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

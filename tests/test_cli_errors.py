@@ -98,7 +98,7 @@ CASES = {
     # --- issue 13: silently replaced results
     "build onto a city folder": lambda f: (
         [*BUILD, "--city", "b", "--output", str(f["city"])],
-        rf"--output {f['city']} already holds a city folder \(cells.parquet, city.json, .*\): pass --overwrite",
+        rf"--output {f['city']} already holds a city folder \(README.md, cells.parquet, city.json, .*\): pass --overwrite",
         [f["city"]]),
     "build onto a folder holding a train.parquet": lambda f: (
         [*BUILD, "--city", "b", "--output", str(f["half_city"])],

@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_loopbackSECRET7f3a9c2e5b1d"  # grep target: must never appear outside the Authorization header
 MODEL_REPO, LORA_REPO, PRIVATE_REPO = "org/nextlocllm-tiny", "org/nextlocllm-lora", "org/private"
 DATA_REPO = "org/cities"
+METHOD_REPO = "org/via-push-to-hub"
 BROKEN = {"missing": "org/broken-missing", "truncated": "org/broken-truncated", "noindex": "org/broken-noindex"}
 CITIES = {"nyc": {"seed": 1}, "calgary": {"seed": 2, "centre": (-12_710_000.0, 6_610_000.0)}}
 CLIENT_TIMEOUT = 240
@@ -77,6 +78,21 @@ assert build_city.main(["--format", "synthetic", "--city", "beta", "--seed", "2"
                         "--records-per-user", "60", "--extent-km", "4", "--output", spec["beta"], "--no-progress",
                         "--push_to_hub", spec["data_repo"]]) == 0
 out["data_beta"] = api.dataset_info(spec["data_repo"]).sha
+# model.push_to_hub: the package's card, like the CLI's. With results; from a folder whose card it keeps while its
+# weights are the folder's; and once its weights changed, a card without metrics.
+import shutil, torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained(spec["v1"])
+model.push_to_hub(spec["method_repo"], results=spec["results"], tags=["from-push-to-hub"])
+carded = os.path.join(os.path.dirname(spec["out"]), "carded")
+shutil.copytree(spec["v1"], carded)
+shutil.copy(api.hf_hub_download(spec["model_repo"], "README.md", revision="v1-branch"), os.path.join(carded, "README.md"))
+model = AutoModel.from_pretrained(carded)
+model.push_to_hub(spec["method_repo"], commit_message="from the folder")
+out["method_kept_card"] = api.model_info(spec["method_repo"]).sha
+with torch.no_grad():
+    model.regression_head.weight.add_(1.0)
+model.push_to_hub(spec["method_repo"], commit_message="changed weights")
 json.dump(out, open(spec["out"], "w"))
 """
 
@@ -315,7 +331,8 @@ def pushed(hub, root, exported):
     spec = {"v1": str(root / "v1" / "model"), "v2": str(root / "v2"), "lora": str(root / "lora"),
             "results": str(root / "v1" / "results.json"), "model_repo": MODEL_REPO, "lora_repo": LORA_REPO,
             "private_repo": PRIVATE_REPO, "broken": list(BROKEN.values()), "data_repo": DATA_REPO, "alpha": alpha,
-            "beta": str(root / "beta"), "scripts": str(REPO_ROOT / "dataset_scripts"), "out": str(root / "pushed.json")}
+            "beta": str(root / "beta"), "scripts": str(REPO_ROOT / "dataset_scripts"), "out": str(root / "pushed.json"),
+            "method_repo": METHOD_REPO}
     run_client(hub, root, "push", PUSH_SCRIPT, spec)
     shas = json.loads((root / "pushed.json").read_text())
     # Damage three repos the way a broken upload would (straight in the server's storage).
@@ -495,6 +512,25 @@ def test_pushed_card_validates_and_names_real_metrics(hub, pushed, exported):
     assert f'pipeline("next-location", model="{MODEL_REPO}", trust_remote_code=True)' in v2_card
 
 
+def test_model_push_to_hub_writes_the_validated_card_of_the_hub_cli(hub, pushed, exported):
+    from huggingface_hub import ModelCard
+
+    def card(revision: str) -> ModelCard:
+        return ModelCard(hub.files(METHOD_REPO, revision=revision)["README.md"].decode(), ignore_metadata_errors=False)
+
+    commits = hub.repo(METHOD_REPO, "model").commits
+    first, kept, changed = (card(sha) for sha in list(commits)[-3:])
+    cli = ModelCard(hub.files(MODEL_REPO, revision=pushed["v1"])["README.md"].decode())
+    # With results=: the CLI's card for the same folder and results, re-pointed at this repo, plus the tag asked for.
+    assert first.text == cli.text.replace(MODEL_REPO, METHOD_REPO)
+    assert first.data.eval_results == cli.data.eval_results and "from-push-to-hub" in first.data.tags
+    assert kept.data.eval_results == cli.data.eval_results  # the folder's card: its weights were still the folder's
+    assert f'model="{METHOD_REPO}"' in kept.text
+    assert not changed.data.eval_results and "next-location-prediction" in changed.data.tags  # no stale metrics
+    validations = [r for r in hub.requests if r["path"] == "/api/validate-yaml" and b'"repoType":"model"' in r["body"]]
+    assert len(validations) >= 8  # the three push_to_hub cards were validated too
+
+
 def _post(hub, path: str, payload: bytes, headers: dict, method: str = "POST"):
     request = urllib.request.Request(hub.endpoint + path, data=payload, headers=headers, method=method)
     try:
@@ -605,6 +641,26 @@ def test_city_dataset_is_a_plain_datasets_config(loaded, pushed):
     rows = outcome(loaded["load_dataset"])
     local = _local(pushed["alpha"])
     assert {s: rows[s] for s in local.splits} == {s: d.to_list() for s, d in local.splits.items()}
+
+
+def test_the_pushed_dataset_card_describes_every_city(hub, pushed):
+    from huggingface_hub import DatasetCard
+
+    from nextlocllm_hf.data.card import field_description
+    from nextlocllm_hf.data.features import city_features
+
+    card = DatasetCard(hub.files(DATA_REPO, repo_type="dataset")["README.md"].decode())
+    assert [config["config_name"] for config in card.data.configs] == ["alpha", "beta"]
+    assert all(config["data_files"] for config in card.data.configs)
+    assert sorted(info["config_name"] for info in card.data.dataset_info) == ["alpha", "beta"]  # datasets' own
+    assert card.data.license == "unknown" and "next-location-prediction" in card.data.tags
+    for name in ("alpha", "beta"):
+        metadata = _local(pushed[name]).metadata
+        assert f"## {name}" in card.text
+        assert f"Samples: train {metadata['counts']['samples']['train']:,}" in card.text
+    assert "0: Entertainment, 1: Commercial" in card.text
+    for field in city_features():
+        assert f"| `{field}` |" in card.text and field_description(field) in card.text
 
 
 def test_city_dataset_revision_and_errors(loaded, pushed):

@@ -9,6 +9,7 @@ durations -> sliding windows -> split -> train-only statistics -> parquet + city
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from ..outputs import refuse_occupied, replacing_folder
 from .cells import CANDIDATE_RULES, POI_NORMALIZATIONS, build_cells, count_pois
 from ..modeling.records_nextlocllm import (DEFAULT_MAX_DURATION_HOURS, day_and_hour, is_repeated_record,
                                           record_durations, time_order)
-from .city_dataset import CITY_FILES, SPLITS
+from .card import dataset_card
+from .city_dataset import CITY_FILES, DATASET_CARD_NAME, SPLITS
 from .features import cell_features, city_features
 from .formats import READERS, ReadOptions
 from .formats.pois import OSM_KEYS
@@ -67,6 +69,11 @@ class BuildConfig:
     synthetic: dict = field(default_factory=dict)
     show_progress: bool = True
     overwrite: bool = False  # replace a city already in `output` (never a folder holding anything else)
+    # The source data's terms, as the user gives them, for the dataset card: a Hub license id, the terms in words and
+    # the citation the source asks for.
+    license: str = "unknown"
+    license_terms: str | None = None
+    citation: str | None = None
 
     def validate(self) -> None:
         if self.format not in READERS:
@@ -78,6 +85,8 @@ class BuildConfig:
         for name in ("history_length", "current_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.license or ""):
+            raise ValueError(f"license={self.license!r}: expected a Hub license id such as cc-by-4.0, other or unknown")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.cell_size_m <= 0:
@@ -129,6 +138,7 @@ class BuildResult:
         Dataset.from_pandas(self.cells, features=cf, preserve_index=False).to_parquet(str(out / "cells.parquet"))
         with open(out / "city.json", "w", encoding="utf-8") as f:
             json.dump(self.metadata, f, indent=1, ensure_ascii=False, default=_json_default)
+        dataset_card([json.loads(json.dumps(self.metadata, default=_json_default))]).save(out / DATASET_CARD_NAME)
 
 
 def _json_default(o):
@@ -410,8 +420,10 @@ def build_city(cfg: BuildConfig) -> BuildResult:
             "samples": report.info["samples"],
             "drops": {"records": dict(report.drops), "users": dict(report.user_drops), "pois": dict(report.poi_drops)},
         },
-        "source": {**raw.source, "pois": poi_source, "build": {k: v for k, v in asdict(cfg).items()
-                                                               if k not in ("show_progress",)}},
+        "source": {**raw.source, "pois": poi_source,
+                   "license": {"id": cfg.license, "terms": cfg.license_terms, "citation": cfg.citation},
+                   "build": {k: v for k, v in asdict(cfg).items()
+                             if k not in ("show_progress", "license", "license_terms", "citation")}},
         "report": report.to_dict(),
     }
     steps.close()

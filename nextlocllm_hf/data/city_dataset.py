@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 SPLITS = ("train", "validation", "test")  # the one list of split names (the builder writes these)
-CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS))  # a local city folder
+DATASET_CARD_NAME = "README.md"
+CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS), DATASET_CARD_NAME)  # a city folder
 
 
 @dataclass(frozen=True)
