@@ -67,6 +67,9 @@ class NextLocLLMConfig(PreTrainedConfig):
     Args:
         llm_config (`dict` or `PreTrainedConfig`): the backbone's configuration (GPT-2 and LLaMA family tested);
             its layer count is set to `num_backbone_layers`. Defaults to the SmolLM2-135M shape.
+        backbone_name_or_path (`str`, optional): where the pretrained backbone came from (a Hub id, a folder or
+            `smollm2-135m`), set by `from_backbone`; model cards name it (`name_or_path` becomes the folder a model is
+            loaded from).
         num_backbone_layers (`int`, defaults to 6): leading backbone blocks kept (paper: 6 of GPT-2's 12).
         history_length / current_length (`int`, 40 / 5): records per sample in each trajectory.
         coordinate_embedding_dim, day_embedding_dim, hour_embedding_dim, duration_embedding_dim
@@ -121,6 +124,7 @@ class NextLocLLMConfig(PreTrainedConfig):
     }
 
     llm_config: dict | PreTrainedConfig | None = None
+    backbone_name_or_path: str | None = None
     num_backbone_layers: int = 6
     history_length: int = 40
     current_length: int = 5

@@ -194,7 +194,7 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         model = cls(config)
         model.load_backbone_weights(backbone.state_dict())
         model.encode_text_features(tokenizer)
-        model.config.name_or_path = name_or_path
+        model.config.name_or_path = model.config.backbone_name_or_path = name_or_path
         return model.eval()
 
     def load_backbone_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -148,3 +148,15 @@ def test_model_card_names_the_head(tiny_backbone, city):
         card = build_model_card(model, {"best_step": 1}, repo_id="org/x", train_cities=["nyc"])
         assert f"| prediction head | {model.config.head_description} |" in str(card)
         assert expected in str(card)
+
+
+def test_model_card_names_the_backbone_not_the_folder_a_model_was_loaded_from(tiny_backbone, city, tmp_path):
+    from nextlocllm_hf.model_card import build_model_card
+
+    model = build_model(tiny_backbone)
+    model.add_city(city)
+    model.save_pretrained(tmp_path / "export")
+    loaded = AutoModel.from_pretrained(tmp_path / "export")
+    assert loaded.config.backbone_name_or_path == model.config.backbone_name_or_path == str(tiny_backbone)
+    card = str(build_model_card(loaded, {"best_step": 1}, repo_id="org/x", train_cities=["nyc"]))
+    assert f"`{tiny_backbone}`" in card and str(tmp_path / "export") not in card
