@@ -12,10 +12,18 @@ import argparse
 import functools
 import math
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 EXPECTED_ERRORS = (ValueError, OSError)
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+def program_name(module: str) -> str:
+    """How the user called a command, for its usage line: the installed script's name (`nextlocllm-predict`) or
+    `python -m nextlocllm_hf.predict`."""
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return invoked if invoked.startswith("nextlocllm-") else f"python -m {module}"
 
 
 def entry_point(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[str] | None], int]:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import CitySamples, collate_batch, model_inputs
-from .cli import entry_point, positive_int
+from .cli import entry_point, positive_int, program_name
 from .data.city_dataset import SPLITS
 from .metrics import compute_metrics, format_table
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .data import load_city_splits
     from .modeling.modeling_nextlocllm import NextLocLLMForCoordinateRegression
 
-    parser = argparse.ArgumentParser(prog="python -m nextlocllm_hf.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("nextlocllm_hf.evaluate"), description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a saved model folder or Hub id")
     parser.add_argument("--dataset", required=True, help="a built city folder or Hub dataset id")
     parser.add_argument("--split", default="test", choices=SPLITS)

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .cli import entry_point
+from .cli import entry_point, program_name
 from .modeling.retrieval_nextlocllm import RETRIEVERS_CONFIG_NAME, RETRIEVERS_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -456,7 +456,7 @@ def _push_dataset_card(api, repo_id: str, revision: str | None, token: str | Non
 # ---------------------------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m nextlocllm_hf.hub",
+        prog=program_name("nextlocllm_hf.hub"),
         description="Push NextLocLLM models and city datasets to the Hub. The token comes from HF_TOKEN or "
                     "`hf auth login` (it is never accepted on the command line, which shells and ps would keep).",
     )

@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .cli import entry_point, non_negative_float, positive_int
+from .cli import entry_point, non_negative_float, positive_int, program_name
 from .modeling.pipeline_nextlocllm import NextLocationPipeline
 from .modeling.records_nextlocllm import (
     RECORD_COLUMNS_TABLE,
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .modeling.modeling_nextlocllm import NextLocLLMForCoordinateRegression
 
     parser = argparse.ArgumentParser(
-        prog="python -m nextlocllm_hf.predict", description=__doc__.splitlines()[0],
+        prog=program_name("nextlocllm_hf.predict"), description=__doc__.splitlines()[0],
         epilog=__doc__.split("\n\n", 1)[1] + "\ncolumns of --input (aliases case-insensitive):\n\n" + RECORD_COLUMNS_TABLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
