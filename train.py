@@ -31,7 +31,8 @@ from typing import Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import DataLoaderConfiguration, DistributedType, LoggerType, set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
@@ -164,7 +165,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     loop.add_argument("--resume_from_checkpoint", default=None,
                       help="a checkpoint-N folder, or 'latest': the newest complete checkpoint in --output_dir (step 0 "
                            "when there is none yet, so a job can always be relaunched with it)")
-    loop.add_argument("--report_to", default="none", choices=["none", "tensorboard"])
+    loop.add_argument("--report_to", type=tracker_names, default=[],
+                      help=f"Accelerate trackers to log to, comma-separated: {', '.join(LoggerType.list())} (all: the "
+                           f"installed ones), or none [none]; logs go to OUTPUT_DIR/{TRACKER_PROJECT}")
     loop.add_argument("--id_baseline_epochs", type=non_negative_int, default=0,
                       help="also train the ID-classification baseline")
     loop.add_argument("--gbdt_baseline", action="store_true",
@@ -185,6 +188,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.checkpoints_total_limit and not args.checkpointing_steps:
         parser.error("--checkpoints_total_limit needs --checkpointing_steps (no checkpoint is saved without it)")
     return args
+
+
+def tracker_names(text: str) -> list[str]:
+    """`--report_to`: Accelerate's tracker names (or `all`, or `none`), each one installed, checked before any work."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [name for name in names if name not in LoggerType.list()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected none or trackers among {', '.join(LoggerType.list())}")
+    installed = [str(tracker) for tracker in get_available_trackers()]
+    if names == ["all"] and not installed:
+        raise argparse.ArgumentTypeError("'all': no tracker is installed (pip install 'nextlocllm-hf[tracking]' "
+                                         "adds tensorboard)")
+    missing = [name for name in names if name != "all" and name not in installed]
+    if missing:
+        hint = " (pip install 'nextlocllm-hf[tracking]')" if missing == ["tensorboard"] else ""
+        raise argparse.ArgumentTypeError(f"{', '.join(missing)}: not installed here{hint}; installed trackers: "
+                                         f"{', '.join(installed) or 'none'}")
+    return names
+
+
+def tracker_config(args: argparse.Namespace) -> dict:
+    """The run's options as hyper-parameters every tracker takes: numbers, booleans and strings as they are, the
+    rest (lists, None) as text."""
+    return {key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in vars(args).items()}
 
 
 def check_launch(accelerator: Accelerator, args: argparse.Namespace) -> None:
@@ -354,7 +383,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=args.report_to or None,
         project_dir=str(output_dir),
         # One seeded sampler shared by every process, re-seeded per epoch: resumable and identical across ranks.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
@@ -423,8 +452,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
                 else:
                     (output_dir / name).unlink()
     accelerator.wait_for_everyone()
-    if args.report_to != "none":
-        accelerator.init_trackers(TRACKER_PROJECT, config={k: str(v) for k, v in vars(args).items()})
+    if args.report_to:
+        accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(args))
 
     start_epoch, batches_to_skip = 0, 0
     if resume_from is not None:
