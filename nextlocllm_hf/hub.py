@@ -15,7 +15,11 @@ rebuilds the adapter layers from the config); a `peft.PeftModel` wrapper is merg
 
 A dataset repo gets one config per city (`DatasetDict.push_to_hub(repo_id, config_name=city)`:
 `<city>/<split>-*.parquet` plus the card's `configs` / `dataset_info`), and the city's `cells.parquet` and `city.json`
-under `<city>/`, which is what `load_city_splits(repo_id, city=...)` needs to rebuild the retriever and statistics.
+under `<city>/`, which is what `load_city_splits(repo_id, city=...)` needs to rebuild the retriever and statistics;
+a last commit rewrites the repo's dataset card for every city it holds.
+
+One module for every push (over ~450 lines): models and datasets share the token guard, the repo-id, revision and
+occupied-repo checks, card validation and one CLI, and splitting them would split those.
 """
 
 from __future__ import annotations
