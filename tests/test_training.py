@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TINY_BACKBONES, build_synthetic_city, build_tokenizer
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModel
 
 from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker
@@ -236,3 +237,42 @@ def test_fsdp_asked_for_on_cpu_is_refused_not_silently_replaced(workspace, tmp_p
     assert result.returncode != 0
     assert "error: the launcher asked for FSDP, but Accelerate runs MULTI_CPU" in result.stderr
     assert not (tmp_path / "fsdp").exists()
+
+
+# --report_to: Accelerate's trackers, checked before any work; a TensorBoard run writes readable scalars.
+def test_a_tensorboard_run_writes_train_and_validation_scalars(workspace):
+    output = workspace["root"] / "tensorboard-run"
+    train_script.main(arguments(workspace, output, "--max_steps", "4", "--eval_steps", "2", "--report_to", "tensorboard"))
+    events = list((output / train_script.TRACKER_PROJECT).rglob("events.out.tfevents.*"))
+    assert events, f"no event file under {output / train_script.TRACKER_PROJECT}"
+    scalars = {}
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(accumulator.Scalars(tag))
+    assert [event.step for event in scalars["train/loss"]] == [1, 2, 3, 4]
+    assert [event.step for event in scalars["train/lr"]] == [1, 2, 3, 4]
+    assert [event.step for event in scalars["validation/hit@1"]] == [2, 4]
+    assert all(0.0 <= event.value <= 1.0 for event in scalars["validation/hit@1"])
+    assert all(torch.isfinite(torch.tensor(event.value)) for events in scalars.values() for event in events)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("tensorbored", "'tensorbored': expected none or trackers among all, aim, tensorboard"),
+    ("wandb", "wandb: not installed here; installed trackers: tensorboard"),
+    ("tensorboard,mlflow", "mlflow: not installed here"),
+])
+def test_an_unknown_or_missing_tracker_is_refused_before_any_work(workspace, capsys, value, message):
+    output = workspace["root"] / f"refused-{value}"
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(arguments(workspace, output, "--max_steps", "2", "--report_to", value))
+    assert exit_info.value.code == 2
+    assert f"argument --report_to: {message}" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_none_and_all_select_what_accelerate_knows():
+    assert train_script.tracker_names("none") == []
+    assert train_script.tracker_names("all") == ["all"]
+    assert train_script.tracker_names("TensorBoard") == ["tensorboard"]
