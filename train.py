@@ -83,7 +83,8 @@ from nextlocllm_hf.outputs import (
 REPO_ROOT = Path(__file__).resolve().parent
 TRACKER_PROJECT = "nextlocllm"  # `--report_to` logs go to OUTPUT_DIR/nextlocllm
 FINISHED_OUTPUTS = ("model", "results.json")  # a run that has these has finished
-RUN_OUTPUTS = ("checkpoint-*", "best", *FINISHED_OUTPUTS, TRACKER_PROJECT)  # everything a run writes in --output_dir
+ADAPTER_OUTPUTS = ("adapter", "adapter_base")  # --export_adapter
+RUN_OUTPUTS = ("checkpoint-*", "best", *FINISHED_OUTPUTS, *ADAPTER_OUTPUTS, TRACKER_PROJECT)  # everything a run writes in --output_dir
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
@@ -101,6 +102,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--init_model", default=None, help="continue from a saved NextLocLLM folder instead")
     model.add_argument("--num_backbone_layers", type=positive_int, default=NextLocLLMConfig.num_backbone_layers)
     model.add_argument("--adaptation", default=NextLocLLMConfig.adaptation, choices=ADAPTATION_MODES)
+    model.add_argument("--export_adapter", action="store_true",
+                       help="with --adaptation lora: also export OUTPUT_DIR/adapter (a PEFT adapter, the model's own "
+                            "layers in modules_to_save) and OUTPUT_DIR/adapter_base (the base it loads onto)")
     model.add_argument("--no_prompt", action="store_true", help="drop the natural-language prompt prefix")
     model.add_argument("--no_llm_poi", action="store_true", help="use a linear POI embedding instead")
     model.add_argument("--poi_text_encoding", default=NextLocLLMConfig.poi_text_encoding, choices=POI_TEXT_ENCODINGS,
@@ -185,6 +189,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             check_repo_id(args.hub_model_id)
         except ValueError as error:
             parser.error(f"--hub_model_id: {error}")
+    if args.export_adapter and args.adaptation != "lora":
+        parser.error(f"--export_adapter needs --adaptation lora (got --adaptation {args.adaptation})")
     if args.checkpoints_total_limit and not args.checkpointing_steps:
         parser.error("--checkpoints_total_limit needs --checkpointing_steps (no checkpoint is saved without it)")
     return args
@@ -618,6 +624,8 @@ def export(args, model, weights: dict, cities, results: dict) -> None:
             metric_for_best_model=args.metric_for_best_model,
         )
         card.save(partial / "README.md")
+    if args.export_adapter:
+        export_adapter(export_dir, output_dir)
     write_text(output_dir / "results.json", json.dumps(results, indent=2))
     rows = {f"NextLocLLM / {city}": scores for city, scores in results["test"].items()}
     rows.update({f"NextLocLLM / {city} (zero-shot)": s for city, s in results.get("zero_shot", {}).items()})
@@ -632,6 +640,19 @@ def export(args, model, weights: dict, cities, results: dict) -> None:
         info = push_model(export_dir, args.hub_model_id, revision=args.hub_revision,
                           private=True if args.hub_private else None, overwrite=True)
         print(f"pushed {export_dir} to {args.hub_model_id}: {info.commit_url}")
+
+
+def export_adapter(export_dir: Path, output_dir: Path) -> None:
+    """The exported model (the best weights) split into a PEFT adapter and its base, each renamed into place."""
+    from nextlocllm_hf.adapters import export_lora_adapter
+
+    model = nextlocllm_hf.NextLocLLMForCoordinateRegression.from_pretrained(export_dir)
+    adapter_dir, base_dir = (output_dir / name for name in ADAPTER_OUTPUTS)
+    with replacing_folder(base_dir) as base_partial, replacing_folder(adapter_dir) as adapter_partial:
+        sizes = export_lora_adapter(model, adapter_partial, base_partial,
+                                    base_model_name_or_path=str(base_dir.resolve()))
+    print(f"adapter exported to {adapter_dir} ({sizes['adapter'] / 1e6:.1f} MB of weights), its base to {base_dir} "
+          f"({sizes['base'] / 1e6:.1f} MB)")
 
 
 def check_ranks_synchronized(accelerator: Accelerator, model) -> None:

@@ -2,6 +2,8 @@
 
     python -m nextlocllm_hf.hub push-model runs/alpha/model --repo_id ORG/NAME [--results runs/alpha/results.json]
     python -m nextlocllm_hf.hub push-dataset data/alpha [data/beta ...] --repo_id ORG/NAME
+    python -m nextlocllm_hf.hub push-adapter runs/lora/adapter --repo_id ORG/NAME --base_model ORG/BASE
+    python -m nextlocllm_hf.hub push-metric --repo_id ORG/nextloc_metric
 
 The token comes from `HF_TOKEN` or `hf auth login` (or `token=` in the API); it is never printed, logged or written
 into a card, config or checkpoint, and a push is refused if any text file about to be uploaded contains it.
@@ -11,7 +13,9 @@ A model repo gets exactly what `load` needs: `config.json` (with `auto_map` and 
 huggingface_hub's card tools and validated by the Hub before the upload. Files of an earlier push that the new export
 no longer has are deleted in the same commit, so the repo mirrors the export. A model configured with
 `adaptation="lora"` is already self-contained (its LoRA weights sit in `model.safetensors` and `from_pretrained`
-rebuilds the adapter layers from the config); a `peft.PeftModel` wrapper is merged first.
+rebuilds the adapter layers from the config); a `peft.PeftModel` wrapper is merged first. `push-adapter`
+(`nextlocllm_hf.adapters`) pushes the PEFT adapter of such a model for a base pushed with `push-model`, and
+`push-metric` (`nextlocllm_hf.evaluate_metric`) the `evaluate` metric as a Space.
 
 A dataset repo gets one config per city (`DatasetDict.push_to_hub(repo_id, config_name=city)`:
 `<city>/<split>-*.parquet` plus the card's `configs` / `dataset_info`), and the city's `cells.parquet` and `city.json`
@@ -483,11 +487,27 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data.add_argument("--private", action="store_true")
     data.add_argument("--commit_message", default=None)
     data.add_argument("--overwrite", action="store_true", help="replace cities the repo already holds")
+    adapter = sub.add_parser("push-adapter", help="push a PEFT adapter folder (train.py --export_adapter's "
+                                                  "OUTPUT/adapter) for a base already pushed with push-model")
+    adapter.add_argument("folder")
+    adapter.add_argument("--repo_id", required=True, help="ORG/NAME")
+    adapter.add_argument("--base_model", required=True, help="ORG/NAME of the pushed base (OUTPUT/adapter_base)")
+    adapter.add_argument("--private", action="store_true")
+    adapter.add_argument("--overwrite", action="store_true", help="replace an adapter the repo already holds")
+    metric = sub.add_parser("push-metric", help="push the self-contained evaluate metric as a Space "
+                                               "(its name is the script's: evaluate.load('ORG/NAME'))")
+    metric.add_argument("--repo_id", required=True, help="ORG/NAME, e.g. ORG/nextloc_metric")
+    metric.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
     try:
         check_repo_id(args.repo_id)
     except ValueError as error:
         parser.error(f"--repo_id: {error}")
+    if args.command == "push-adapter":
+        try:
+            check_repo_id(args.base_model)
+        except ValueError as error:
+            parser.error(f"--base_model: {error}")
     return args
 
 
@@ -504,6 +524,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                           results=results, train_cities=args.train_cities, dataset_ids=args.dataset_ids,
                           commit_message=args.commit_message, overwrite=args.overwrite)
         print(f"pushed {args.folder} -> {args.repo_id}: {info.commit_url}")
+    elif args.command == "push-adapter":
+        from .adapters import push_adapter
+
+        info = push_adapter(args.folder, args.repo_id, args.base_model, private=args.private or None,
+                            overwrite=args.overwrite)
+        print(f"pushed {args.folder} -> {args.repo_id} (base {args.base_model}): {info.commit_url}")
+    elif args.command == "push-metric":
+        from .evaluate_metric import push_metric
+
+        info = push_metric(args.repo_id, private=args.private or None)
+        print(f"pushed the metric -> space {args.repo_id}: {info.commit_url}")
     else:
         infos = push_city_dataset(args.cities, args.repo_id, revision=args.revision, private=args.private or None,
                                   commit_message=args.commit_message, overwrite=args.overwrite)

@@ -25,9 +25,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from conftest import TINY_BACKBONES, build_model, build_synthetic_city, build_tokenizer, make_batch, make_retriever
 from hub_server import LoopbackHub
 
+from nextlocllm_hf.adapters import export_lora_adapter
 from nextlocllm_hf.hub import check_model_folder
 from nextlocllm_hf.metrics import compute_metrics
 
@@ -36,6 +38,8 @@ TOKEN = "hf_loopbackSECRET7f3a9c2e5b1d"  # grep target: must never appear outsid
 MODEL_REPO, LORA_REPO, PRIVATE_REPO = "org/nextlocllm-tiny", "org/nextlocllm-lora", "org/private"
 DATA_REPO = "org/cities"
 METHOD_REPO = "org/via-push-to-hub"
+BASE_REPO, ADAPTER_REPO = "org/nextlocllm-base", "org/nextlocllm-lora-adapter"  # the LoRA model, the PEFT way
+METRIC_REPO = "org/nextloc_metric"  # a Space: evaluate fetches nextloc_metric.py from it
 BROKEN = {"missing": "org/broken-missing", "truncated": "org/broken-truncated", "noindex": "org/broken-noindex"}
 CITIES = {"nyc": {"seed": 1}, "calgary": {"seed": 2, "centre": (-12_710_000.0, 6_610_000.0)}}
 CLIENT_TIMEOUT = 240
@@ -61,6 +65,17 @@ push_model(spec["v2"], spec["model_repo"], commit_message="v2: retrained, calgar
 out["v2"] = sha(spec["model_repo"])
 push_model(spec["v1"], spec["model_repo"], revision="v1-branch", results=spec["results"])
 push_model(spec["lora"], spec["lora_repo"])
+from nextlocllm_hf.adapters import push_adapter
+try:  # an adapter whose base is not on the Hub yet is refused
+    push_adapter(spec["lora_adapter"], spec["adapter_repo"], "org/no-such-base")
+except ValueError as error:
+    out["adapter_without_base"] = str(error)
+push_model(spec["lora_base"], spec["base_repo"])
+assert main(["push-adapter", spec["lora_adapter"], "--repo_id", spec["adapter_repo"],
+             "--base_model", spec["base_repo"]]) == 0
+out["adapter_files"] = sorted(api.list_repo_files(spec["adapter_repo"]))
+assert main(["push-metric", "--repo_id", spec["metric_repo"]]) == 0
+out["metric_files"] = sorted(api.list_repo_files(spec["metric_repo"], repo_type="space"))
 push_model(spec["v1"], spec["private_repo"], private=True)
 for repo in spec["broken"]:
     push_model(spec["v1"], repo)
@@ -134,6 +149,9 @@ attempt("offline", lambda: summary(AutoModel.from_pretrained(spec["model_repo"],
 out["offline_requests"] = requests() - before - 1
 attempt("cache_dir", lambda: summary(AutoModel.from_pretrained(spec["model_repo"], cache_dir=spec["cache_dir"])))
 attempt("lora", lambda: summary(AutoModel.from_pretrained(spec["lora_repo"])))
+from peft import PeftModel
+attempt("adapter", lambda: summary(PeftModel.from_pretrained(AutoModel.from_pretrained(spec["base_repo"]),
+                                                             spec["adapter_repo"])))
 attempt("private_no_token", lambda: summary(AutoModel.from_pretrained(spec["private_repo"])))
 token = os.environ["LOOPBACK_TOKEN"]
 attempt("private_token", lambda: summary(AutoModel.from_pretrained(spec["private_repo"], token=token)))
@@ -178,6 +196,18 @@ for name, kwargs in (("main", {}), ("pinned", {"revision": spec["v1"]})):
         p = model.predict(batch, city=city, k=5)
         predictions[city] = (p.coordinates, p.top_k_cells, p.top_k_distances)
     out[name] = {"module": type(model).__module__, "cities": model.cities, "predictions": predictions}
+# The LoRA model as base + PEFT adapter, and the evaluate metric's Space: neither needs the package.
+from peft import PeftModel
+model = PeftModel.from_pretrained(AutoModel.from_pretrained(spec["base_repo"], trust_remote_code=True),
+                                  spec["adapter_repo"])
+predictions = {}
+for city, batch in torch.load(spec["batches"])["at_time"].items():
+    p = model.predict(batch, city=city, k=5)
+    predictions[city] = (p.coordinates, p.top_k_cells, p.top_k_distances)
+out["adapter"] = {"module": type(model.get_base_model()).__module__, "predictions": predictions}
+import evaluate
+metric = evaluate.load(spec["metric_repo"])
+out["metric"] = {"module": type(metric).__module__, "scores": metric.compute(**json.load(open(spec["metric_inputs"])))}
 pickle.dump(out, open(spec["out"], "wb"))
 """
 
@@ -320,9 +350,27 @@ def exported(root):
             if "lora_B" in key:
                 parameter.normal_(0, 0.5)
     lora.save_pretrained(root / "lora")
+    sizes = export_lora_adapter(lora, root / "lora_adapter", root / "lora_base")
     at_time_batches = {name: make_batch(lora.config, lora.retriever(name), batch_size=8, seed=7) for name in CITIES}
     torch.save({"next": batches, "at_time": at_time_batches}, root / "batches.pt")
-    return {"v1": v1, "v2": v2, "lora": _reference(lora, at_time_batches), "results": results, "batches": batches}
+    return {"v1": v1, "v2": v2, "lora": _reference(lora, at_time_batches), "results": results, "batches": batches,
+            "adapter_sizes": sizes, "metric": _metric_inputs(root / "metric_inputs.json")}
+
+
+def _metric_inputs(path: Path) -> dict:
+    """Predictions and references for the evaluate metric (written to `path`) and the package's scores of them."""
+    generator = torch.Generator().manual_seed(3)
+    ranked = torch.stack([torch.randperm(60, generator=generator)[:20] for _ in range(30)]).numpy()
+    targets = ranked[:, 0].copy()
+    targets[::3] = ranked[::3, 4]
+    targets[1::7] = 99  # absent from every ranking
+    predicted = torch.randn(30, 2, generator=generator, dtype=torch.float64).numpy() * 2000 + [-8_235_000.0, 4_970_000.0]
+    true = predicted + torch.randn(30, 2, generator=generator, dtype=torch.float64).numpy() * 300
+    path.write_text(json.dumps({
+        "predictions": [{"ranked_cells": r.tolist(), "predicted_xy": p.tolist()} for r, p in zip(ranked, predicted)],
+        "references": [{"target_cell": int(t), "target_xy": x.tolist()} for t, x in zip(targets, true)],
+    }))
+    return compute_metrics(ranked, targets, predicted, true)
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +380,8 @@ def pushed(hub, root, exported):
             "results": str(root / "v1" / "results.json"), "model_repo": MODEL_REPO, "lora_repo": LORA_REPO,
             "private_repo": PRIVATE_REPO, "broken": list(BROKEN.values()), "data_repo": DATA_REPO, "alpha": alpha,
             "beta": str(root / "beta"), "scripts": str(REPO_ROOT / "dataset_scripts"), "out": str(root / "pushed.json"),
-            "method_repo": METHOD_REPO}
+            "method_repo": METHOD_REPO, "lora_adapter": str(root / "lora_adapter"), "lora_base": str(root / "lora_base"),
+            "base_repo": BASE_REPO, "adapter_repo": ADAPTER_REPO, "metric_repo": METRIC_REPO}
     run_client(hub, root, "push", PUSH_SCRIPT, spec)
     shas = json.loads((root / "pushed.json").read_text())
     # Damage three repos the way a broken upload would (straight in the server's storage).
@@ -346,7 +395,7 @@ def pushed(hub, root, exported):
 @pytest.fixture(scope="module")
 def loaded(hub, root, pushed):
     spec = {"batches": str(root / "batches.pt"), "model_repo": MODEL_REPO, "lora_repo": LORA_REPO,
-            "private_repo": PRIVATE_REPO, "broken": BROKEN, "data_repo": DATA_REPO, "v1": pushed["v1"],
+            "base_repo": BASE_REPO, "adapter_repo": ADAPTER_REPO, "private_repo": PRIVATE_REPO, "broken": BROKEN, "data_repo": DATA_REPO, "v1": pushed["v1"],
             "data_alpha": pushed["data_alpha"], "cache_dir": str(root / "explicit_cache"),
             "out": str(root / "loaded.pkl")}
     run_client(hub, root, "load", LOAD_SCRIPT, spec, token=False)
@@ -356,7 +405,8 @@ def loaded(hub, root, pushed):
 @pytest.fixture(scope="module")
 def remote(hub, root, pushed):
     spec = {"batches": str(root / "batches.pt"), "model_repo": MODEL_REPO, "v1": pushed["v1"],
-            "out": str(root / "remote.pkl")}
+            "base_repo": BASE_REPO, "adapter_repo": ADAPTER_REPO, "metric_repo": METRIC_REPO,
+            "metric_inputs": str(root / "metric_inputs.json"), "out": str(root / "remote.pkl")}
     run_client(hub, root, "remote", REMOTE_SCRIPT, spec, token=False)
     return pickle.loads((root / "remote.pkl").read_bytes())
 
@@ -469,6 +519,48 @@ def test_lora_model_is_self_contained(loaded, exported, root):
     assert_same_state(lora["state"], exported["lora"]["state"])
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in lora["state"].items())
     assert_same_predictions(lora["predictions"], exported["lora"]["predictions"])
+
+
+def test_lora_adapter_pushed_the_peft_way_predicts_as_the_whole_export(loaded, remote, pushed, exported, root):
+    assert pushed["adapter_files"] == [".gitattributes", "README.md", "adapter_config.json",
+                                       "adapter_model.safetensors"]
+    assert "org/no-such-base" in pushed["adapter_without_base"] and "push-model" in pushed["adapter_without_base"]
+    # The base's own layers are fresh (not the trained ones): the adapter's modules_to_save carry those.
+    base_state = load_file(root / "lora_base" / "model.safetensors")
+    assert not torch.equal(base_state["mixture_head.weight"], exported["lora"]["state"]["mixture_head.weight"])
+    assert "lora_A" not in " ".join(base_state)
+    adapter = outcome(loaded["adapter"])
+    assert adapter["cities"] == list(CITIES)
+    assert_same_predictions(adapter["predictions"], exported["lora"]["predictions"])
+    assert remote["adapter"]["module"].startswith("transformers_modules.")  # remote code: no package
+    assert_same_predictions(remote["adapter"]["predictions"], exported["lora"]["predictions"])
+    sizes = exported["adapter_sizes"]
+    assert sizes["adapter"] < sizes["base"]
+
+
+def test_pushed_adapter_names_its_base_and_carries_the_models_own_layers(hub):
+    from huggingface_hub import ModelCard
+
+    files = hub.files(ADAPTER_REPO)
+    config = json.loads(files["adapter_config.json"])
+    assert config["base_model_name_or_path"] == BASE_REPO and config["peft_type"] == "LORA"
+    assert {"coordinate_embedding", "history_projection", "current_poi_projection", "mixture_head",
+            "candidate_scorer", "target_time_projection"} <= set(config["modules_to_save"])
+    assert "backbone" not in config["modules_to_save"]
+    card = ModelCard(files["README.md"].decode(), ignore_metadata_errors=False)
+    assert card.data.library_name == "peft" and card.data.base_model == BASE_REPO
+    assert f'PeftModel.from_pretrained(base, "{ADAPTER_REPO}")' in card.text
+
+
+def test_metric_space_loads_and_computes_where_the_package_is_unimportable(remote, pushed, exported):
+    assert {"nextloc_metric.py", "metrics_nextlocllm.py", "geometry_nextlocllm.py", "README.md", "app.py",
+            "requirements.txt"} <= set(pushed["metric_files"])
+    assert remote["metric"]["module"].startswith("evaluate_modules.metrics.org--nextloc_metric.")
+    got, expected = remote["metric"]["scores"], exported["metric"]
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-12), key
+    assert 0 < expected["hit@1"] < expected["hit@5"] < 1
 
 
 def test_missing_repo_error_names_it(loaded):

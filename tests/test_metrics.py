@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
@@ -208,32 +212,70 @@ def metric_inputs():
     return predictions, references, compute_metrics(ranked, targets, pred, true)
 
 
-def test_evaluate_module_loads_offline_and_matches(metric_inputs):
+def test_evaluate_metric_loads_offline_and_matches(metric_inputs, tmp_path):
     import evaluate
 
-    from nextlocllm_hf.evaluate_metric import METRIC_DIR, METRIC_PATH, NextLocMetric, load_metric
+    from nextlocllm_hf.evaluate_metric import export_metric, load_metric
 
     predictions, references, expected = metric_inputs
-    assert os.path.isfile(os.path.join(METRIC_DIR, "README.md"))
-    for metric in (evaluate.load(METRIC_PATH), evaluate.load(METRIC_DIR), load_metric(), NextLocMetric()):
+    script = export_metric(tmp_path / "nextloc_metric")
+    assert sorted(os.listdir(tmp_path / "nextloc_metric")) == [
+        "README.md", "app.py", "geometry_nextlocllm.py", "metrics_nextlocllm.py", "nextloc_metric.py",
+        "requirements.txt"]
+    for metric in (evaluate.load(script), evaluate.load(str(tmp_path / "nextloc_metric")), load_metric()):
         got = metric.compute(predictions=predictions, references=references)
         assert got.keys() == expected.keys()
         for key in expected:
             assert got[key] == pytest.approx(expected[key], rel=1e-12), key
-    metric = NextLocMetric()
+    metric = load_metric()
     metric.add_batch(predictions=predictions[:15], references=references[:15])
     metric.add_batch(predictions=predictions[15:], references=references[15:])
     assert metric.compute()["mrr"] == pytest.approx(expected["mrr"])
-    small = NextLocMetric().compute(predictions=predictions, references=references, ks=(1, 2), ndcg_ks=(2,))
+    small = load_metric().compute(predictions=predictions, references=references, ks=(1, 2), ndcg_ks=(2,))
     assert set(small) == {"hit@1", "hit@2", "mrr", "ndcg@2", "mean_error_m", "median_error_m",
                           "mean_projected_error_m", "count"}
     with pytest.raises(ValueError, match="ranked_cells has K=20"):
-        NextLocMetric().compute(predictions=predictions, references=references, ks=(1, 50))
+        load_metric().compute(predictions=predictions, references=references, ks=(1, 50))
 
 
-def test_evaluate_module_has_one_import_per_line():
-    from nextlocllm_hf.evaluate_metric import METRIC_PATH
+def test_exported_metric_computes_where_the_package_is_unimportable(metric_inputs, tmp_path):
+    """The exported folder is all `evaluate` needs: a process that cannot import the package gets the same scores."""
+    from nextlocllm_hf.evaluate_metric import export_metric
 
-    with open(METRIC_PATH, encoding="utf-8") as f:
-        import_lines = [line for line in f if line.startswith(("import ", "from "))]
+    predictions, references, expected = metric_inputs
+    export_metric(tmp_path / "nextloc_metric")
+    (tmp_path / "inputs.json").write_text(json.dumps({"predictions": predictions, "references": references}))
+    client = textwrap.dedent("""
+        import json, sys
+        sys.modules["nextlocllm_hf"] = None
+        import evaluate
+        metric = evaluate.load("nextloc_metric")
+        print(json.dumps(metric.compute(**json.load(open("inputs.json")))))
+    """)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HOME": str(tmp_path / "hf_home"),
+           "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", client], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-12), key
+
+
+def test_evaluate_metric_script_has_one_import_per_line_and_imports_only_what_it_ships():
+    from nextlocllm_hf.evaluate_metric import METRIC_NAME, METRIC_SOURCE_DIR, SHIPPED_MODULES
+
+    with open(METRIC_SOURCE_DIR / f"{METRIC_NAME}.py", encoding="utf-8") as f:
+        import_lines = [line.strip() for line in f if line.startswith(("import ", "from "))]
     assert import_lines and not any("," in line for line in import_lines)
+    relative = {line.split()[1][1:] + ".py" for line in import_lines if line.startswith("from .")}
+    assert relative == set(SHIPPED_MODULES)
+    assert not any("nextlocllm_hf" in line for line in import_lines)
+
+
+def test_metric_names_that_evaluate_cannot_import_are_refused(tmp_path):
+    from nextlocllm_hf.evaluate_metric import export_metric
+
+    with pytest.raises(ValueError, match="metric name 'my.metric'"):
+        export_metric(tmp_path, name="my.metric")

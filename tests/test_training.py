@@ -126,6 +126,37 @@ def test_at_time_ranker_starts_from_the_features_only_ranker(workspace):
     assert len(results["training_history"]) == 4 and "copy_last_loss" in results["training_history"][0]
 
 
+def test_a_lora_run_exports_a_peft_adapter_that_predicts_as_the_whole_model(workspace, capsys):
+    from peft import PeftModel
+
+    from nextlocllm_hf.batching import CitySamples
+    from nextlocllm_hf.data import load_city_splits
+
+    output = workspace["root"] / "lora"
+    train_script.main(arguments(workspace, output, "--max_steps", "2", "--eval_steps", "2", "--adaptation", "lora",
+                                "--export_adapter"))
+    assert "adapter exported to" in capsys.readouterr().out
+    whole = AutoModel.from_pretrained(output / "model")
+    config = json.loads((output / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((output / "adapter_base").resolve())
+    adapted = PeftModel.from_pretrained(AutoModel.from_pretrained(output / "adapter_base"), output / "adapter")
+    city = load_city_splits(workspace["city"])
+    batch = CitySamples(city.splits["test"], {city.name: city.metadata})[:16]
+    expected, got = whole.predict(batch, city=city.name, k=5), adapted.predict(batch, city=city.name, k=5)
+    assert torch.equal(got.coordinates, expected.coordinates) and torch.equal(got.top_k_cells, expected.top_k_cells)
+    # The adapter holds the backbone's LoRA weights and the model's own layers, none of the frozen backbone's.
+    keys = list(load_file(output / "adapter" / "adapter_model.safetensors"))
+    backbone_keys = [key for key in keys if ".backbone." in key]
+    assert backbone_keys and all("lora_" in key for key in backbone_keys)
+    assert any(".regression_head." in key for key in keys)
+
+
+def test_export_adapter_needs_lora(workspace, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_script.parse_args(arguments(workspace, tmp_path / "o", "--export_adapter"))
+    assert "--export_adapter needs --adaptation lora (got --adaptation norms)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "metric, values, best_index",
     [("hit@1", [0.2, 0.5, 0.4, 0.5], 1), ("mean_error_m", [900.0, 700.0, 800.0, 700.0], 1), ("mrr", [0.1], 0)],

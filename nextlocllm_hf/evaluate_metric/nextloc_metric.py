@@ -1,12 +1,15 @@
 """`evaluate` metric for next-location prediction: Hit@k, MRR, NDCG@k and distance errors.
 
-A thin wrapper around :func:`nextlocllm_hf.metrics.compute_metrics` (the numbers are identical). Load it offline::
+Self-contained: it imports no package, only the two modules `export_metric` copies beside it
+(`metrics_nextlocllm.py`, the scores, and `geometry_nextlocllm.py`, the Earth radius and projections), which
+`evaluate.load` copies along because this script imports them directly. The numbers are those of
+`nextlocllm_hf.metrics.compute_metrics`: it is the same code. This file is not imported where it lies in the
+package; load an exported copy (`nextlocllm_hf.evaluate_metric.load_metric()` does)::
 
     import evaluate
-    metric = evaluate.load("/abs/path/to/nextlocllm_hf/evaluate_metric/nextloc_metric.py")
-    metric = evaluate.load("/abs/path/to/nextlocllm_hf/evaluate_metric")  # the folder (via evaluate_metric.py)
+    metric = evaluate.load("path/to/nextloc_metric")     # a folder export_metric wrote
+    metric = evaluate.load("ORG/nextloc_metric")         # the Space push_metric pushed
 
-or import it: ``from nextlocllm_hf.evaluate_metric import NextLocMetric; metric = NextLocMetric()``.
 One import per line in this file: `evaluate` parses import lines to find dependencies.
 """
 
@@ -14,17 +17,18 @@ import datasets
 import evaluate
 import numpy as np
 
-from nextlocllm_hf.metrics import DEFAULT_KS
-from nextlocllm_hf.metrics import DEFAULT_NDCG_KS
-from nextlocllm_hf.metrics import compute_metrics
+from .geometry_nextlocllm import MEAN_EARTH_RADIUS_M
+from .metrics_nextlocllm import DEFAULT_KS
+from .metrics_nextlocllm import DEFAULT_NDCG_KS
+from .metrics_nextlocllm import compute_metrics
 
-_DESCRIPTION = """\
+_DESCRIPTION = f"""\
 Next-location prediction metrics over a city's candidate cells. Each prediction is a ranked list of distinct cell ids
 (best first) plus a predicted position (x, y) in Web Mercator metres; each reference is the true next cell id and the
 true position. Returns Hit@k (k = 1, 5, 10, 20 by default), MRR truncated at max(ks), NDCG@k (k = 5, 10; one
-relevant cell, gain 1/log2(rank+1)), mean and median haversine error in metres (mean Earth radius 6 371 008.8 m, after
-inverse Web Mercator) and the mean Euclidean error in Web Mercator units (what the NextLocLLM code reports), plus the
-sample count. Ranking metrics are fractions in [0, 1].
+relevant cell, gain 1/log2(rank+1)), mean and median haversine error in metres (after inverse Web Mercator, on the
+sphere of the mean Earth radius, {MEAN_EARTH_RADIUS_M:,.1f} m) and the mean Euclidean error in Web Mercator units
+(what the NextLocLLM code reports), plus the sample count. Ranking metrics are fractions in [0, 1].
 """
 
 _KWARGS_DESCRIPTION = """
@@ -57,7 +61,7 @@ _CITATION = """\
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class NextLocMetric(evaluate.Metric):
-    """Hit@k / MRR / NDCG@k / distance errors of ranked next-cell predictions (see `compute_metrics`)."""
+    """Hit@k / MRR / NDCG@k / distance errors of ranked next-cell predictions (see `metrics_nextlocllm.py`)."""
 
     def _info(self):
         return evaluate.MetricInfo(
