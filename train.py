@@ -143,6 +143,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--max_steps", type=positive_int, default=None, help="optimizer steps; overrides --epochs")
     train.add_argument("--per_device_batch_size", type=positive_int, default=32)
     train.add_argument("--per_device_eval_batch_size", type=positive_int, default=64)
+    train.add_argument("--dataloader_num_workers", type=non_negative_int, default=0,
+                       help="processes gathering batches from the records (0: the training process) [0]")
     train.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     train.add_argument("--learning_rate", type=positive_float, default=2e-4, help="paper: Adam 2e-4")
@@ -428,6 +430,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         shuffle=True,
         collate_fn=collate_batch,
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG (dropout) untouched by iterators
+        num_workers=args.dataloader_num_workers,
     )
     parameter_counts = (sum(p.numel() for p in model.parameters() if p.requires_grad),
                         sum(p.numel() for p in model.parameters()))  # before FSDP shards them
@@ -479,7 +482,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
 
     def validate(step: int) -> None:
         """Score the validation split, step the scheduler, keep the model if it is the best so far."""
-        scores, _ = evaluate_model(model, validation_samples, args.per_device_eval_batch_size, accelerator, "validation")
+        scores, _ = evaluate_model(model, validation_samples, args.per_device_eval_batch_size, accelerator, "validation",
+                                   num_workers=args.dataloader_num_workers)
         overall = scores[ALL_CITIES]
         tracker.validation_history.append({"step": step, **overall})
         accelerator.log({f"validation/{k}": v for k, v in overall.items()}, step=step)
@@ -556,12 +560,14 @@ def finish(args, accelerator, model, cities, zero_shot, best_dir: Path, results:
     metadata = {name: city.metadata for name, city in cities.cities.items()}
     task_mode = unwrapped.config.task_mode
     test_samples = CitySamples(cities.splits["test"], metadata, task_mode=task_mode)
-    test_scores, _ = evaluate_model(model, test_samples, args.per_device_eval_batch_size, accelerator, "test")
+    test_scores, _ = evaluate_model(model, test_samples, args.per_device_eval_batch_size, accelerator, "test",
+                                   num_workers=args.dataloader_num_workers)
     results["test"] = single_city_view(test_scores)
     for city in zero_shot:
         unwrapped.add_city(city.retriever())
         samples = CitySamples(city.splits["test"], {city.name: city.metadata}, task_mode=task_mode)
-        scores, _ = evaluate_model(model, samples, args.per_device_eval_batch_size, accelerator, f"zero-shot {city.name}")
+        scores, _ = evaluate_model(model, samples, args.per_device_eval_batch_size, accelerator, f"zero-shot {city.name}",
+                                   num_workers=args.dataloader_num_workers)
         results.setdefault("zero_shot", {})[city.name] = scores[city.name]
     if accelerator.is_main_process:
         results["baselines"] = score_baselines(args, cities, zero_shot, task_mode)

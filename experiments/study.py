@@ -123,11 +123,11 @@ class Study:
 
     def rows(self, name: str, split_seed: int = 0):
         """The evaluation rows: the test split of a training city; every sample of the zero-shot city."""
-        from datasets import concatenate_datasets
+        from nextlocllm_hf.data.windows import concatenate_windows
 
         city = self.city(name, split_seed)
         if name == "calgary":
-            return concatenate_datasets([city.splits[s] for s in SPLITS])
+            return concatenate_windows([city.splits[s] for s in SPLITS])
         return city.splits["test"]
 
     def targets(self, name: str, split_seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
-"""City samples as ready tensors: one Arrow -> numpy read per split, then batches by fancy indexing.
+"""City samples as batches of tensors, each gathered from the records when it is asked for.
 
-Row-by-row access of nested lists through `datasets` costs more than the model on small backbones, so a split is
-read once into contiguous arrays. Each batch also carries the per-sample city statistics the model normalizes
-with, so batches may mix cities. The task mode decides whether the query (the target's day, hour and the gap since
+A split is its windows (`data/windows.py`): only their cities and starts are read up front; a batch's fields are
+gathered from the memory-mapped records, so a split never has to fit in memory and row-by-row access through
+`datasets` (slower than the model on small backbones) is avoided. Each batch also carries the per-sample city
+statistics the model normalizes with, so batches may mix cities. The task mode decides whether the query (the target's day, hour and the gap since
 the last record) is part of the inputs: in `next` mode it is not, so nothing about the target reaches the model.
 """
 
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .columns import rows_to_arrays
+from .data.windows import window_view_of
 from .modeling.candidates_nextlocllm import QUERY_COLUMNS
 from .modeling.configuration_nextlocllm import TASK_MODES
 from .modeling.modeling_nextlocllm import MODEL_INPUT_NAMES
@@ -23,7 +25,7 @@ RECORD_FIELDS = ("coordinates", "day", "hour", "duration", "poi", "cell")
 
 
 class CitySamples(Dataset):
-    """A city split (or several cities' splits) in memory; `__getitems__` returns a whole batch as tensors."""
+    """A city split (or several cities' splits) as a torch dataset; `__getitems__` gathers a whole batch as tensors."""
 
     def __init__(
         self,
@@ -32,7 +34,7 @@ class CitySamples(Dataset):
         city_names: Sequence[str] | None = None,
         task_mode: str = "next",
     ):
-        """`split`: a `datasets.Dataset` with the city-sample Features; `city_metadata`: name -> city.json dict.
+        """`split`: a city split of windows (`load_city_splits` / `load_cities`); `city_metadata`: name -> city.json.
 
         `city_names` fixes the order behind `city_index` (default: the order of `city_metadata`); `task_mode`
         (`next` or `at_time`) whether batches carry the query fields.
@@ -41,29 +43,21 @@ class CitySamples(Dataset):
             raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
         self.task_mode = task_mode
         self.city_names = list(city_names or city_metadata)
-        columns = rows_to_arrays(split, split.column_names)
+        self.view = window_view_of(split)
+        if self.view is None:
+            raise ValueError("CitySamples takes a city split of windows (from load_city_splits / load_cities)")
+        columns = rows_to_arrays(split, ["city", "start"])
         unknown = sorted(set(np.unique(columns["city"]).tolist()) - set(self.city_names))
         if unknown:
             raise ValueError(f"split holds cities {unknown} without statistics; known: {self.city_names}")
         index_of = {name: i for i, name in enumerate(self.city_names)}
         self.city_index = np.array([index_of[name] for name in columns["city"]], dtype=np.int64)
-        mean = np.array([city_metadata[n]["coordinate_mean"] for n in self.city_names], dtype=np.float64)
-        std = np.array([city_metadata[n]["coordinate_std"] for n in self.city_names], dtype=np.float64)
-        self.arrays: dict[str, np.ndarray] = {
-            "coordinate_mean": mean[self.city_index],
-            "coordinate_std": std[self.city_index],
-            "labels": columns["target_coordinates"].astype(np.float64),
-            "duration_labels": columns["target_duration"].astype(np.float32),
-            "target_cell": columns["target_cell"].astype(np.int64),
-            "city_index": self.city_index,
-        }
-        if task_mode == "at_time":
-            for name in QUERY_COLUMNS:
-                self.arrays[name] = columns[name].astype(np.float32 if name == "target_time_gap" else np.int64)
-        for part in ("history", "current"):
-            for field in RECORD_FIELDS:
-                dtype = {"coordinates": np.float64, "duration": np.float32, "poi": np.float32}.get(field, np.int64)
-                self.arrays[f"{part}_{field}"] = columns[f"{part}_{field}"].astype(dtype)
+        self.starts = columns["start"]
+        self.mean = np.array([city_metadata[n]["coordinate_mean"] for n in self.city_names], dtype=np.float64)
+        self.std = np.array([city_metadata[n]["coordinate_std"] for n in self.city_names], dtype=np.float64)
+        self.fields = [*(f"{part}_{field}" for part in ("history", "current") for field in RECORD_FIELDS),
+                       "target_coordinates", "target_duration", "target_cell",
+                       *(QUERY_COLUMNS if task_mode == "at_time" else ())]
 
     def __len__(self) -> int:
         return len(self.city_index)
@@ -74,7 +68,17 @@ class CitySamples(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = np.asarray(indices, dtype=np.int64)
-        return {name: torch.from_numpy(values[rows]) for name, values in self.arrays.items()}
+        city_index = self.city_index[rows]
+        gathered = self.view.arrays(np.asarray(self.city_names)[city_index], self.starts[rows], self.fields)
+        batch = {
+            "coordinate_mean": self.mean[city_index],
+            "coordinate_std": self.std[city_index],
+            "labels": gathered.pop("target_coordinates"),
+            "duration_labels": gathered.pop("target_duration"),
+            "city_index": city_index,
+            **gathered,
+        }
+        return {name: torch.from_numpy(np.ascontiguousarray(values)) for name, values in batch.items()}
 
 
 def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -64,6 +64,8 @@ def parse_args(argv=None):
     g.add_argument("--current-length", "--current", type=positive_int, default=B.current_length,
                    help="records in a sample's current trajectory L [%(default)s]")
     g.add_argument("--stride", type=positive_int, default=B.stride, help="window stride [%(default)s]")
+    g.add_argument("--shard-rows", type=positive_int, default=B.shard_rows,
+                   help="records per records file at most (whole users) [%(default)s]")
     g.add_argument("--split", choices=["user", "time"], default=B.split, help="user-disjoint or temporal [%(default)s]")
     g.add_argument("--split-fractions", default=",".join(map(str, B.split_fractions)),
                    help="train,validation,test [%(default)s]")
@@ -108,7 +110,8 @@ def config_from_args(a) -> BuildConfig:
         syn["center_lat"], syn["center_lon"] = _floats(a.center, 2, "--center")
     return BuildConfig(
         city=a.city, format=a.format, input=a.input, pois=a.pois, output=a.output, cell_size_m=a.cell_size_m,
-        history_length=a.history_length, current_length=a.current_length, stride=a.stride, split=a.split,
+        history_length=a.history_length, current_length=a.current_length, stride=a.stride,
+        shard_rows=a.shard_rows, split=a.split,
         split_fractions=_floats(a.split_fractions, 3, "--split-fractions"), seed=a.seed, candidates=a.candidates,
         poi_normalization=a.poi_normalization, max_gap_hours=a.max_gap_hours,
         max_duration_hours=a.max_duration_hours, drop_duplicates=not a.keep_duplicates,

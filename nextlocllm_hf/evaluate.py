@@ -71,9 +71,12 @@ def score_predictions(predictions: Mapping[str, np.ndarray], city_names: Sequenc
     return scores
 
 
-def evaluate_model(model, samples: CitySamples, batch_size: int = 64, accelerator=None, description="evaluate"):
-    """Predict and score a split; returns (metrics per city, raw predictions)."""
-    loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
+def evaluate_model(model, samples: CitySamples, batch_size: int = 64, accelerator=None, description="evaluate",
+                   num_workers: int = 0):
+    """Predict and score a split (batches gathered by `num_workers` processes); returns (metrics per city, raw
+    predictions)."""
+    loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate_batch,
+                        num_workers=num_workers)
     if accelerator is not None:
         loader = accelerator.prepare(loader)
     predictions = predict(model, loader, samples.city_names, accelerator, description)

@@ -18,8 +18,9 @@ rebuilds the adapter layers from the config); a `peft.PeftModel` wrapper is merg
 `push-metric` (`nextlocllm_hf.evaluate_metric`) the `evaluate` metric as a Space.
 
 A dataset repo gets one config per city (`DatasetDict.push_to_hub(repo_id, config_name=city)`:
-`<city>/<split>-*.parquet` plus the card's `configs` / `dataset_info`), and the city's `cells.parquet` and `city.json`
-under `<city>/`, which is what `load_city_splits(repo_id, city=...)` needs to rebuild the retriever and statistics;
+`<city>/<split>-*.parquet`, the windows, plus the card's `configs` / `dataset_info`), and the city's records shards,
+`cells.parquet` and `city.json` under `<city>/`, which is what `load_city_splits(repo_id, city=...)` needs to show the
+windows as samples and to rebuild the retriever and statistics;
 a last commit rewrites the repo's dataset card for every city it holds.
 
 One module for every push (over ~450 lines): models and datasets share the token guard, the repo-id, revision and
@@ -411,6 +412,7 @@ def push_city_dataset(
     from huggingface_hub import CommitOperationAdd
 
     from nextlocllm_hf.data.city_dataset import load_city_splits
+    from nextlocllm_hf.data.windows import RECORDS_PATTERN
 
     check_repo_id(repo_id)
     token = _resolve_token(token)
@@ -428,12 +430,14 @@ def push_city_dataset(
     for directory in dirs:
         city = load_city_splits(directory)
         extras = {f"{city.name}/{name}": directory / name for name in ("cells.parquet", "city.json")}
+        extras.update({f"{city.name}/{path.name}": path for path in sorted(directory.glob(RECORDS_PATTERN))})
         message = commit_message or f"Upload city {city.name}"
         commits.append(city.splits.push_to_hub(repo_id, config_name=city.name, token=token, revision=revision,
                                                commit_message=f"{message} (splits)", max_shard_size=max_shard_size))
-        # After the splits: datasets' push replaces everything directly under <city>/, so these go in last.
+        # After the splits (the windows): datasets' push replaces everything directly under <city>/, so the records,
+        # cells and statistics go in last.
         operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in extras.items()]
-        commits.append(api.create_commit(repo_id, operations, commit_message=f"{message} (cells, statistics)",
+        commits.append(api.create_commit(repo_id, operations, commit_message=f"{message} (records, cells, statistics)",
                                          repo_type="dataset", revision=revision))
         logger.info("pushed city %s from %s to dataset %s", city.name, directory, repo_id)
     commits.append(_push_dataset_card(api, repo_id, revision, token, commit_message or "Update the dataset card"))

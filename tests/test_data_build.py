@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nextlocllm_hf.columns import rows_to_arrays
 from nextlocllm_hf.data import load_cities, load_city_splits
 from nextlocllm_hf.data.build import BuildConfig, build_and_save, build_city
-from nextlocllm_hf.data.features import city_features
+from nextlocllm_hf.data.features import city_features, window_features
 from nextlocllm_hf.data.projection import lonlat_to_mercator
 
 H, L, STRIDE = 4, 2, 1
@@ -60,14 +61,14 @@ def cfg(ci, pi, out=None, **kw):
 def test_user_disjoint_splits_and_fractions(tmp_path):
     ci, pi, *_ = write_fixture(tmp_path, n_users=10)
     res = build_city(cfg(ci, pi))
-    users = {n: set(t.column("user_id").to_pylist()) for n, t in res.splits.items()}
+    users = {n: set(t.column("user_id").to_pylist()) for n, t in res.windows.items()}
     assert len(users["train"]) == 7 and len(users["validation"]) == 1 and len(users["test"]) == 2
     assert not (users["train"] & users["validation"]) and not (users["train"] & users["test"])
     assert not (users["validation"] & users["test"])
     # seeded: same seed same split, another seed another split
     again = build_city(cfg(ci, pi))
-    assert set(again.splits["test"].column("user_id").to_pylist()) == users["test"]
-    other = [set(build_city(cfg(ci, pi, seed=s)).splits["test"].column("user_id").to_pylist()) for s in (1, 2, 3)]
+    assert set(again.windows["test"].column("user_id").to_pylist()) == users["test"]
+    other = [set(build_city(cfg(ci, pi, seed=s)).windows["test"].column("user_id").to_pylist()) for s in (1, 2, 3)]
     assert any(o != users["test"] for o in other)
 
 
@@ -75,13 +76,13 @@ def test_statistics_from_train_only(tmp_path):
     # 13 records per user with W = 7, stride 1: every record of a user is in some window
     ci, pi, df, _ = write_fixture(tmp_path, n_users=10, n_per_user=13)
     res = build_city(cfg(ci, pi))
-    train_users = set(res.splits["train"].column("user_id").to_pylist())
+    train_users = set(res.windows["train"].column("user_id").to_pylist())
     tr = df[df.user_id.isin(train_users)]
     x, y = lonlat_to_mercator(tr.longitude.to_numpy(), tr.latitude.to_numpy())
     np.testing.assert_allclose(res.metadata["coordinate_mean"], [x.mean(), y.mean()], rtol=0, atol=1e-6)
     np.testing.assert_allclose(res.metadata["coordinate_std"], [x.std(), y.std()], rtol=1e-9)
     # moving a test user far away does not change the statistics
-    test_user = sorted(set(res.splits["test"].column("user_id").to_pylist()))[0]
+    test_user = sorted(set(res.windows["test"].column("user_id").to_pylist()))[0]
     df2 = df.copy()
     m = df2.user_id == test_user
     df2.loc[m, "latitude"] += 0.01
@@ -99,23 +100,24 @@ def test_features_preserved_through_save_and_load(tmp_path):
     city = load_city_splits(out)
     expected = city_features(H, L, 5)
     for split in ("train", "validation", "test"):
-        assert city.splits[split].features == expected
-        assert city.splits[split].num_rows == res.splits[split].num_rows
+        assert city.splits[split].features == window_features()  # stored: the windows
+        assert city.splits[split].num_rows == res.windows[split].num_rows
+        assert res.samples(split).schema == expected.arrow_schema  # shown: the samples, with these types
     assert city.name == "tiny" and city.metadata["history_length"] == H
     row = city.splits["train"][0]
     assert len(row["history_coordinates"]) == H and len(row["current_poi"]) == L and len(row["current_poi"][0]) == 5
-    assert min(min(r) for r in city.splits["train"]["history_duration"][:]) >= 0
+    assert min(min(r) for r in city.splits["train"][:]["history_duration"]) >= 0
     cells = city.cells
     assert list(cells.cell_id) == list(range(len(cells)))
     for col in ("cell_id", "lat", "lon", "x", "y", "poi_frequency", "poi_counts"):
         assert col in cells.columns
-    assert city.splits["train"].with_format("numpy")[:2]["history_poi"].shape == (2, H, 5)
+    assert rows_to_arrays(city.splits["train"].select(range(2)), ["history_poi"])["history_poi"].shape == (2, H, 5)
     with open(out / "city.json") as f:
         stats = json.load(f)
-    assert stats["format_version"] == 1 and stats["cell_size_m"] == 500
-    assert stats["counts"]["samples"]["train"] == res.splits["train"].num_rows
+    assert stats["format_version"] == 2 and stats["cell_size_m"] == 500
+    assert stats["counts"]["samples"]["train"] == res.windows["train"].num_rows
     # every record's cell exists and its x/y lies inside that cell
-    t = city.splits["test"].with_format("numpy")[:]
+    t = rows_to_arrays(city.splits["test"], ["target_cell", "target_coordinates"])
     size = stats["grid"]["cell_size_projected"]
     c = cells.set_index("cell_id").loc[t["target_cell"]]
     assert np.all(np.abs(t["target_coordinates"][:, 0] - c.x.to_numpy()) <= size / 2 + 1e-6)
@@ -125,7 +127,7 @@ def test_features_preserved_through_save_and_load(tmp_path):
 def test_changing_the_target_changes_no_input(tmp_path):
     ci, pi, df, venues = write_fixture(tmp_path, n_users=10, n_per_user=12)
     res = build_city(cfg(ci, pi))
-    train = res.splits["train"].to_pandas()
+    train = res.samples("train").to_pandas()
     k = 3
     user = train.user_id.iloc[k]
     j = int((train.user_id.iloc[:k] == user).sum())  # window start (stride 1) within the user
@@ -139,7 +141,7 @@ def test_changing_the_target_changes_no_input(tmp_path):
     t_prev = pd.Timestamp(df.loc[rows[j + W - 2], "utc_time"])
     df2.loc[target_row, "utc_time"] = (t_prev + pd.Timedelta(minutes=7)).strftime("%Y-%m-%d %H:%M:%S")
     df2.to_csv(ci, index=False)
-    train2 = build_city(cfg(ci, pi)).splits["train"].to_pandas()
+    train2 = build_city(cfg(ci, pi)).samples("train").to_pandas()
     assert len(train2) == len(train) and train2.user_id.iloc[k] == user
     inputs = [c for c in train.columns if c.startswith(("history_", "current_"))]
     for c in inputs:
@@ -154,7 +156,7 @@ def test_changing_the_target_changes_no_input(tmp_path):
 def test_durations_and_time_gap(tmp_path):
     ci, pi, df, _ = write_fixture(tmp_path, n_users=3, n_per_user=W)
     res = build_city(cfg(ci, pi, split_fractions=(0.34, 0.33, 0.33)))
-    tables = [t.to_pandas() for t in res.splits.values()]
+    tables = [res.samples(split).to_pandas() for split in res.windows]
     s = pd.concat(tables).set_index("user_id")
     for user, g in df.groupby("user_id"):
         t = pd.to_datetime(g.utc_time).to_numpy()
@@ -173,7 +175,7 @@ def test_durations_and_time_gap(tmp_path):
 def test_time_split_orders_targets(tmp_path):
     ci, pi, *_ = write_fixture(tmp_path, n_users=6, n_per_user=20)
     res = build_city(cfg(ci, pi, split="time"))
-    n = {k: v.num_rows for k, v in res.splits.items()}
+    n = {k: v.num_rows for k, v in res.windows.items()}
     assert n["train"] > n["test"] > 0 and n["validation"] > 0
     assert res.metadata["split_boundaries"]["validation_from"] <= res.metadata["split_boundaries"]["test_from"]
 

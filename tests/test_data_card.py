@@ -40,14 +40,17 @@ def test_the_card_parses_with_huggingface_hub_and_says_what_the_data_is(city):
     assert "/tmp" not in card.text and str(city) not in card.text  # no path of the builder's machine
 
 
-def test_datasets_loads_the_folder_through_the_card_configs(city):
-    from datasets import load_dataset
+def test_datasets_loads_the_folder_through_the_card_configs(city, tmp_path):
+    from datasets import Dataset, load_dataset
 
-    loaded = load_dataset(str(city), "town")
+    loaded = load_dataset(str(city), "town", cache_dir=str(tmp_path / "cache"))
     local = load_city_splits(city)
     assert sorted(loaded) == ["test", "train", "validation"]
-    for split, dataset in local.splits.items():
+    for split, dataset in local.splits.items():  # the windows
         assert loaded[split].to_list() == dataset.to_list()
+    records = [Dataset.from_file(str(path)) for path in sorted(city.glob("records-*.arrow"))]
+    assert sum(r.num_rows for r in records) == local.records.num_records
+    assert records[0].column_names == ["user_id", "ts", "x", "y", "day", "hour", "duration", "cell"]
 
 
 def test_every_sample_field_has_a_description():

@@ -80,8 +80,8 @@ def test_record_poi_vectors_end_to_end(tmp_path):
     for rc, vec in expected.items():
         np.testing.assert_allclose(cells.loc[rc, "poi_frequency"], vec)
     by_id = res.cells.set_index("cell_id")
-    for t in res.splits.values():
-        d = t.to_pandas()
+    for split in res.windows:
+        d = res.samples(split).to_pandas()
         for _, r in d.iterrows():
             for cell, poi in zip(r.history_cell, r.history_poi):
                 np.testing.assert_allclose(poi, by_id.loc[cell, "poi_frequency"])

@@ -37,7 +37,7 @@ def build(tmp_path, df, **kw):
 
 def test_ok_baseline(tmp_path):
     res = build(tmp_path, frame())
-    assert sum(t.num_rows for t in res.splits.values()) == 4 * 5
+    assert sum(t.num_rows for t in res.windows.values()) == 4 * 5
     assert not res.report.drops
 
 

@@ -36,7 +36,7 @@ def cfg(tmp_path, **kw):
 
 
 def n_samples(res):
-    return sum(t.num_rows for t in res.splits.values())
+    return sum(t.num_rows for t in res.windows.values())
 
 
 def test_foursquare_clean_csv_with_local_time_and_root(tmp_path):
@@ -51,7 +51,7 @@ def test_foursquare_clean_csv_with_local_time_and_root(tmp_path):
     p = res.report.info["pois"]
     assert p["source"] == "distinct venues of the check-ins" and p["read"] == 4 and p["via_root"] == 1
     assert p["per_class"]["Residential"] == 1  # Moon Base via its root category "Residence"
-    t = res.splits["train"].to_pandas().iloc[0]
+    t = res.samples("train").to_pandas().iloc[0]
     assert t.history_hour[0] == (18 - 6 + 5 * (int(t.user_id) - 1)) % 24
 
 
@@ -65,7 +65,7 @@ def test_foursquare_raw_tsmc2014(tmp_path):
     assert n_samples(res) == 9
     assert res.metadata["source"]["format"] == "foursquare raw tsmc2014"
     assert res.report.unmapped_categories == {"Moon Base": 1}  # no root column in TSMC2014: reported
-    first = res.splits["train"].to_pandas().iloc[0]
+    first = res.samples("train").to_pandas().iloc[0]
     assert first.history_hour[0] == (14 + 5 * (int(first.user_id) - 1)) % 24  # 18:00 UTC - 4 h
 
 
@@ -92,7 +92,7 @@ def test_gowalla_brightkite(tmp_path):
     assert res.report.drops["zero_coordinates"] == 1
     assert n_samples(res) == 9
     assert any("POI vectors are zero" in n for n in res.report.notes)
-    t = res.splits["train"].to_pandas().iloc[0]
+    t = res.samples("train").to_pandas().iloc[0]
     assert t.history_hour[0] == (12 + 5 * (int(t.user_id) - 1)) % 24  # MDT = UTC - 6 in April
     assert np.all(np.stack(t.history_poi) == 0)
 
@@ -126,7 +126,7 @@ def test_geolife_stay_points(tmp_path):
     res = build_city(cfg(tmp_path, format="geolife", input=str(tmp_path / "Data")))
     assert res.report.info["stay_points"] == 18 and res.report.info["raw_points"] == 3 * 6 * 36
     assert n_samples(res) == 3 * 3
-    t = res.splits["train"].to_pandas().iloc[0]
+    t = res.samples("train").to_pandas().iloc[0]
     x, y = lonlat_to_mercator(116.31, 39.98)
     np.testing.assert_allclose(t.history_coordinates[0], [x, y], atol=30)
     assert t.history_hour[0] == 9 + int(t.user_id)  # 01:00 GMT + user offset -> Beijing time
@@ -163,7 +163,7 @@ def test_yjmob_virtual_grid_and_gap_cut(tmp_path):
     assert res.report.drops["masked_location"] == 3
     assert res.metadata["max_gap_hours"] == 24.0 and res.report.info["segments_kept"] == 6
     assert n_samples(res) == 6 * 2  # two windows per 5-record segment, none across the gap
-    t = pd.concat([s.to_pandas() for s in res.splits.values()])
+    t = pd.concat([res.samples(split).to_pandas() for split in res.windows])
     first = t[t.history_hour.map(lambda h: h[0]) == 5].iloc[0]
     u = int(first.user_id)
     np.testing.assert_allclose(first.history_coordinates[0], [-49750.0, 49750.0 - 500.0 * u])
@@ -187,5 +187,5 @@ def test_generic_parquet_with_mapping_epoch_ms_and_osm_pois(tmp_path):
     assert res.report.info["pois"]["per_class"] == {"Entertainment": 0, "Commercial": 1, "Education": 1,
                                                      "Public Service": 0, "Residential": 0}
     assert res.report.unmapped_categories == {"amenity=unicorn_stable": 1}
-    t = res.splits["train"].to_pandas().iloc[0]
+    t = res.samples("train").to_pandas().iloc[0]
     assert t.history_hour[0] == (12 + 5 * (int(t.user_id) - 1)) % 24

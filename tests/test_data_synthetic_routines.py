@@ -105,7 +105,7 @@ def hit_rates(table: pa.Table, window_h: int = 2) -> tuple[float, float]:
 def samples(seed: int, **params) -> pa.Table:
     res = build_city(BuildConfig(city="routines", format="synthetic", seed=seed, show_progress=False,
                                  synthetic={"n_users": 100, "records_per_user": 150, **params}))
-    return pa.concat_tables([res.splits[name] for name in ("train", "validation", "test")])
+    return pa.concat_tables([res.samples(name) for name in ("train", "validation", "test")])
 
 
 def test_time_of_day_predicts_the_next_cell():

@@ -151,6 +151,20 @@ def test_a_lora_run_exports_a_peft_adapter_that_predicts_as_the_whole_model(work
     assert any(".regression_head." in key for key in keys)
 
 
+def test_dataloader_workers_gather_the_same_batches(workspace):
+    """Batches gathered from the records by two worker processes train and evaluate exactly as in-process ones."""
+    results = {}
+    for workers in (0, 2):
+        output = workspace["root"] / f"workers{workers}"
+        results[workers] = train_script.main(arguments(workspace, output, "--max_steps", "3", "--eval_steps", "3",
+                                                       "--dataloader_num_workers", str(workers)))
+    assert results[2]["test"] == results[0]["test"] and results[2]["validation_history"] == results[0][
+        "validation_history"]
+    first = load_file(workspace["root"] / "workers0" / "model" / "model.safetensors")
+    second = load_file(workspace["root"] / "workers2" / "model" / "model.safetensors")
+    assert all(torch.equal(value, second[name]) for name, value in first.items())
+
+
 def test_export_adapter_needs_lora(workspace, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_script.parse_args(arguments(workspace, tmp_path / "o", "--export_adapter"))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..columns import rows_to_arrays
+from ..columns import available_columns, rows_to_arrays
 from ..modeling.candidates_nextlocllm import (
     QUERY_COLUMNS,
     RECORD_COLUMNS,
@@ -77,7 +77,7 @@ class CandidateFeatureRanker:
         """Candidates of `rows`: all of one city's (a retriever), or of several (name -> retriever, rows by their
         `city` column)."""
         columns = [*RECORD_COLUMNS, *(QUERY_COLUMNS if self.task_mode == "at_time" else ())]
-        names = set(rows.column_names if hasattr(rows, "column_names") else rows)
+        names = available_columns(rows)
         several = not isinstance(cities, CityRetriever)
         extra = [name for name in ("target_cell", "city") if name in names and (name != "city" or several)]
         arrays = rows_to_arrays(rows, [*columns, *extra])

@@ -16,24 +16,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from ..outputs import refuse_occupied, replacing_folder
 from .cells import CANDIDATE_RULES, POI_NORMALIZATIONS, build_cells, count_pois
 from ..modeling.records_nextlocllm import (DEFAULT_MAX_DURATION_HOURS, day_and_hour, is_repeated_record,
-                                          record_durations, time_order)
+                                          leakage_free_durations, record_durations, time_order)
 from .card import dataset_card
 from .city_dataset import CITY_FILES, DATASET_CARD_NAME, SPLITS
-from .features import cell_features, city_features
+from .features import cell_features, city_features, window_features
 from .formats import READERS, ReadOptions
 from .formats.pois import OSM_KEYS
 from .grid import Grid
 from .projection import lonlat_to_mercator, valid_lonlat_mask
 from .report import BuildReport
-from .samples import assemble_samples, segment_bounds, split_by_time, split_by_user, window_index
+from .samples import segment_bounds, split_by_time, split_by_user, window_index
 from .taxonomy import DEFAULT_POI_CLASSES, CategoryMapping, OsmMapping, class_index
+from .windows import (DEFAULT_SHARD_ROWS, FORMAT_VERSION, NUMERIC_RECORD_COLUMNS, CityRecords, shard_bounds,
+                      windows_table, write_records)
 
-FORMAT_VERSION = 1
+GATHER_CHUNK = 65_536  # windows read at once for the train statistics
 DEFAULT_MAX_GAP_HOURS = {"yjmob": 24.0}
 
 
@@ -74,6 +77,7 @@ class BuildConfig:
     license: str = "unknown"
     license_terms: str | None = None
     citation: str | None = None
+    shard_rows: int = DEFAULT_SHARD_ROWS  # records per records shard at most (whole users)
 
     def validate(self) -> None:
         if self.format not in READERS:
@@ -89,6 +93,8 @@ class BuildConfig:
             raise ValueError(f"license={self.license!r}: expected a Hub license id such as cc-by-4.0, other or unknown")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.shard_rows < 1:
+            raise ValueError(f"shard_rows={self.shard_rows!r}: expected an integer >= 1")
         if self.cell_size_m <= 0:
             raise ValueError(f"cell size must be > 0, got {self.cell_size_m}")
         if self.split not in ("user", "time"):
@@ -104,13 +110,29 @@ class BuildConfig:
 
 @dataclass
 class BuildResult:
-    splits: dict  # split name -> pyarrow Table
+    """A built city in memory: its windows per split over its records, cells, metadata (`city.json`) and report."""
+
+    windows: dict  # split name -> pyarrow Table of windows (city, user_id, start)
+    records: CityRecords  # the kept records, in memory
+    record_users: np.ndarray  # each record's user id (the records' string column)
+    record_bounds: list  # the records shards' row ranges
     cells: pd.DataFrame
     metadata: dict  # what city.json holds
     report: BuildReport
 
+    def samples(self, split: str) -> pa.Table:
+        """The split's samples, every field gathered (`features.city_features`): for small cities and inspection."""
+        table = self.windows[split]
+        fields = self.records.gather(table.column("start").to_numpy())
+        H, L = self.metadata["history_length"], self.metadata["current_length"]
+        schema = city_features(H, L, len(self.metadata["poi_classes"])).arrow_schema
+        columns = {"city": table.column("city"), "user_id": table.column("user_id"),
+                   **{name: _nested(values) for name, values in fields.items()}}
+        return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
     def save(self, output, show_progress: bool = True) -> Path:
-        """Write ``train/validation/test.parquet``, ``cells.parquet`` (with HF Features) and ``city.json``.
+        """Write the records shards, ``train/validation/test.parquet`` (the windows), ``cells.parquet`` (with HF
+        Features), ``city.json`` and the dataset card.
 
         They are written into a temporary sibling that replaces ``output`` once complete: an interrupted save leaves
         the folder as it was. Whether ``output`` may be replaced is the caller's decision (``build_and_save``)."""
@@ -129,16 +151,35 @@ class BuildResult:
                 datasets.enable_progress_bars()
 
     def _save(self, out: Path, Dataset, DatasetInfo) -> None:
-        H, L = self.metadata["history_length"], self.metadata["current_length"]
         C = len(self.metadata["poi_classes"])
-        feats = city_features(H, L, C)
-        for name, table in self.splits.items():
-            Dataset(table, info=DatasetInfo(features=feats)).to_parquet(str(out / f"{name}.parquet"))
+        columns = {name: np.concatenate([shard[name] for shard in self.records._shards])
+                   for name in NUMERIC_RECORD_COLUMNS}
+        write_records(out, {**columns, "user_id": self.record_users}, self.record_bounds)
+        for name, table in self.windows.items():
+            Dataset(table, info=DatasetInfo(features=window_features())).to_parquet(str(out / f"{name}.parquet"))
         cf = cell_features(C)
         Dataset.from_pandas(self.cells, features=cf, preserve_index=False).to_parquet(str(out / "cells.parquet"))
         with open(out / "city.json", "w", encoding="utf-8") as f:
             json.dump(self.metadata, f, indent=1, ensure_ascii=False, default=_json_default)
         dataset_card([json.loads(json.dumps(self.metadata, default=_json_default))]).save(out / DATASET_CARD_NAME)
+
+
+def _input_duration_range(durations: np.ndarray, starts: np.ndarray, inputs: int) -> tuple[float, float]:
+    """Smallest and largest input duration of the windows at `starts` (leakage-free rule), a chunk at a time."""
+    low, high = np.inf, -np.inf
+    for i in range(0, len(starts), GATHER_CHUNK):
+        window = starts[i:i + GATHER_CHUNK, None] + np.arange(inputs)
+        values, _ = leakage_free_durations(durations[window])
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return low, high
+
+
+def _nested(values: np.ndarray) -> pa.Array:
+    """A numpy array as an Arrow array, its trailing dimensions as fixed-size lists."""
+    array = pa.array(np.ascontiguousarray(values).reshape(-1))
+    for size in reversed(values.shape[1:]):
+        array = pa.FixedSizeListArray.from_arrays(array, size)
+    return array
 
 
 def _json_default(o):
@@ -363,20 +404,23 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         report.note("a coordinate axis has zero spread in train: its std is set to 1")
         std = np.where(std == 0, 1.0, std)
 
-    day, hour = day_and_hour(recs["local_ts"].to_numpy(dtype=np.int64))
-    rec_arrays = {
-        "user": np.asarray(user_names, dtype=object)[ucode], "x": recs["x"].to_numpy(), "y": recs["y"].to_numpy(),
-        "day": day, "hour": hour, "duration": dur, "ts": ts,
-        "cell": rcell.astype(np.int64), "poi": freq[rcell],
+    # ---------------------------------------------------------------- records once, samples as windows
+    # Only the records of segments long enough for a window are kept; windows start at their row among those.
+    kept_rows = np.flatnonzero(kept_mask)
+    row_in_kept = np.cumsum(kept_mask) - 1
+    day, hour = day_and_hour(recs["local_ts"].to_numpy(dtype=np.int64)[kept_rows])
+    record_columns = {
+        "user_id": np.asarray(user_names, dtype=object)[ucode[kept_rows]], "ts": ts[kept_rows],
+        "x": recs["x"].to_numpy()[kept_rows], "y": recs["y"].to_numpy()[kept_rows], "day": day.astype(np.int8),
+        "hour": hour.astype(np.int8), "duration": dur[kept_rows], "cell": rcell[kept_rows].astype(np.int64),
     }
-    feats = city_features(H, L, C)
-    tables, unknown, train_dur = {}, 0, None
-    for name in SPLITS:
-        table, extra = assemble_samples(split_idx[name], cfg.city, rec_arrays, H, L, feats)
-        tables[name] = table
-        unknown += extra["target_duration_unknown"]
-        if name == "train":
-            train_dur = extra["input_durations"]
+    bounds = shard_bounds(ucode[kept_rows], cfg.shard_rows)
+    records = CityRecords.from_arrays(record_columns, bounds, freq, H, L)
+    windows = {name: windows_table(cfg.city, user_names[ucode[split_idx[name][:, 0]]], row_in_kept[split_idx[name][:, 0]])
+               for name in SPLITS}
+    duration_range = _input_duration_range(record_columns["duration"], windows["train"].column("start").to_numpy(),
+                                           H + L)
+    unknown = int(np.isnan(dur[idx[:, -1]]).sum())
     report.info["durations"] = {"cap_hours": cfg.max_duration_hours or None, "clipped": clipped,
                                 "target_unknown": unknown}
     report.info["samples"] = {n: len(split_idx[n]) for n in SPLITS}
@@ -390,8 +434,8 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         "format_version": FORMAT_VERSION,
         "coordinate_mean": [float(mean[0]), float(mean[1])],
         "coordinate_std": [float(std[0]), float(std[1])],
-        "duration_min_hours": float(np.min(train_dur)),
-        "duration_max_hours": float(np.max(train_dur)),
+        "duration_min_hours": duration_range[0],
+        "duration_max_hours": duration_range[1],
         "statistics_from": "train split only: every record used by a train sample (inputs and targets)",
         "cell_size_m": float(cfg.cell_size_m),
         "grid": grid.to_dict(),
@@ -401,6 +445,8 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         "poi_city_max": [int(v) for v in city_max],
         "history_length": H,
         "current_length": L,
+        "window_length": W,
+        "records_files": len(bounds),
         "stride": cfg.stride,
         "split": cfg.split,
         "split_fractions": [float(v) for v in cfg.split_fractions],
@@ -427,7 +473,7 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         "report": report.to_dict(),
     }
     steps.close()
-    return BuildResult(tables, cells, stats, report)
+    return BuildResult(windows, records, record_columns["user_id"], bounds, cells, stats, report)
 
 
 def build_and_save(cfg: BuildConfig) -> BuildResult:

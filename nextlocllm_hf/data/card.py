@@ -2,8 +2,10 @@
 
 Written with huggingface_hub's card tools (`DatasetCard`, `DatasetCardData`), so the YAML header is what the Hub and
 `datasets` read: the source data's license as the builder was given it, tags, size category and the `configs` that
-map each city to its split files (`load_dataset(folder_or_repo, city)` follows them). The body says what a sample is,
-every field with its unit, the POI class order, the build options and the counts, all read from `city.json`.
+map each city to its split files (its windows: `load_dataset(folder_or_repo, city)`; its records are Arrow files
+`datasets.Dataset.from_file` reads, not a config, since `datasets` reads one dataset's configs with one builder). The
+body says how the two make a sample, every field with its unit, the POI class order, the build options and the
+counts, all read from `city.json`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ FIELD_DESCRIPTIONS = {
     "target_hour": "local hour of the next visit, 0 .. 23",
     "target_duration": "stay duration of the next visit, hours (same rule as the inputs)",
     "target_time_gap": "hours from the last current record to the next visit",
+}
+WINDOW_DESCRIPTIONS = {
+    "city": "the city's name",
+    "user_id": "the user's id in the source data",
+    "start": "row of the window's first record in the records files (taken in file order); the window is that "
+             "record and the next `window_length - 1`",
+}
+RECORD_DESCRIPTIONS = {
+    "user_id": "the user's id in the source data (records are sorted by user, then time)",
+    "ts": "time of the record, UTC, seconds since 1970",
+    "x / y": "position, Web Mercator (EPSG:3857) metres",
+    "day / hour": "local day of week (0 = Monday) and hour",
+    "duration": "hours to the user's next record, clipped at `max_duration_hours`; empty (NaN) at a segment's end",
+    "cell": "the record's grid cell (a `cell_id` of `cells.parquet`)",
 }
 CELL_DESCRIPTIONS = {
     "cell_id": "the cell's id, 0 .. number of candidate cells - 1 (what `*_cell` and `target_cell` refer to)",
@@ -76,6 +92,7 @@ def split_config(metadata: Mapping, prefix: str = "") -> dict:
                            for split in SPLITS]}
 
 
+
 def dataset_card(cities: Sequence[Mapping], configs: Sequence[Mapping] | None = None,
                  dataset_info: Sequence[Mapping] | Mapping | None = None):
     """The card of one or several built cities (`city.json` contents, in order). A pushed repo passes the `configs`
@@ -100,17 +117,35 @@ def dataset_card(cities: Sequence[Mapping], configs: Sequence[Mapping] | None = 
     body = "\n".join([
         f"# {data.pretty_name}",
         "",
-        "Next-location prediction samples built by nextlocllm-hf's `build_city`: each row is one user's history and current visit records and the visit that followed them (the label). Load a city with "
-        "`datasets.load_dataset(<this repo or folder>, <city>)`, or with `nextlocllm_hf.data.load_city_splits`, which "
-        "also reads `cells.parquet` (the candidate cells) and `city.json` (statistics, grid, build options).",
+        "Next-location prediction samples built by nextlocllm-hf's `build_city`. A sample is one user's "
+        f"{cities[0]['history_length']} history and {cities[0]['current_length']} current visit records and the visit "
+        "that followed them (the label). Each record is stored once (`records-*.arrow`, sorted by user and time; "
+        "`datasets.Dataset.from_file` reads one) and each split as windows over them (the `<city>` config: a user "
+        "and the row of the window's first record). `nextlocllm_hf.data.load_city_splits` shows every window as its sample, with "
+        "the fields below (gathered on the fly, so a split never has to fit in memory), and also reads "
+        "`cells.parquet` (the candidate cells) and `city.json` (statistics, grid, build options).",
         "",
         "## Fields",
+        "",
+        "A sample, as `load_city_splits` shows it:",
         "",
         "| field | type | meaning |",
         "|---|---|---|",
         *[f"| `{name}` | {_type(feature)} | {field_description(name)} |"
           for name, feature in city_features(cities[0]["history_length"], cities[0]["current_length"],
                                              len(cities[0]["poi_classes"])).items()],
+        "",
+        "A split's files (the windows):",
+        "",
+        "| column | meaning |",
+        "|---|---|",
+        *[f"| `{name}` | {text} |" for name, text in WINDOW_DESCRIPTIONS.items()],
+        "",
+        "The records files:",
+        "",
+        "| column | meaning |",
+        "|---|---|",
+        *[f"| `{name}` | {text} |" for name, text in RECORD_DESCRIPTIONS.items()],
         "",
         "`cells.parquet`, the city's candidate cells:",
         "",

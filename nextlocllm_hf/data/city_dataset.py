@@ -1,7 +1,8 @@
 """Loading built city folders: :func:`load_city_splits` and :func:`load_cities`.
 
-A city folder (output of ``dataset_scripts/build_city.py``) holds ``train/validation/test.parquet``,
-``cells.parquet`` and ``city.json``.  A folder of city folders (one sub-folder per city) is a
+A city folder (output of ``dataset_scripts/build_city.py``, format version 2) holds its records once
+(``records-*.arrow``), its splits as windows over them (``train/validation/test.parquet``), ``cells.parquet`` and
+``city.json``; ``load_city_splits`` shows each split as the samples its windows stand for (``windows.py``).  A folder of city folders (one sub-folder per city) is a
 multi-city collection; ``city=NAME`` picks one.  A Hub dataset repo id is fetched with
 ``huggingface_hub.snapshot_download`` (offline-friendly: honours ``HF_HUB_OFFLINE``).
 """
@@ -15,21 +16,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from .windows import FORMAT_VERSION, RECORDS_PATTERN, CityRecords, WindowView, concatenate_windows, windowed
+
 SPLITS = ("train", "validation", "test")  # the one list of split names (the builder writes these)
 DATASET_CARD_NAME = "README.md"
-CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS), DATASET_CARD_NAME)  # a city folder
+# What a city folder holds (globs).
+CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS), RECORDS_PATTERN, DATASET_CARD_NAME)
 
 
 @dataclass(frozen=True)
 class CityDataset:
-    """One city: its sample splits, candidate cells and ``metadata`` (``city.json``: coordinate statistics, grid,
-    POI classes, sample lengths, build options and counts)."""
+    """One city: its sample splits (windows shown as samples), records, candidate cells and ``metadata``
+    (``city.json``: coordinate statistics, grid, POI classes, sample lengths, build options and counts)."""
 
     name: str
     splits: object  # datasets.DatasetDict
     cells: pd.DataFrame
     metadata: dict
     path: str = ""
+    records: CityRecords | None = None
 
     @property
     def statistics(self) -> dict:
@@ -164,8 +169,9 @@ def _read_split(paths):
 def load_city_splits(path_or_repo_id, city: str | None = None, revision: str | None = None) -> CityDataset:
     """Load a built city (local folder, folder of cities, or Hub dataset repo id).
 
-    Returns a :class:`CityDataset` with ``.splits`` (``DatasetDict`` train/validation/test with the
-    explicit Features of :func:`nextlocllm_hf.data.features.city_features`), ``.cells`` (pandas),
+    Returns a :class:`CityDataset` with ``.splits`` (``DatasetDict`` train/validation/test of windows, shown
+    through a ``WindowView`` transform as samples with the fields of :func:`nextlocllm_hf.data.features.city_features`:
+    ``split[i]``, ``split[a:b]``, ``rows_to_arrays(split, fields)``), ``.records``, ``.cells`` (pandas),
     ``.metadata`` (``city.json``) and ``.retriever()``.  A repo id (``ORG/NAME``, pushed with
     ``nextlocllm_hf.hub.push_city_dataset``) is read at ``revision`` (branch or commit; default main),
     one config per city: pass ``city=NAME`` when it holds several.
@@ -175,15 +181,36 @@ def load_city_splits(path_or_repo_id, city: str | None = None, revision: str | N
     d = _resolve_dir(path_or_repo_id, city, revision)
     where = str(d) if Path(str(path_or_repo_id)).expanduser().exists() else (
         f"dataset repo {path_or_repo_id!r} (city {d.name!r}, commit {d.parent.name})")
-    missing = [f for f in ("city.json", "cells.parquet") if not (d / f).is_file()]
+    if not (d / "city.json").is_file():
+        raise FileNotFoundError(f"{where}: missing ['city.json']")
+    with open(d / "city.json", encoding="utf-8") as f:
+        metadata = json.load(f)
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{where}: city format_version {version!r}, this package reads {FORMAT_VERSION} (records "
+                         f"stored once, samples as windows over them): rebuild it with nextlocllm-build-city")
+    records_files = sorted(d.glob(RECORDS_PATTERN))
+    missing = [f for f in ("cells.parquet",) if not (d / f).is_file()]
     missing += [f"{s}.parquet" for s in SPLITS if not _split_files(d, s)]
+    if len(records_files) != metadata["records_files"]:
+        missing.append(f"{RECORDS_PATTERN} ({len(records_files)} of {metadata['records_files']} files)")
     if missing:
         raise FileNotFoundError(f"{where}: missing {missing}")
-    with open(d / "city.json", encoding="utf-8") as f:
-        stats = json.load(f)
-    splits = DatasetDict({s: _read_split(_split_files(d, s)) for s in SPLITS})
     cells = pd.read_parquet(d / "cells.parquet")
-    return CityDataset(stats["city"], splits, cells, stats, str(d))
+    records = CityRecords(records_files, _poi_frequency(cells), metadata["history_length"],
+                          metadata["current_length"])
+    view = WindowView({metadata["city"]: records})
+    splits = DatasetDict({s: windowed(_read_split(_split_files(d, s)), view) for s in SPLITS})
+    return CityDataset(metadata["city"], splits, cells, metadata, str(d), records)
+
+
+def _poi_frequency(cells: pd.DataFrame) -> "np.ndarray":
+    """`(cells, C)` the cells' POI frequencies, row = cell id."""
+    import numpy as np
+
+    frequency = np.zeros((len(cells), len(cells["poi_frequency"].iloc[0]) if len(cells) else 0), dtype=np.float32)
+    frequency[cells["cell_id"].to_numpy()] = np.stack(cells["poi_frequency"].to_numpy()) if len(cells) else 0
+    return frequency
 
 
 def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
@@ -194,7 +221,7 @@ def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
     pass ``cities``).  All cities must
     share history/current lengths and POI classes.
     """
-    from datasets import DatasetDict, concatenate_datasets
+    from datasets import DatasetDict
 
     if isinstance(paths_or_repo_ids, (str, Path)):
         root = Path(str(paths_or_repo_ids))
@@ -228,5 +255,5 @@ def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
             if ds.metadata[key] != first.metadata[key]:
                 raise ValueError(f"cities {first.name!r} and {ds.name!r} differ in {key}: "
                                  f"{first.metadata[key]!r} vs {ds.metadata[key]!r}")
-    splits = DatasetDict({s: concatenate_datasets([ds.splits[s] for ds in loaded.values()]) for s in SPLITS})
+    splits = DatasetDict({s: concatenate_windows([ds.splits[s] for ds in loaded.values()]) for s in SPLITS})
     return MultiCityDataset(loaded, splits)

@@ -1,4 +1,4 @@
-"""The explicit ``datasets.Features`` of a city's sample splits and candidate-cell table."""
+"""The explicit ``datasets.Features`` of a city's samples, its stored windows and its candidate-cell table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ TARGET_FIELDS = ("target_coordinates", "target_cell", "target_day", "target_hour
 
 
 def city_features(history_length: int = 40, current_length: int = 5, num_classes: int = 5):
-    """Features of ``train/validation/test.parquet`` (fixed-length lists)."""
+    """Features of a sample (fixed-length lists): what a split's `WindowView` gathers for each window."""
     from datasets import Features, List, Value
 
     def seq(prefix: str, n: int) -> dict:
@@ -32,6 +32,13 @@ def city_features(history_length: int = 40, current_length: int = 5, num_classes
         "target_duration": Value("float32"),
         "target_time_gap": Value("float32"),
     })
+
+
+def window_features():
+    """Features of ``train/validation/test.parquet``: a split's windows (``start``: row of the first record)."""
+    from datasets import Features, Value
+
+    return Features({"city": Value("string"), "user_id": Value("string"), "start": Value("int64")})
 
 
 def cell_features(num_classes: int = 5):
