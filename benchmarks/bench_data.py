@@ -26,12 +26,13 @@ RECORDS_PER_USER = 520
 
 BUILD = """
 import json, resource, sys, time
+import nextlocllm_hf
 from nextlocllm_hf.data.build import BuildConfig, build_and_save
 users, output = int(sys.argv[1]), sys.argv[2]
 start = time.perf_counter()
 result = build_and_save(BuildConfig(city="bench", format="synthetic", seed=0, output=output, show_progress=False,
                                     synthetic={"n_users": users, "records_per_user": %d}))
-print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+print(json.dumps({"package": nextlocllm_hf.__file__, "seconds": time.perf_counter() - start, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "records": result.metadata["counts"]["records"]["kept"],
                   "samples": sum(result.metadata["counts"]["samples"].values())}))
 """ % RECORDS_PER_USER
@@ -59,11 +60,12 @@ print(json.dumps({"load_seconds": loaded, "batches_per_second": n / (time.perf_c
 """
 
 
-def run(script: str, args: list[str], pythonpath: str | None = None) -> dict:
+def run(script: str, args: list[str], cwd: Path, pythonpath: str | None = None) -> dict:
+    """`script` in a fresh interpreter started in `cwd` (not the checkout, whose package `-c` would import first)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=cwd)
     if result.returncode:
         raise RuntimeError(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -105,10 +107,10 @@ def main(argv=None) -> None:
                 variants.append((f"format 1 ({args.baseline[:7]})", old_tree))
             for name, tree in variants:
                 folder = scratch / f"city-{records}-{name.split()[1]}"
-                built = run(BUILD, [str(users), str(folder)], tree)
+                built = run(BUILD, [str(users), str(folder)], scratch, tree)
                 row = {"variant": name, "users": users, **built, "bytes": folder_bytes(folder)}
                 if tree is None:
-                    row.update({f"feed_{k}": v for k, v in run(FEED, [str(folder), str(args.batches)]).items()})
+                    row.update({f"feed_{k}": v for k, v in run(FEED, [str(folder), str(args.batches)], scratch).items()})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 shutil.rmtree(folder)

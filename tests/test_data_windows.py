@@ -42,9 +42,8 @@ def built(tmp_path_factory):
 
 def format_1_samples(result) -> dict[str, pa.Table]:
     """What format 1 stored: `assemble_samples` over the same records (the reference implementation)."""
-    records = result.records
-    columns = {name: np.concatenate([shard[name] for shard in records._shards]) for name in records._shards[0]}
-    rec = {"user": np.asarray(result.record_users, dtype=object), "x": columns["x"], "y": columns["y"],
+    records, columns = result.records, result.record_columns
+    rec = {"user": np.asarray(columns["user_id"], dtype=object), "x": columns["x"], "y": columns["y"],
            "day": columns["day"], "hour": columns["hour"], "duration": columns["duration"], "ts": columns["ts"],
            "cell": columns["cell"], "poi": records.poi_frequency.astype(np.float64)[columns["cell"]]}
     features = city_features(H, L, records.poi_frequency.shape[1])

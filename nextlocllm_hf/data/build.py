@@ -33,8 +33,7 @@ from .projection import lonlat_to_mercator, valid_lonlat_mask
 from .report import BuildReport
 from .samples import segment_bounds, split_by_time, split_by_user, window_index
 from .taxonomy import DEFAULT_POI_CLASSES, CategoryMapping, OsmMapping, class_index
-from .windows import (DEFAULT_SHARD_ROWS, FORMAT_VERSION, NUMERIC_RECORD_COLUMNS, CityRecords, shard_bounds,
-                      windows_table, write_records)
+from .windows import DEFAULT_SHARD_ROWS, FORMAT_VERSION, CityRecords, shard_bounds, windows_table, write_records
 
 GATHER_CHUNK = 65_536  # windows read at once for the train statistics
 DEFAULT_MAX_GAP_HOURS = {"yjmob": 24.0}
@@ -113,8 +112,8 @@ class BuildResult:
     """A built city in memory: its windows per split over its records, cells, metadata (`city.json`) and report."""
 
     windows: dict  # split name -> pyarrow Table of windows (city, user_id, start)
-    records: CityRecords  # the kept records, in memory
-    record_users: np.ndarray  # each record's user id (the records' string column)
+    records: CityRecords  # the kept records, in memory, as the windows see them
+    record_columns: dict  # the kept records' columns (`windows.RECORDS_SCHEMA`), as they are written
     record_bounds: list  # the records shards' row ranges
     cells: pd.DataFrame
     metadata: dict  # what city.json holds
@@ -152,9 +151,7 @@ class BuildResult:
 
     def _save(self, out: Path, Dataset, DatasetInfo) -> None:
         C = len(self.metadata["poi_classes"])
-        columns = {name: np.concatenate([shard[name] for shard in self.records._shards])
-                   for name in NUMERIC_RECORD_COLUMNS}
-        write_records(out, {**columns, "user_id": self.record_users}, self.record_bounds)
+        write_records(out, self.record_columns, self.record_bounds)
         for name, table in self.windows.items():
             Dataset(table, info=DatasetInfo(features=window_features())).to_parquet(str(out / f"{name}.parquet"))
         cf = cell_features(C)
@@ -473,7 +470,7 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         "report": report.to_dict(),
     }
     steps.close()
-    return BuildResult(windows, records, record_columns["user_id"], bounds, cells, stats, report)
+    return BuildResult(windows, records, record_columns, bounds, cells, stats, report)
 
 
 def build_and_save(cfg: BuildConfig) -> BuildResult:
