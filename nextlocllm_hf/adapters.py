@@ -116,7 +116,7 @@ def adapter_card(base_model: str, repo_id: str | None = None):
     from huggingface_hub import ModelCard, ModelCardData
 
     adapter = repo_id or "path/to/adapter"
-    data = ModelCardData(library_name="peft", base_model=base_model, pipeline_tag="tabular-regression",
+    data = ModelCardData(library_name="peft", base_model=base_model,
                          tags=["peft", "lora", "nextlocllm", "next-location-prediction", "human-mobility"])
     body = f"""
 # NextLocLLM LoRA adapter
