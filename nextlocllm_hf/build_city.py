@@ -83,6 +83,17 @@ def parse_args(argv=None):
                    help="geolife stay-point radius [%(default)s]")
     g.add_argument("--stay-min-minutes", type=positive_float, default=B.stay_min_minutes,
                    help="geolife stay-point minimum stay [%(default)s]")
+    g = p.add_argument_group("scale: the partitioned build (csv, foursquare, gowalla, brightkite, yjmob)")
+    g.add_argument("--partitions", type=int, default=B.partitions,
+                   help="0: build in this process; N: by N user partitions on Dask, one partition per worker at a "
+                        "time (memory per worker ~ city / N) [%(default)s]")
+    g.add_argument("--scheduler", default=B.scheduler,
+                   help="Dask scheduler of the partitioned build: synchronous, threads, processes, or a "
+                        "dask.distributed scheduler address such as tcp://host:8786 [%(default)s]")
+    g.add_argument("--workers", type=positive_int, default=B.workers,
+                   help="processes (or threads) of the partitioned build (default: the cores)")
+    g.add_argument("--block-size", default=B.block_size,
+                   help="bytes of input per read task of the partitioned build [%(default)s]")
     g = p.add_argument_group("synthetic")
     g.add_argument("--users", type=positive_int, default=100, help="synthetic: number of users [100]")
     g.add_argument("--records-per-user", type=positive_int, default=150, help="synthetic: mean records per user [150]")
@@ -111,7 +122,8 @@ def config_from_args(a) -> BuildConfig:
     return BuildConfig(
         city=a.city, format=a.format, input=a.input, pois=a.pois, output=a.output, cell_size_m=a.cell_size_m,
         history_length=a.history_length, current_length=a.current_length, stride=a.stride,
-        shard_rows=a.shard_rows, split=a.split,
+        shard_rows=a.shard_rows, partitions=a.partitions, scheduler=a.scheduler, workers=a.workers,
+        block_size=a.block_size, split=a.split,
         split_fractions=_floats(a.split_fractions, 3, "--split-fractions"), seed=a.seed, candidates=a.candidates,
         poi_normalization=a.poi_normalization, max_gap_hours=a.max_gap_hours,
         max_duration_hours=a.max_duration_hours, drop_duplicates=not a.keep_duplicates,
@@ -136,7 +148,7 @@ def main(argv=None) -> int:
         refuse_occupied_city(a.push_to_hub, a.city, revision=a.hub_revision, overwrite=a.overwrite)
     res = build_and_save(config)
     print(res.report.render())
-    print(f"wrote {a.output} (train/validation/test.parquet, cells.parquet, city.json, README.md) "
+    print(f"wrote {a.output} (records-*.arrow, train/validation/test.parquet, cells.parquet, city.json, README.md) "
           f"in {time.perf_counter() - t0:.1f} s total")
     if a.push_to_hub:
         from nextlocllm_hf.hub import push_city_dataset

@@ -37,11 +37,11 @@ def test_count_and_normalize_hand_computed():
     # records visit (0,0) and (0,2); candidate rules
     rkeys = g.key([0, 0, 0], [0, 2, 2])
     for rule, expected in (("visited", [0, 2]), ("poi", [0, 2, 4, 8]), ("all-in-bbox", list(range(9)))):
-        cells, ck, counts, freq, cmax = build_cells(g, rkeys, pk, pc, 5, rule, "max")
+        cells, ck, counts, freq, cmax = build_cells(g, *np.unique(rkeys, return_counts=True), pk, pc, 5, rule, "max")
         np.testing.assert_array_equal(ck, expected)
         assert list(cells.cell_id) == list(range(len(expected)))
         np.testing.assert_array_equal(cmax, [4, 2, 1, 0, 1])  # city-wide, whatever the candidate rule
-    cells, *_ = build_cells(g, rkeys, pk, pc, 5, "poi", "max")
+    cells, *_ = build_cells(g, *np.unique(rkeys, return_counts=True), pk, pc, 5, "poi", "max")
     np.testing.assert_allclose(np.stack(cells.poi_frequency), [[0, 1, 0, 0, 1], [0] * 5, [1, 0.5, 0, 0, 0],
                                                                [0, 0, 1, 0, 0]])
     np.testing.assert_array_equal(cells.n_records, [1, 2, 0, 0])

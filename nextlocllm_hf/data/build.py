@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +78,14 @@ class BuildConfig:
     license_terms: str | None = None
     citation: str | None = None
     shard_rows: int = DEFAULT_SHARD_ROWS  # records per records shard at most (whole users)
+    # The partitioned build (`partitioned.py`): 0 builds in this process; N >= 1 builds by N user partitions on Dask,
+    # each worker holding one partition at a time, with `scheduler` (synchronous, threads, processes or a
+    # distributed scheduler's address), `workers` (processes or threads; default: the cores) and the input read in
+    # blocks of `block_size`.
+    partitions: int = 0
+    scheduler: str = "processes"
+    workers: int | None = None
+    block_size: str = "64MB"
 
     def validate(self) -> None:
         if self.format not in READERS:
@@ -92,6 +101,10 @@ class BuildConfig:
             raise ValueError(f"license={self.license!r}: expected a Hub license id such as cc-by-4.0, other or unknown")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.partitions < 0:
+            raise ValueError(f"partitions={self.partitions!r}: expected 0 (in process) or a number of partitions >= 1")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers={self.workers!r}: expected an integer >= 1")
         if self.shard_rows < 1:
             raise ValueError(f"shard_rows={self.shard_rows!r}: expected an integer >= 1")
         if self.cell_size_m <= 0:
@@ -112,8 +125,8 @@ class BuildResult:
     """A built city in memory: its windows per split over its records, cells, metadata (`city.json`) and report."""
 
     windows: dict  # split name -> pyarrow Table of windows (city, user_id, start)
-    records: CityRecords  # the kept records, in memory, as the windows see them
-    record_columns: dict  # the kept records' columns (`windows.RECORDS_SCHEMA`), as they are written
+    records: CityRecords  # the kept records as the windows see them (in memory; memory-mapped when partitioned)
+    record_columns: dict | None  # the kept records' columns (`windows.RECORDS_SCHEMA`); None: already files
     record_bounds: list  # the records shards' row ranges
     cells: pd.DataFrame
     metadata: dict  # what city.json holds
@@ -136,29 +149,38 @@ class BuildResult:
         They are written into a temporary sibling that replaces ``output`` once complete: an interrupted save leaves
         the folder as it was. Whether ``output`` may be replaced is the caller's decision (``build_and_save``)."""
         import datasets
-        from datasets import Dataset, DatasetInfo
 
         was_disabled = datasets.utils.are_progress_bars_disabled()
         if not show_progress:
             datasets.disable_progress_bars()
         try:
             with replacing_folder(output) as partial:
-                self._save(partial, Dataset, DatasetInfo)
+                self._save(partial)
             return Path(output)
         finally:
             if not show_progress and not was_disabled:
                 datasets.enable_progress_bars()
 
-    def _save(self, out: Path, Dataset, DatasetInfo) -> None:
-        C = len(self.metadata["poi_classes"])
-        write_records(out, self.record_columns, self.record_bounds)
-        for name, table in self.windows.items():
-            Dataset(table, info=DatasetInfo(features=window_features())).to_parquet(str(out / f"{name}.parquet"))
-        cf = cell_features(C)
-        Dataset.from_pandas(self.cells, features=cf, preserve_index=False).to_parquet(str(out / "cells.parquet"))
-        with open(out / "city.json", "w", encoding="utf-8") as f:
-            json.dump(self.metadata, f, indent=1, ensure_ascii=False, default=_json_default)
-        dataset_card([json.loads(json.dumps(self.metadata, default=_json_default))]).save(out / DATASET_CARD_NAME)
+    def _save(self, out: Path) -> None:
+        if self.record_columns is None:  # a partitioned build's records, written where it built
+            for path in self.records.files:
+                shutil.copy(path, out / Path(path).name)
+        else:
+            write_records(out, self.record_columns, self.record_bounds)
+        write_city_tables(out, self.windows, self.cells, self.metadata)
+
+
+def write_city_tables(out: Path, windows: dict, cells: pd.DataFrame, metadata: dict) -> None:
+    """Everything of a city folder but its records: the splits' windows, the cells, city.json and the card."""
+    from datasets import Dataset, DatasetInfo
+
+    for name, table in windows.items():
+        Dataset(table, info=DatasetInfo(features=window_features())).to_parquet(str(out / f"{name}.parquet"))
+    cf = cell_features(len(metadata["poi_classes"]))
+    Dataset.from_pandas(cells, features=cf, preserve_index=False).to_parquet(str(out / "cells.parquet"))
+    with open(out / "city.json", "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=1, ensure_ascii=False, default=_json_default)
+    dataset_card([json.loads(json.dumps(metadata, default=_json_default))]).save(out / DATASET_CARD_NAME)
 
 
 def _input_duration_range(durations: np.ndarray, starts: np.ndarray, inputs: int) -> tuple[float, float]:
@@ -191,7 +213,7 @@ def _json_default(o):
 
 # ---------------------------------------------------------------------------------------------- steps
 def _clean(recs: pd.DataFrame, cfg: BuildConfig, report: BuildReport):
-    """Drop invalid rows (counted), project, sort by (user, time); returns ``(records, user names)``."""
+    """Drop invalid rows (counted), project, sort by (user, time); returns ``(records, user names)`` (maybe none)."""
     u = recs["user_id"]
     miss = (u.isna() | (u.astype("string").str.strip() == "")).to_numpy()
     report.drop("missing_user", int(miss.sum()))
@@ -199,10 +221,9 @@ def _clean(recs: pd.DataFrame, cfg: BuildConfig, report: BuildReport):
     if "x" not in recs.columns:
         lat, lon = recs["lat"].to_numpy(), recs["lon"].to_numpy()
         bad = ~valid_lonlat_mask(lon, lat)
-        if bad.any():
-            report.check_fraction("invalid_coordinates", int(bad.sum()), len(recs), "latitude/longitude",
-                                  (float(lat[bad][0]), float(lon[bad][0])), cfg.max_invalid_fraction)
-            recs = recs[~bad]
+        report.check_fraction("invalid_coordinates", int(bad.sum()), len(recs), "latitude/longitude",
+                              (float(lat[bad][0]), float(lon[bad][0])) if bad.any() else None, cfg.max_invalid_fraction)
+        recs = recs[~bad]
         zero = ((recs["lat"] == 0) & (recs["lon"] == 0)).to_numpy()
         report.drop("zero_coordinates", int(zero.sum()))
         recs = recs[~zero]
@@ -211,8 +232,6 @@ def _clean(recs: pd.DataFrame, cfg: BuildConfig, report: BuildReport):
         inside = recs["lat"].between(la0, la1) & recs["lon"].between(lo0, lo1)
         report.drop("outside_bbox", int((~inside).sum()))
         recs = recs[inside.to_numpy()]
-    if len(recs) == 0:
-        raise ValueError(f"nothing left after filtering the input records; drops: {dict(report.drops)}")
     recs = recs.copy()
     if "x" not in recs.columns:
         recs["x"], recs["y"] = lonlat_to_mercator(recs["lon"].to_numpy(), recs["lat"].to_numpy())
@@ -227,26 +246,70 @@ def _clean(recs: pd.DataFrame, cfg: BuildConfig, report: BuildReport):
     return recs, np.asarray(names, dtype=object)
 
 
-def _poi_table(raw, recs: pd.DataFrame, report: BuildReport):
-    if raw.pois is not None:
-        return raw.pois, raw.poi_source or "POI file"
-    if "category" in recs.columns or "poi_class" in recs.columns:
-        catcol = "poi_class" if "poi_class" in recs.columns else "category"
-        key = ["venue_id"] if "venue_id" in recs.columns else ["lat", "lon"]
-        cols = list(dict.fromkeys(key + ["lat", "lon", catcol] + (["root_category"] if "root_category" in recs else [])))
-        v = recs[cols].copy()
-        v[catcol] = v[catcol].astype("string").fillna("")
-        if key == ["venue_id"]:  # a missing venue id: the coordinate identifies the venue
-            vid = v["venue_id"].astype("string")
-            miss = vid.isna() | (vid.str.strip() == "")
-            v["venue_id"] = vid.where(~miss, "@" + v["lat"].astype("string") + "," + v["lon"].astype("string"))
-        # most frequent category of each venue, first seen coordinate
-        freq = v.groupby(key + [catcol], sort=False, dropna=False).size().rename("n").reset_index()
-        best = freq.sort_values("n", ascending=False, kind="stable").drop_duplicates(key)
-        first = v.drop_duplicates(key)[list(dict.fromkeys(key + ["lat", "lon"] +
-                                                          (["root_category"] if "root_category" in v else [])))]
-        pois = first.merge(best[key + [catcol]], on=key, how="left")
-        return pois, "distinct venues of the check-ins"
+def _refuse_empty(records: int, report: BuildReport) -> None:
+    if records == 0:
+        raise ValueError(f"nothing left after filtering the input records; drops: {dict(report.drops)}")
+
+
+def _fit_grid(cfg: BuildConfig, fixed, extent) -> Grid:
+    """The input's own grid (YJMob), the `--bbox` one, or one fitted to `extent` = (x min, x max, y min, y max,
+    lat min, lat max) of the clean records."""
+    if fixed is not None:
+        return fixed
+    if cfg.bbox:
+        la0, lo0, la1, lo1 = cfg.bbox
+        (x0, x1), (y0, y1) = lonlat_to_mercator([lo0, lo1], [la0, la1])
+        return Grid.from_extent(x0, y0, x1, y1, cfg.cell_size_m, 0.5 * (la0 + la1))
+    x0, x1, y0, y1, lat0, lat1 = extent
+    return Grid.from_extent(x0, y0, x1, y1, cfg.cell_size_m, 0.5 * (lat0 + lat1))
+
+
+def _extent(recs: pd.DataFrame) -> tuple:
+    return tuple(float(f(recs[c])) for c in ("x", "y", "lat") for f in (np.min, np.max))
+
+
+def _venue_summary(recs: pd.DataFrame, user_names: np.ndarray) -> pd.DataFrame | None:
+    """Each (venue, category) of check-ins sorted by (user, time): how often it occurs, and its first occurrence
+    (user name, row; coordinates): what `_pois_from_venues` needs, summed over the partitions of a partitioned build."""
+    if "category" not in recs.columns and "poi_class" not in recs.columns:
+        return None
+    catcol = "poi_class" if "poi_class" in recs.columns else "category"
+    key = ["venue_id"] if "venue_id" in recs.columns else ["lat", "lon"]
+    cols = list(dict.fromkeys(key + ["lat", "lon", catcol] + (["root_category"] if "root_category" in recs else [])))
+    v = recs[cols].copy()
+    v[catcol] = v[catcol].astype("string").fillna("")
+    if key == ["venue_id"]:  # a missing venue id: the coordinate identifies the venue
+        vid = v["venue_id"].astype("string")
+        miss = vid.isna() | (vid.str.strip() == "")
+        v["venue_id"] = vid.where(~miss, "@" + v["lat"].astype("string") + "," + v["lon"].astype("string"))
+    v["first_user"] = user_names[recs["ucode"].to_numpy()]
+    v["first_row"] = np.arange(len(v), dtype=np.int64)
+    groups = v.groupby(key + [catcol], sort=False, dropna=False)
+    first = v.loc[groups["first_row"].idxmin().to_numpy()].reset_index(drop=True)
+    first["n"] = groups.size().to_numpy()
+    return first
+
+
+def _pois_from_venues(summaries: list[pd.DataFrame]) -> pd.DataFrame:
+    """The POI table of check-ins: each venue once, at its first-seen coordinate, with its most frequent category
+    (ties: the category seen first)."""
+    v = pd.concat(summaries, ignore_index=True)
+    catcol = "poi_class" if "poi_class" in v.columns else "category"
+    key = ["venue_id"] if "venue_id" in v.columns else ["lat", "lon"]
+    v = v.sort_values(["first_user", "first_row"], kind="stable").reset_index(drop=True)
+    totals = v.groupby(key + [catcol], sort=False, dropna=False)["n"].transform("sum")
+    combos = v.assign(n=totals).drop_duplicates(key + [catcol])
+    best = combos.sort_values("n", ascending=False, kind="stable").drop_duplicates(key)
+    first = combos.drop_duplicates(key)[list(dict.fromkeys(key + ["lat", "lon"] +
+                                                           (["root_category"] if "root_category" in v else [])))]
+    return first.merge(best[key + [catcol]], on=key, how="left").reset_index(drop=True)
+
+
+def _poi_table(pois: pd.DataFrame | None, poi_source: str, venues: list, report: BuildReport):
+    if pois is not None:
+        return pois, poi_source or "POI file"
+    if venues:
+        return _pois_from_venues(venues), "distinct venues of the check-ins"
     report.note("no POI information (no --pois and no categories in the input): POI vectors are zero")
     return None, "none"
 
@@ -275,51 +338,20 @@ def _classify_pois(pois: pd.DataFrame, classes, cfg: BuildConfig, report: BuildR
     raise ValueError("POI table has no category, poi_class or OSM tag column")
 
 
-def build_city(cfg: BuildConfig) -> BuildResult:
-    """Run the whole pipeline; returns the tables, cells, metadata and report (nothing written)."""
-    cfg.validate()
-    t0 = time.perf_counter()
-    report = BuildReport(city=cfg.city, format=cfg.format)
-    classes = DEFAULT_POI_CLASSES
-    C = len(classes)
-    H, L = cfg.history_length, cfg.current_length
-    W = H + L + 1
-    steps = tqdm(total=6, desc=f"build {cfg.city}", disable=not cfg.show_progress)
-
-    def step(name):
-        steps.set_postfix_str(name)
-        steps.update(1)
-
-    opts = ReadOptions(columns=cfg.columns, poi_columns=cfg.poi_columns, time_format=cfg.time_format,
+def read_options(cfg: BuildConfig) -> ReadOptions:
+    return ReadOptions(columns=cfg.columns, poi_columns=cfg.poi_columns, time_format=cfg.time_format,
                        time_unit=cfg.time_unit, timezone=cfg.timezone, max_invalid_fraction=cfg.max_invalid_fraction,
                        stay_distance_m=cfg.stay_distance_m, stay_min_minutes=cfg.stay_min_minutes,
                        show_progress=cfg.show_progress,
                        extra={"synthetic": {"city": cfg.city, "seed": cfg.seed, **(cfg.synthetic or {})}})
-    raw = READERS[cfg.format](cfg.input, cfg.pois, report, opts)
-    report.input_users = int(raw.records["user_id"].nunique())
-    step("read")
 
-    # ---------------------------------------------------------------- clean, project, grid
-    recs, user_names = _clean(raw.records, cfg, report)
-    if raw.grid is not None:
-        grid = raw.grid
-    elif cfg.bbox:
-        la0, lo0, la1, lo1 = cfg.bbox
-        (x0, x1), (y0, y1) = lonlat_to_mercator([lo0, lo1], [la0, la1])
-        grid = Grid.from_extent(x0, y0, x1, y1, cfg.cell_size_m, 0.5 * (la0 + la1))
-    else:
-        grid = Grid.fit(recs["x"], recs["y"], recs["lat"], cfg.cell_size_m)
-    row, col, inside = grid.locate(recs["x"].to_numpy(), recs["y"].to_numpy())
-    if (~inside).any():
-        report.drop("outside_grid", int((~inside).sum()))
-        recs = recs[inside].reset_index(drop=True)
-        row, col = row[inside], col[inside]
-    rkeys = grid.key(row, col)
-    report.info["records_clean"] = len(recs)
-    step("clean")
 
-    # ---------------------------------------------------------------- POIs and cells
-    pois, poi_source = _poi_table(raw, recs, report)
+def _pois_and_cells(pois: pd.DataFrame | None, poi_source: str, grid: Grid, visited: np.ndarray,
+                    visited_records: np.ndarray, cfg: BuildConfig, report: BuildReport):
+    """Place and classify the POIs, count them per cell, and make the candidate cells; returns
+    ``(cells, sorted cell keys, POI frequencies, city-wide max per class, POI info)``."""
+    classes = DEFAULT_POI_CLASSES
+    C = len(classes)
     poi_info = {"source": poi_source, "read": 0, "in_area": 0, "classified": 0, "via_root": 0,
                 "per_class": {c: 0 for c in classes}}
     pkeys = np.zeros(0, dtype=np.int64)
@@ -345,20 +377,32 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         pkeys, pcounts = count_pois(grid.key(prow[pin], pcol[pin]), pcls, C)
     if poi_info["classified"] == 0 and pois is not None:
         report.note("no POI could be classified: POI vectors are zero")
-    cells, ckeys, counts, freq, city_max = build_cells(grid, rkeys, pkeys, pcounts, C, cfg.candidates,
-                                                        cfg.poi_normalization)
-    rcell = np.searchsorted(ckeys, rkeys)
+    cells, ckeys, counts, freq, city_max = build_cells(grid, visited, visited_records, pkeys, pcounts, C,
+                                                        cfg.candidates, cfg.poi_normalization)
     report.info["pois"] = poi_info
     report.info["grid"] = grid.to_dict()
     report.info["candidates_rule"] = cfg.candidates
-    report.info["cells"] = {"candidates": len(cells), "visited": int(np.unique(rkeys).size),
-                            "with_pois": int(pkeys.size), "grid_cells": grid.n_cells}
-    step("cells")
+    report.info["cells"] = {"candidates": len(cells), "visited": int(visited.size), "with_pois": int(pkeys.size),
+                            "grid_cells": grid.n_cells}
+    return cells, ckeys, freq, city_max, poi_info
 
-    # ---------------------------------------------------------------- segments, durations, windows
-    max_gap = cfg.max_gap_hours if cfg.max_gap_hours is not None else DEFAULT_MAX_GAP_HOURS.get(cfg.format)
-    ts = recs["ts"].to_numpy(dtype=np.int64)
-    ucode = recs["ucode"].to_numpy()
+
+@dataclass
+class UserWindows:
+    """Some users' segments and windows, over their records sorted by (user, time)."""
+
+    durations: np.ndarray  # per record, hours to the next record of its segment (clipped; NaN at a segment's end)
+    clipped: int
+    windows: np.ndarray  # (windows, H + L + 1) record rows
+    kept: np.ndarray  # per record: in a segment long enough for a window
+    users_kept: np.ndarray  # codes of the users with a window
+    segments_kept: int
+    longest_segment: int
+
+
+def _user_windows(ucode: np.ndarray, ts: np.ndarray, cfg: BuildConfig, max_gap: float | None,
+                  report: BuildReport) -> UserWindows:
+    W = cfg.history_length + cfg.current_length + 1
     seg_s, seg_n = segment_bounds(ucode, ts, max_gap * 3600.0 if max_gap else None)
     dur, clipped = record_durations(ts, seg_s, seg_n, cfg.max_duration_hours or None)
     long_seg = seg_n >= W
@@ -366,27 +410,114 @@ def build_city(cfg: BuildConfig) -> BuildResult:
     users_all = np.unique(ucode)
     users_kept = np.unique(ucode[seg_s[long_seg]]) if long_seg.any() else np.zeros(0, dtype=ucode.dtype)
     report.drop("user_too_short", int(users_all.size - users_kept.size), kind="users")
-    if not long_seg.any():
-        raise ValueError(f"no user has a segment of at least H + L + 1 = {W} records (longest: {int(seg_n.max())}); "
-                         f"lower --history-length/--current-length or check --max-gap-hours")
-    idx = window_index(seg_s, seg_n, W, cfg.stride)
+    return UserWindows(dur, clipped, window_index(seg_s, seg_n, W, cfg.stride), np.repeat(long_seg, seg_n),
+                       users_kept, int(long_seg.sum()), int(seg_n.max()) if seg_n.size else 0)
+
+
+def _refuse_no_window(cfg: BuildConfig, longest: int) -> None:
+    raise ValueError(f"no user has a segment of at least H + L + 1 = "
+                     f"{cfg.history_length + cfg.current_length + 1} records (longest: {longest}); "
+                     f"lower --history-length/--current-length or check --max-gap-hours")
+
+
+def _kept_record_columns(recs: pd.DataFrame, user_names: np.ndarray, rcell: np.ndarray, found: UserWindows) -> dict:
+    """The records of segments long enough for a window, as the records shards store them (`RECORDS_SCHEMA`)."""
+    rows = np.flatnonzero(found.kept)
+    day, hour = day_and_hour(recs["local_ts"].to_numpy(dtype=np.int64)[rows])
+    return {"user_id": np.asarray(user_names, dtype=object)[recs["ucode"].to_numpy()[rows]],
+            "ts": recs["ts"].to_numpy(dtype=np.int64)[rows], "x": recs["x"].to_numpy()[rows],
+            "y": recs["y"].to_numpy()[rows], "day": day.astype(np.int8), "hour": hour.astype(np.int8),
+            "duration": found.durations[rows], "cell": rcell[rows].astype(np.int64)}
+
+
+def _coordinate_moments(xy: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, sum of squared deviations) of points: one partition's share of the train statistics."""
+    mean = xy.mean(axis=0)
+    deviation = xy - mean
+    return len(xy), mean, (deviation * deviation).sum(axis=0)
+
+
+def _coordinate_statistics(parts: list, report: BuildReport) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the points of all `parts` (Chan et al.'s pairwise combination; one part gives numpy's
+    `mean` and `std` exactly)."""
+    parts = [part for part in parts if part[0]]
+    total = sum(n for n, _, _ in parts)
+    if len(parts) == 1:
+        mean, squares = parts[0][1], parts[0][2]
+    else:
+        mean = sum(n * m for n, m, _ in parts) / total
+        squares = sum(s + n * (m - mean) ** 2 for n, m, s in parts)
+    std = np.sqrt(squares / total)
+    if (std == 0).any():
+        report.note("a coordinate axis has zero spread in train: its std is set to 1")
+        std = np.where(std == 0, 1.0, std)
+    return mean, std
+
+
+def _split_labels(cfg: BuildConfig, users: np.ndarray, user_names: np.ndarray, target_ts: np.ndarray):
+    """Split label (0 train, 1 validation, 2 test) of each sample, from its user code or its target time."""
+    if cfg.split == "user":
+        return split_by_user(users, user_names, cfg.split_fractions, cfg.seed), None
+    labels, b = split_by_time(target_ts, cfg.split_fractions)
+    return labels, {"validation_from": pd.Timestamp(b[0], unit="s").isoformat(),
+                    "test_from": pd.Timestamp(b[1], unit="s").isoformat()}
+
+
+def build_city(cfg: BuildConfig) -> BuildResult:
+    """Run the whole pipeline in this process; returns the tables, cells, metadata and report (nothing written)."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    report = BuildReport(city=cfg.city, format=cfg.format)
+    H, L = cfg.history_length, cfg.current_length
+    steps = tqdm(total=6, desc=f"build {cfg.city}", disable=not cfg.show_progress)
+
+    def step(name):
+        steps.set_postfix_str(name)
+        steps.update(1)
+
+    raw = READERS[cfg.format](cfg.input, cfg.pois, report, read_options(cfg))
+    report.input_users = int(raw.records["user_id"].nunique())
+    step("read")
+
+    # ---------------------------------------------------------------- clean, project, grid
+    recs, user_names = _clean(raw.records, cfg, report)
+    _refuse_empty(len(recs), report)
+    grid = _fit_grid(cfg, raw.grid, _extent(recs))
+    row, col, inside = grid.locate(recs["x"].to_numpy(), recs["y"].to_numpy())
+    if (~inside).any():
+        report.drop("outside_grid", int((~inside).sum()))
+        recs = recs[inside].reset_index(drop=True)
+        row, col = row[inside], col[inside]
+    rkeys = grid.key(row, col)
+    report.info["records_clean"] = len(recs)
+    step("clean")
+
+    # ---------------------------------------------------------------- POIs and cells
+    venues = _venue_summary(recs, user_names)
+    pois, poi_source = _poi_table(raw.pois, raw.poi_source, [venues] if venues is not None else [], report)
+    cells, ckeys, freq, city_max, poi_info = _pois_and_cells(pois, poi_source, grid,
+                                                             *np.unique(rkeys, return_counts=True), cfg, report)
+    rcell = np.searchsorted(ckeys, rkeys)
+    step("cells")
+
+    # ---------------------------------------------------------------- segments, durations, windows
+    max_gap = cfg.max_gap_hours if cfg.max_gap_hours is not None else DEFAULT_MAX_GAP_HOURS.get(cfg.format)
+    ts = recs["ts"].to_numpy(dtype=np.int64)
+    ucode = recs["ucode"].to_numpy()
+    found = _user_windows(ucode, ts, cfg, max_gap, report)
+    if not len(found.windows):
+        _refuse_no_window(cfg, found.longest_segment)
+    idx = found.windows
     in_samples = np.zeros(len(recs), dtype=bool)
     in_samples[idx.ravel()] = True
-    kept_mask = np.repeat(long_seg, seg_n)
-    report.info.update({"records_kept": int(kept_mask.sum()), "users_kept": int(users_kept.size),
-                        "segments_kept": int(long_seg.sum()), "records_in_samples": int(in_samples.sum()),
-                        "records_window_tail": int((kept_mask & ~in_samples).sum())})
+    report.info.update({"records_kept": int(found.kept.sum()), "users_kept": int(found.users_kept.size),
+                        "segments_kept": found.segments_kept, "records_in_samples": int(in_samples.sum()),
+                        "records_window_tail": int((found.kept & ~in_samples).sum())})
     step("windows")
 
     # ---------------------------------------------------------------- split
     sample_users = ucode[idx[:, 0]]
-    if cfg.split == "user":
-        labels = split_by_user(sample_users, user_names, cfg.split_fractions, cfg.seed)
-        boundaries = None
-    else:
-        labels, b = split_by_time(ts[idx[:, -1]], cfg.split_fractions)
-        boundaries = {"validation_from": pd.Timestamp(b[0], unit="s").isoformat(),
-                      "test_from": pd.Timestamp(b[1], unit="s").isoformat()}
+    labels, boundaries = _split_labels(cfg, sample_users, user_names, ts[idx[:, -1]])
     split_idx = {name: idx[labels == i] for i, name in enumerate(SPLITS)}
     if len(split_idx["train"]) == 0:
         raise ValueError("the training split is empty")
@@ -394,39 +525,36 @@ def build_city(cfg: BuildConfig) -> BuildResult:
 
     # ---------------------------------------------------------------- statistics (train only)
     train_recs = np.unique(split_idx["train"].ravel())
-    xy = recs[["x", "y"]].to_numpy()[train_recs]
-    mean = xy.mean(axis=0)
-    std = xy.std(axis=0)
-    if (std == 0).any():
-        report.note("a coordinate axis has zero spread in train: its std is set to 1")
-        std = np.where(std == 0, 1.0, std)
+    mean, std = _coordinate_statistics([_coordinate_moments(recs[["x", "y"]].to_numpy()[train_recs])], report)
 
     # ---------------------------------------------------------------- records once, samples as windows
     # Only the records of segments long enough for a window are kept; windows start at their row among those.
-    kept_rows = np.flatnonzero(kept_mask)
-    row_in_kept = np.cumsum(kept_mask) - 1
-    day, hour = day_and_hour(recs["local_ts"].to_numpy(dtype=np.int64)[kept_rows])
-    record_columns = {
-        "user_id": np.asarray(user_names, dtype=object)[ucode[kept_rows]], "ts": ts[kept_rows],
-        "x": recs["x"].to_numpy()[kept_rows], "y": recs["y"].to_numpy()[kept_rows], "day": day.astype(np.int8),
-        "hour": hour.astype(np.int8), "duration": dur[kept_rows], "cell": rcell[kept_rows].astype(np.int64),
-    }
-    bounds = shard_bounds(ucode[kept_rows], cfg.shard_rows)
+    row_in_kept = np.cumsum(found.kept) - 1
+    record_columns = _kept_record_columns(recs, user_names, rcell, found)
+    bounds = shard_bounds(ucode[found.kept], cfg.shard_rows)
     records = CityRecords.from_arrays(record_columns, bounds, freq, H, L)
     windows = {name: windows_table(cfg.city, user_names[ucode[split_idx[name][:, 0]]], row_in_kept[split_idx[name][:, 0]])
                for name in SPLITS}
     duration_range = _input_duration_range(record_columns["duration"], windows["train"].column("start").to_numpy(),
                                            H + L)
-    unknown = int(np.isnan(dur[idx[:, -1]]).sum())
-    report.info["durations"] = {"cap_hours": cfg.max_duration_hours or None, "clipped": clipped,
-                                "target_unknown": unknown}
+    report.info["durations"] = {"cap_hours": cfg.max_duration_hours or None, "clipped": found.clipped,
+                                "target_unknown": int(np.isnan(found.durations[idx[:, -1]]).sum())}
     report.info["samples"] = {n: len(split_idx[n]) for n in SPLITS}
     report.info["split_users"] = {n: int(np.unique(sample_users[labels == i]).size) for i, n in enumerate(SPLITS)}
     step("samples")
 
-    seconds = time.perf_counter() - t0
-    report.info["seconds"] = seconds
-    stats = {
+    report.info["seconds"] = time.perf_counter() - t0
+    metadata = city_metadata(cfg, report, raw.source, poi_source, poi_info, grid, city_max, mean, std, duration_range,
+                             len(bounds), boundaries, max_gap)
+    steps.close()
+    return BuildResult(windows, records, record_columns, bounds, cells, metadata, report)
+
+
+def city_metadata(cfg: BuildConfig, report: BuildReport, source: dict, poi_source: str, poi_info: dict, grid: Grid,
+                  city_max: np.ndarray, mean: np.ndarray, std: np.ndarray, duration_range: tuple, records_files: int,
+                  boundaries: dict | None, max_gap: float | None) -> dict:
+    """What city.json holds, from a finished build's figures and report."""
+    return {
         "city": cfg.city,
         "format_version": FORMAT_VERSION,
         "coordinate_mean": [float(mean[0]), float(mean[1])],
@@ -437,13 +565,13 @@ def build_city(cfg: BuildConfig) -> BuildResult:
         "cell_size_m": float(cfg.cell_size_m),
         "grid": grid.to_dict(),
         "candidates": cfg.candidates,
-        "poi_classes": list(classes),
+        "poi_classes": list(DEFAULT_POI_CLASSES),
         "poi_normalization": cfg.poi_normalization,
         "poi_city_max": [int(v) for v in city_max],
-        "history_length": H,
-        "current_length": L,
-        "window_length": W,
-        "records_files": len(bounds),
+        "history_length": cfg.history_length,
+        "current_length": cfg.current_length,
+        "window_length": cfg.history_length + cfg.current_length + 1,
+        "records_files": records_files,
         "stride": cfg.stride,
         "split": cfg.split,
         "split_fractions": [float(v) for v in cfg.split_fractions],
@@ -455,7 +583,7 @@ def build_city(cfg: BuildConfig) -> BuildResult:
                                "sample gets the median of the sample's other input durations; target_time_gap = "
                                "hours from the last current record to the target",
         "counts": {
-            "users": {"input": report.input_users, "kept": int(users_kept.size), **report.info["split_users"]},
+            "users": {"input": report.input_users, "kept": report.info["users_kept"], **report.info["split_users"]},
             "records": {"input_rows": report.input_rows, "clean": report.info["records_clean"],
                         "kept": report.info["records_kept"], "in_samples": report.info["records_in_samples"]},
             "cells": report.info["cells"],
@@ -463,14 +591,12 @@ def build_city(cfg: BuildConfig) -> BuildResult:
             "samples": report.info["samples"],
             "drops": {"records": dict(report.drops), "users": dict(report.user_drops), "pois": dict(report.poi_drops)},
         },
-        "source": {**raw.source, "pois": poi_source,
+        "source": {**source, "pois": poi_source,
                    "license": {"id": cfg.license, "terms": cfg.license_terms, "citation": cfg.citation},
                    "build": {k: v for k, v in asdict(cfg).items()
                              if k not in ("show_progress", "license", "license_terms", "citation")}},
         "report": report.to_dict(),
     }
-    steps.close()
-    return BuildResult(windows, records, record_columns, bounds, cells, stats, report)
 
 
 def build_and_save(cfg: BuildConfig) -> BuildResult:
@@ -481,6 +607,10 @@ def build_and_save(cfg: BuildConfig) -> BuildResult:
     if not cfg.output:
         raise ValueError("an output folder is required")
     refuse_occupied(cfg.output, overwrite=cfg.overwrite, option="--output", what="city folder", owned=CITY_FILES)
+    if cfg.partitions:
+        from .partitioned import build_partitioned
+
+        return build_partitioned(cfg)
     res = build_city(cfg)
     t = time.perf_counter()
     res.save(cfg.output, show_progress=cfg.show_progress)

@@ -47,15 +47,15 @@ def normalize_counts(counts: np.ndarray, method: str = "max", city_max: np.ndarr
     return out.astype(np.float32)
 
 
-def build_cells(grid, record_keys: np.ndarray, poi_keys: np.ndarray, poi_counts: np.ndarray, num_classes: int,
-                candidates: str = "poi", normalization: str = "max"):
-    """Candidate-cell table.
+def build_cells(grid, visited: np.ndarray, visited_records: np.ndarray, poi_keys: np.ndarray, poi_counts: np.ndarray,
+                num_classes: int, candidates: str = "poi", normalization: str = "max"):
+    """Candidate-cell table from the visited cells' sorted keys and record counts and the POI counts per cell.
 
     Returns ``(cells DataFrame, sorted candidate keys, counts, frequencies, city-wide max per class)``.
     """
     if candidates not in CANDIDATE_RULES:
         raise ValueError(f"unknown candidates rule {candidates!r}; choose from {CANDIDATE_RULES}")
-    visited, n_rec = np.unique(record_keys, return_counts=True)
+    n_rec = visited_records
     if candidates == "visited":
         keys = visited
     elif candidates == "poi":

@@ -19,6 +19,10 @@ class BuildReport:
     unmapped_categories: Counter = field(default_factory=Counter)  # name -> POIs without a class
     notes: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    # reason -> [invalid rows, rows checked, field, example]: what `check_fraction` saw, so that the partitioned build
+    # can check the fractions of the whole input after counting block by block
+    checked: dict = field(default_factory=dict)
+    defer_checks: bool = False  # count only; the partitioned build checks the merged report (`check_fractions`)
 
     def drop(self, reason: str, n: int, example=None, kind: str = "records") -> None:
         if n <= 0:
@@ -29,15 +33,40 @@ class BuildReport:
 
     def check_fraction(self, reason: str, n_bad: int, n_total: int, field_name: str, example, max_fraction: float) -> None:
         """Raise a ``ValueError`` naming the field when too many rows are invalid, else count a drop."""
+        seen = self.checked.setdefault(reason, [0, 0, field_name, None])
+        seen[0], seen[1] = seen[0] + int(max(n_bad, 0)), seen[1] + int(n_total)
         if n_bad <= 0:
             return
-        if n_total == 0 or n_bad / n_total > max_fraction:
-            raise ValueError(
-                f"{reason}: {n_bad} of {n_total} rows have an invalid {field_name!r} (e.g. {example!r}); "
-                f"more than the allowed fraction {max_fraction:g} (--max-invalid-fraction). Check the column "
-                f"mapping / format options."
-            )
+        if seen[3] is None:
+            seen[3] = example
+        if not self.defer_checks and (n_total == 0 or n_bad / n_total > max_fraction):
+            raise _too_many(reason, n_bad, n_total, field_name, example, max_fraction)
         self.drop(reason, n_bad, example)
+
+    def merge(self, other: "BuildReport") -> None:
+        """Add `other`'s counts (a block's or a partition's) to this report; examples and notes: the first seen."""
+        self.input_rows += other.input_rows
+        self.input_users += other.input_users
+        for mine, theirs in ((self.drops, other.drops), (self.user_drops, other.user_drops),
+                             (self.poi_drops, other.poi_drops), (self.unmapped_categories, other.unmapped_categories)):
+            mine.update(theirs)
+        for reason, example in other.examples.items():
+            self.examples.setdefault(reason, example)
+        for text in other.notes:
+            self.note(text)
+        for key, value in other.info.items():
+            self.info.setdefault(key, value)
+        for reason, (bad, total, field_name, example) in other.checked.items():
+            seen = self.checked.setdefault(reason, [0, 0, field_name, example])
+            seen[0], seen[1] = seen[0] + bad, seen[1] + total
+            seen[3] = seen[3] if seen[3] is not None else example
+
+    def check_fractions(self, max_fraction: float) -> None:
+        """The `check_fraction` rule over everything merged: raise when a reason's fraction of the whole input is
+        above `max_fraction`."""
+        for reason, (bad, total, field_name, example) in self.checked.items():
+            if bad and (total == 0 or bad / total > max_fraction):
+                raise _too_many(reason, bad, total, field_name, example, max_fraction)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -110,3 +139,9 @@ class BuildReport:
         if "seconds" in i:
             L.append(f"built in {i['seconds']:.1f} s")
         return "\n".join(L)
+
+
+def _too_many(reason: str, bad: int, total: int, field_name: str, example, max_fraction: float) -> ValueError:
+    return ValueError(f"{reason}: {bad} of {total} rows have an invalid {field_name!r} (e.g. {example!r}); more than "
+                      f"the allowed fraction {max_fraction:g} (--max-invalid-fraction). Check the column mapping / "
+                      f"format options.")

@@ -141,6 +141,9 @@ class SyntheticCityParams:
     seed: int = 0
     n_users: int = 100
     records_per_user: int = 150
+    # One block of users of a larger city (generated block by block, e.g. `benchmarks/bench_data.py`): the city's
+    # POI layout, users drawn from the block's own streams and named `b<block>-u<n>`. None: the city's only block.
+    user_block: int | None = None
     n_pois: int | None = None  # default: drawn in [400, 1500]
     extent_km: float | None = None  # default: drawn in [5, 15]
     center_lat: float | None = None  # default: drawn in [-40, 60]
@@ -292,6 +295,9 @@ def generate_synthetic_city(params: SyntheticCityParams, show_progress: bool = F
     """Return ``(records, pois, resolved_params)``; records in the canonical reader format."""
     q, rng = _resolve(params)
     xy, pcls = _layout_pois(q, rng)
+    block = () if q.user_block is None else (int(q.user_block),)
+    if block:
+        rng = np.random.default_rng([int(q.seed), zlib.crc32(q.city.encode("utf-8")), 2, *block])
     tree = cKDTree(xy)
     U = q.n_users
     n_target = np.maximum(2, np.round(q.records_per_user * rng.lognormal(0.0, 0.25, U))).astype(np.int64)
@@ -319,7 +325,7 @@ def generate_synthetic_city(params: SyntheticCityParams, show_progress: bool = F
     wend = (wstart + rng.normal(8.5, 0.7, U)).clip(wstart + 6, 19.5)
     # routine anchors, hours and per-user probabilities: their own stream, so that with p_leisure = p_weekend_anchor
     # = p_day_anchor = weekend_wake_delay_h = 0 the simulation below is draw for draw the plain EPR + home/work one
-    rr = np.random.default_rng([int(q.seed), zlib.crc32(q.city.encode("utf-8")), 1])
+    rr = np.random.default_rng([int(q.seed), zlib.crc32(q.city.encode("utf-8")), 1, *block])
     near_work = worker & (rr.random(U) < q.leisure_near_work)
     base = np.where(near_work[:, None], xy[np.maximum(work, 0)], xy[home])
     excl = np.c_[home, work]
@@ -495,7 +501,8 @@ def generate_synthetic_city(params: SyntheticCityParams, show_progress: bool = F
     L = out_loc[uu, ss]
     width = len(str(U))
     records = pd.DataFrame({
-        "user_id": pd.array([f"u{u:0{width}d}" for u in range(U)], dtype="string")[uu],
+        "user_id": pd.array([f"{'b%d-' % block[0] if block else ''}u{u:0{width}d}" for u in range(U)],
+                            dtype="string")[uu],
         "ts": t_local - offset_h * 3600,
         "local_ts": t_local,
         "lat": plat[L],

@@ -70,12 +70,13 @@ def shard_bounds(user_codes: np.ndarray, max_rows: int = DEFAULT_SHARD_ROWS) -> 
     return bounds
 
 
-def write_records(folder: str | os.PathLike, columns: Mapping[str, np.ndarray], bounds: Sequence[tuple[int, int]]
-                  ) -> list[str]:
+def write_records(folder: str | os.PathLike, columns: Mapping[str, np.ndarray], bounds: Sequence[tuple[int, int]],
+                  first: int = 0, count: int | None = None) -> list[str]:
     """Write the records (`RECORDS_SCHEMA` columns, `user_id` as strings) as one Arrow IPC stream file per row range
-    of `bounds`, each a single record batch; returns the file names."""
+    of `bounds`, each a single record batch, numbered from `first` of `count` files (a partition writes some of a
+    city's files); returns the file names."""
     folder = Path(folder)
-    names = [records_file_name(i, len(bounds)) for i in range(len(bounds))]
+    names = [records_file_name(first + i, count or len(bounds)) for i in range(len(bounds))]
     for name, (begin, end) in zip(names, bounds):
         arrays = [pa.array(np.asarray(columns[field.name][begin:end]), type=field.type) for field in RECORDS_SCHEMA]
         batch = pa.RecordBatch.from_arrays(arrays, schema=RECORDS_SCHEMA)

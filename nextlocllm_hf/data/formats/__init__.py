@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..report import BuildReport
 from .common import RawInput, ReadOptions, parse_mapping
-from .foursquare import read_foursquare
-from .generic import read_generic
+from .foursquare import foursquare_table, read_foursquare
+from .generic import generic_table, read_generic
 from .geolife import read_geolife
-from .gowalla import read_gowalla
-from .yjmob import read_yjmob
+from .gowalla import gowalla_table, read_gowalla
+from .tables import RecordsTable
+from .yjmob import read_yjmob, yjmob_table
 
 
 def read_synthetic(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
@@ -32,4 +33,13 @@ READERS = {
     "synthetic": read_synthetic,
 }
 
-__all__ = ["READERS", "RawInput", "ReadOptions", "parse_mapping"]
+# Formats whose records are one table, readable in blocks: the ones the partitioned build takes.
+TABLES = {
+    "foursquare": foursquare_table,
+    "gowalla": gowalla_table,
+    "brightkite": gowalla_table,
+    "yjmob": yjmob_table,
+    "csv": generic_table,
+}
+
+__all__ = ["READERS", "TABLES", "RawInput", "ReadOptions", "RecordsTable", "parse_mapping"]

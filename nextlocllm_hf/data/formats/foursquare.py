@@ -17,15 +17,19 @@ Local time = UTC + the per-row offset (or the ``local_time`` column).
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 
 from ..report import BuildReport
-from .common import RawInput, ReadOptions, local_clock, make_records, parse_times, read_table, records_from_frame
+from .common import RawInput, ReadOptions, local_clock, make_records, parse_times, records_from_frame
 from .pois import read_pois
+from .tables import RecordsTable, read_whole_table
 
 RAW_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"
 TSMC_COLUMNS = ["user_id", "venue_id", "category_id", "category", "lat", "lon", "tz_offset_min", "utc_time"]
 TIST_COLUMNS = ["user_id", "venue_id", "utc_time", "tz_offset_min"]
+RAW_READ = {"sep": "\t", "header": None, "dtype": str, "quoting": 3, "encoding_errors": "replace"}
 
 
 def _raw_kind(path) -> str | None:
@@ -39,36 +43,46 @@ def _raw_kind(path) -> str | None:
     return None
 
 
-def read_foursquare(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
+def foursquare_table(path, opts: ReadOptions) -> RecordsTable:
+    """The check-in file as a table: a cleaned CSV with a header or raw TSMC2014 (raw TIST2015 is not one table: its
+    coordinates come from the POI file, see `read_foursquare`)."""
     kind = _raw_kind(path)
-    pois, poi_source = (None, "")
-    if pois_path:
-        pois, poi_source = read_pois(pois_path, report, opts)
     if kind is None:
-        df = read_table(path, dtype={"user_id": str, "venue_id": str}, low_memory=False)
-        report.input_rows = len(df)
-        recs = records_from_frame(df, report, opts, opts.columns, what=f"Foursquare file {path}")
-        return RawInput(recs, pois, source={"format": "foursquare (CSV with header)", "path": str(path)},
-                        poi_source=poi_source)
-    names = TSMC_COLUMNS if kind == "tsmc2014" else TIST_COLUMNS
-    df = pd.read_csv(path, sep="\t", header=None, names=names, dtype=str, quoting=3, encoding_errors="replace")
-    report.input_rows = len(df)
+        return RecordsTable(str(path), {"dtype": {"user_id": str, "venue_id": str}, "low_memory": False},
+                            partial(records_from_frame, mapping=opts.columns, what=f"Foursquare file {path}"),
+                            source={"format": "foursquare (CSV with header)", "path": str(path)})
     if kind == "tist2015":
-        if pois is None:
-            raise ValueError("raw TIST2015 check-ins carry no coordinates: pass the POI file with --pois "
-                             "(dataset_TIST2015_POIs.txt)")
-        if "venue_id" not in pois.columns:
-            raise ValueError("the POI file has no venue id column to join the TIST2015 check-ins on")
-        venues = pois.drop_duplicates("venue_id").set_index("venue_id")
-        known = df["venue_id"].isin(venues.index).to_numpy()
-        report.drop("venue_not_in_poi_file", int((~known).sum()), df["venue_id"][~known].iloc[0] if (~known).any() else None)
-        df = df[known].reset_index(drop=True)
-        v = venues.loc[df["venue_id"]]
-        df["lat"], df["lon"] = v["lat"].to_numpy(), v["lon"].to_numpy()
-        df["category"] = v["category"].to_numpy() if "category" in v.columns else None
+        raise ValueError(f"{path}: raw TIST2015 check-ins take their coordinates from the POI file; build them with "
+                         f"the in-process build (no --partitions)")
+    return RecordsTable(str(path), dict(RAW_READ, names=TSMC_COLUMNS), _raw_records,
+                        source={"format": "foursquare raw tsmc2014", "path": str(path)})
+
+
+def _raw_records(df: pd.DataFrame, report: BuildReport, opts: ReadOptions) -> pd.DataFrame:
     utc = parse_times(df["utc_time"], "utc_time", report, opts, fmt=opts.time_format or RAW_TIME_FORMAT)
     local, how = local_clock(utc, report, opts, tz_offset_min=df["tz_offset_min"])
     report.info["local_time_from"] = how
-    recs = make_records(report, df["user_id"], utc, local, df["lat"], df["lon"], venue_id=df["venue_id"],
+    return make_records(report, df["user_id"], utc, local, df["lat"], df["lon"], venue_id=df["venue_id"],
                         category=df["category"] if "category" in df.columns else None)
-    return RawInput(recs, pois, source={"format": f"foursquare raw {kind}", "path": str(path)}, poi_source=poi_source)
+
+
+def read_foursquare(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
+    if _raw_kind(path) != "tist2015":
+        return read_whole_table(foursquare_table(path, opts), pois_path, report, opts)
+    if not pois_path:
+        raise ValueError("raw TIST2015 check-ins carry no coordinates: pass the POI file with --pois "
+                         "(dataset_TIST2015_POIs.txt)")
+    pois, poi_source = read_pois(pois_path, report, opts)
+    if "venue_id" not in pois.columns:
+        raise ValueError("the POI file has no venue id column to join the TIST2015 check-ins on")
+    df = pd.read_csv(path, **RAW_READ, names=TIST_COLUMNS)
+    report.input_rows = len(df)
+    venues = pois.drop_duplicates("venue_id").set_index("venue_id")
+    known = df["venue_id"].isin(venues.index).to_numpy()
+    report.drop("venue_not_in_poi_file", int((~known).sum()), df["venue_id"][~known].iloc[0] if (~known).any() else None)
+    df = df[known].reset_index(drop=True)
+    v = venues.loc[df["venue_id"]]
+    df["lat"], df["lon"] = v["lat"].to_numpy(), v["lon"].to_numpy()
+    df["category"] = v["category"].to_numpy() if "category" in v.columns else None
+    return RawInput(_raw_records(df, report, opts), pois, source={"format": "foursquare raw tist2015", "path": str(path)},
+                    poi_source=poi_source)

@@ -6,25 +6,31 @@ day/hour.  Brightkite's missing positions (0, 0) are dropped as ``zero_coordinat
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 
 from ..report import BuildReport
 from .common import RawInput, ReadOptions, local_clock, make_records, parse_times
-from .pois import read_pois
+from .tables import RecordsTable, read_whole_table
 
 COLUMNS = ["user_id", "time", "lat", "lon", "venue_id"]
 
 
-def read_gowalla(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
-    df = pd.read_csv(path, sep="\t", header=None, names=COLUMNS, dtype=str, quoting=3, encoding_errors="replace")
-    if df.shape[1] != 5 or df["venue_id"].isna().all():
+def gowalla_table(path, opts: ReadOptions) -> RecordsTable:
+    read = {"sep": "\t", "header": None, "names": COLUMNS, "dtype": str, "quoting": 3, "encoding_errors": "replace"}
+    return RecordsTable(str(path), read, partial(_records, path=path),
+                        source={"format": "gowalla/brightkite", "path": str(path)})
+
+
+def _records(df: pd.DataFrame, report: BuildReport, opts: ReadOptions, path) -> pd.DataFrame:
+    if df.shape[1] != 5 or (len(df) and df["venue_id"].isna().all()):
         raise ValueError(f"{path}: expected 5 tab-separated columns {COLUMNS}")
-    report.input_rows = len(df)
     utc = parse_times(df["time"], "time", report, opts)
     local, how = local_clock(utc, report, opts)
     report.info["local_time_from"] = how
-    recs = make_records(report, df["user_id"], utc, local, df["lat"], df["lon"], venue_id=df["venue_id"])
-    pois, poi_source = (None, "")
-    if pois_path:
-        pois, poi_source = read_pois(pois_path, report, opts)
-    return RawInput(recs, pois, source={"format": "gowalla/brightkite", "path": str(path)}, poi_source=poi_source)
+    return make_records(report, df["user_id"], utc, local, df["lat"], df["lon"], venue_id=df["venue_id"])
+
+
+def read_gowalla(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
+    return read_whole_table(gowalla_table(path, opts), pois_path, report, opts)

@@ -9,22 +9,26 @@ unless ``--pois`` gives a table with ``x, y`` cell columns -- not supported yet.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 
 from ..grid import Grid
 from ..projection import mercator_to_lonlat
 from ..report import BuildReport
-from .common import RawInput, ReadOptions, read_table
+from .common import RawInput, ReadOptions
+from .tables import RecordsTable, read_whole_table
 
 MONDAY_OFFSET_S = 4 * 86400  # 1970-01-05 was a Monday
 
 
-def read_yjmob(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
-    if pois_path:
-        raise ValueError("--pois is not supported for --format yjmob (its POI table uses anonymised categories)")
-    df = read_table(path)
-    report.input_rows = len(df)
+def yjmob_table(path, opts: ReadOptions) -> RecordsTable:
+    return RecordsTable(str(path), {}, partial(_records, path=path), source={"format": "yjmob", "path": str(path)},
+                        grid=Grid.yjmob_virtual(), notes=("YJMob: no POI categories, POI vectors are zero",))
+
+
+def _records(df: pd.DataFrame, report: BuildReport, opts: ReadOptions, path) -> pd.DataFrame:
     FIELD = {"user": ["uid"], "d": ["d"], "t": ["t"], "x": ["x"], "y": ["y"]}
     cols = {}
     for f, names in FIELD.items():
@@ -51,6 +55,11 @@ def read_yjmob(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawIn
     secs = (d[ok] * 86400 + t[ok] * 1800).astype(np.int64) + MONDAY_OFFSET_S
     recs = pd.DataFrame({"user_id": df[cols["user"]].astype("string").to_numpy()[ok], "ts": secs, "local_ts": secs,
                          "lat": lat, "lon": lon, "x": x, "y": y})
-    report.note("YJMob: no POI categories, POI vectors are zero")
     report.info["local_time_from"] = "virtual days (d mod 7, t // 2)"
-    return RawInput(recs, None, grid=Grid.yjmob_virtual(), source={"format": "yjmob", "path": str(path)})
+    return recs
+
+
+def read_yjmob(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
+    if pois_path:
+        raise ValueError("--pois is not supported for --format yjmob (its POI table uses anonymised categories)")
+    return read_whole_table(yjmob_table(path, opts), None, report, opts)
