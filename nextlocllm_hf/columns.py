@@ -6,7 +6,7 @@ Web Mercator coordinates (~1e7 m) to about a metre.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -86,3 +86,25 @@ def rows_to_arrays(rows: Any, columns: Iterable[str]) -> dict[str, np.ndarray]:
             raise ValueError(f"rows lack columns {missing}; they have {sorted(rows)}")
         return {c: _to_numpy(rows[c], c) for c in columns}
     raise TypeError(f"rows must be a datasets.Dataset or a mapping of columns, got {type(rows).__name__}")
+
+
+ROW_CHUNK = 65_536  # samples read at once by code that goes over a whole split (~200 MB of gathered fields)
+
+
+def row_chunks(rows: Any, size: int | None = None) -> Iterator[Any]:
+    """`rows` (what `rows_to_arrays` takes) in pieces of at most `size` (default `ROW_CHUNK`) samples, in order: a
+    split of millions of windows is read a piece at a time, never whole."""
+    size = size or ROW_CHUNK
+    if isinstance(rows, Mapping):
+        n = len(next(iter(rows.values()))) if rows else 0
+        if n <= size:
+            yield rows
+            return
+        for begin in range(0, n, size):
+            yield {c: values[begin:begin + size] for c, values in rows.items()}
+        return
+    if hasattr(rows, "select") and len(rows) > size:  # a datasets.Dataset; `select` keeps a split's window view
+        for begin in range(0, len(rows), size):
+            yield rows.select(range(begin, min(begin + size, len(rows))))
+        return
+    yield rows

@@ -8,14 +8,43 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import debug_launcher
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train as train_script  # noqa: E402
+from nextlocllm_hf.batching import CitySamples, collate_batch  # noqa: E402
 from nextlocllm_hf.data import load_city_splits  # noqa: E402
+
+
+def sample_keys(batch) -> list[bytes]:
+    """What tells one window's sample from another: its target and its current records' coordinates."""
+    joined = torch.cat([batch["labels"], batch["current_coordinates"].flatten(1)], dim=1).numpy()
+    return [row.tobytes() for row in joined]
+
+
+def check_loader_shards(accelerator, city: str) -> None:
+    """The windowed train split through `accelerator.prepare(DataLoader)`: each rank gets its own batches, together
+    every sample once (plus the few Accelerate repeats to even out the last batches)."""
+    split = load_city_splits(city).splits["train"]
+    samples = CitySamples(split, {Path(city).name: load_city_splits(city).metadata})
+    index_of = {key: i for i, key in enumerate(sample_keys(samples[:]))}
+    assert len(index_of) == len(samples), "sample keys are not unique"
+    batch_size = 5
+    loader = accelerator.prepare(DataLoader(samples, batch_size=batch_size, shuffle=True, collate_fn=collate_batch,
+                                            generator=torch.Generator().manual_seed(0)))
+    mine = [index_of[key] for batch in loader for key in sample_keys({k: v.cpu() for k, v in batch.items()})]
+    everyone = gather_object([mine])
+    assert len(everyone) == 2 and len(everyone[0]) == len(everyone[1])
+    seen = np.concatenate(everyone)
+    padded = -(-len(samples) // (2 * batch_size)) * 2 * batch_size
+    assert len(seen) == padded and set(seen.tolist()) == set(range(len(samples))), "a sample missing"
+    assert len(set(everyone[0]) & set(everyone[1])) <= padded - len(samples), "ranks share batches"
 
 
 def distributed_run(city: str, backbone: str, output_dir: str) -> None:
@@ -34,6 +63,7 @@ def distributed_run(city: str, backbone: str, output_dir: str) -> None:
     assert len(splits["test"]) % 2 == 1  # uneven across two ranks: gather_for_metrics must drop the padded duplicate
     assert run.results["test"][Path(city).name]["count"] == len(splits["test"])
     assert [entry["count"] for entry in run.results["validation_history"]] == [len(splits["validation"])] * 2
+    check_loader_shards(accelerator, city)
     if accelerator.is_main_process:
         print("DDP CHECK PASSED", flush=True)
 

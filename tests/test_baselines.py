@@ -276,6 +276,28 @@ def test_rules_rank_thousands_of_samples(retriever):
     assert (rankings["last_location"][:, 0] == seq[:, -1]).all()
 
 
+def test_rules_read_a_large_split_in_chunks_with_the_same_result(retriever, monkeypatch):
+    """A split is ranked and fitted chunk by chunk (`columns.row_chunks`): the same rankings and transition counts
+    as read whole, for mappings and Datasets."""
+    import nextlocllm_hf.columns as columns
+
+    rng = np.random.default_rng(1)
+    seq = rng.integers(0, 9, (500, 8))
+    rows = toy_rows(seq, targets=rng.integers(0, 9, 500))
+    rows["current_coordinates"] = rng.uniform(0, 1500, (500, 2, 2))
+    whole = rank_rule_baselines(rows, rows, retriever, k=6)
+    counts = MarkovTrainUsers().fit(rows, retriever).transition_counts.toarray()
+    monkeypatch.setattr(columns, "ROW_CHUNK", 37)
+    assert len(list(columns.row_chunks(rows))) == 14
+    from datasets import Dataset
+
+    for source in (rows, Dataset.from_dict({k: np.asarray(v).tolist() for k, v in rows.items()})):
+        chunked = rank_rule_baselines(source, source, retriever, k=6)
+        assert all((chunked[name] == whole[name]).all() for name in whole)
+        fitted = MarkovTrainUsers().fit(source, retriever).transition_counts.toarray()
+        assert (fitted == counts).all() and counts.sum() == 500 * 8
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # ID classifier: next cell = (last cell + 1) mod 20, learnable from the last record alone
 

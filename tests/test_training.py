@@ -50,7 +50,8 @@ def arguments(workspace, output_dir, *extra):
 
 
 def test_two_processes_stay_synchronized_and_gather_every_sample(workspace):
-    """accelerate.debug_launcher, 2 gloo processes: identical parameters after training, every sample gathered once."""
+    """accelerate.debug_launcher, 2 gloo processes: identical parameters after training, every sample gathered once,
+    and the windowed train loader sharded: each rank its own batches, together every sample."""
     output = workspace["root"] / "ddp"
     command = [sys.executable, str(REPO / "tests" / "debug_launcher_check.py"), workspace["city"], workspace["backbone"],
                str(output)]

@@ -53,7 +53,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..columns import rows_to_arrays
+from ..columns import row_chunks, rows_to_arrays
 from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics
 from ..modeling.candidates_nextlocllm import QUERY_COLUMNS, TIME_WINDOW_HOURS, hour_distance, reference_time
 from ..modeling.configuration_nextlocllm import TASK_MODES
@@ -270,6 +270,9 @@ class RuleBaseline:
             )
         k = int(k)
         self._check_city(rows, "rows")
+        return np.concatenate([self._rank_chunk(chunk, k) for chunk in row_chunks(rows)])
+
+    def _rank_chunk(self, rows: Any, k: int) -> np.ndarray:
         arrays = rows_to_arrays(rows, (*RANK_COLUMNS, *self.extra_columns))
         seq = record_cells(arrays)
         points = last_points(arrays)
@@ -326,14 +329,17 @@ class MarkovTrainUsers(RuleBaseline):
         if train_rows is None:
             raise ValueError(f"{self.name} learns from the training split: pass train_rows to fit()")
         self._check_city(train_rows, "train_rows")
-        arrays = rows_to_arrays(train_rows, (*CELL_COLUMNS, "target_cell"))
-        seq = record_cells(arrays)
-        target = np.asarray(arrays["target_cell"], dtype=np.int64).reshape(-1)
-        full = np.concatenate([seq, target[:, None]], axis=1)
-        src = self.index.positions(full[:, :-1].ravel(), "training cell ids")
-        dst = self.index.positions(full[:, 1:].ravel(), "training cell ids")
         n = len(self.index)
-        self.transition_counts = csr_matrix((np.ones(len(src), dtype=np.int64), (src, dst)), shape=(n, n))
+        self.transition_counts = csr_matrix((n, n), dtype=np.int64)
+        for chunk in row_chunks(train_rows):
+            arrays = rows_to_arrays(chunk, (*CELL_COLUMNS, "target_cell"))
+            seq = record_cells(arrays)
+            target = np.asarray(arrays["target_cell"], dtype=np.int64).reshape(-1)
+            full = np.concatenate([seq, target[:, None]], axis=1)
+            src = self.index.positions(full[:, :-1].ravel(), "training cell ids")
+            dst = self.index.positions(full[:, 1:].ravel(), "training cell ids")
+            self.transition_counts = self.transition_counts + csr_matrix(
+                (np.ones(len(src), dtype=np.int64), (src, dst)), shape=(n, n))
         self.transition_counts.sum_duplicates()
 
     def successors(self, cell: int, k: int) -> np.ndarray:
@@ -494,8 +500,12 @@ def evaluate_rule_baselines(
     ``k`` must be at least ``max(ks + ndcg_ks)`` (20 by default). ``rows`` also need ``target_cell`` and
     ``target_coordinates``; ``train_rows`` are used by ``markov_train_users`` only.
     """
-    rankings = rank_rule_baselines(train_rows, rows, cells_or_retriever, k=k, names=names, task_mode=task_mode)
-    return metrics_for_rankings(rankings, rows, cells_or_retriever, ks=ks, ndcg_ks=ndcg_ks)
+    names = list(RULE_BASELINES) if names is None else list(names)
+    scores = {}
+    for name in names:  # one rule's ranking in memory at a time
+        ranking = rank_rule_baselines(train_rows, rows, cells_or_retriever, k=k, names=[name], task_mode=task_mode)
+        scores.update(metrics_for_rankings(ranking, rows, cells_or_retriever, ks=ks, ndcg_ks=ndcg_ks))
+    return scores
 
 
 __all__ = [

@@ -213,7 +213,8 @@ def _json_default(o):
 
 # ---------------------------------------------------------------------------------------------- steps
 def _clean(recs: pd.DataFrame, cfg: BuildConfig, report: BuildReport):
-    """Drop invalid rows (counted), project, sort by (user, time); returns ``(records, user names)`` (maybe none)."""
+    """Drop invalid rows (counted), project, sort by (user, time); returns ``(records, user names)``, maybe empty
+    (a partition may lose all its rows; the whole city's emptiness is refused by the caller)."""
     u = recs["user_id"]
     miss = (u.isna() | (u.astype("string").str.strip() == "")).to_numpy()
     report.drop("missing_user", int(miss.sum()))

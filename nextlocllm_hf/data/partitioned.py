@@ -28,13 +28,13 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
+from ..modeling.records_nextlocllm import sniff_sep
 from ..outputs import replacing_folder
 from .build import (DEFAULT_MAX_GAP_HOURS, BuildConfig, BuildResult, _clean, _coordinate_moments,
                     _coordinate_statistics, _extent, _fit_grid, _input_duration_range, _kept_record_columns,
@@ -203,15 +203,11 @@ def _input_blocks(table, block_size: str) -> list:
         frames = dd.read_parquet(table.path)
     else:
         kwargs = {k: v for k, v in table.read_kwargs.items() if k != "low_memory"}  # dask reads each block whole
-        kwargs.setdefault("sep", _separator(table.path))
-        frames = dd.read_csv(table.path, blocksize=block_size, **kwargs)
+        kwargs.setdefault("sep", sniff_sep(table.path))
+        # Dask infers column types from the first block: integers read as floats, so that a later block with a
+        # missing value does not contradict them (the readers convert numbers themselves).
+        frames = dd.read_csv(table.path, blocksize=block_size, assume_missing=True, **kwargs)
     return frames.to_delayed()
-
-
-def _separator(path: str) -> str:
-    from ..modeling.records_nextlocllm import sniff_sep
-
-    return sniff_sep(path)
 
 
 def _window_order(summaries: list[dict]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
