@@ -5,7 +5,7 @@
 For each size, a synthetic city (`records_per_user` 520) is written as a check-in CSV (UTC epoch seconds, offsets,
 venues and categories: what `--format csv` reads), block of users by block of users (`SyntheticCityParams.user_block`),
 so that no process ever holds it whole. It is then built from that file by `nextlocllm-build-city` in its own process:
-in process (`--partitions 0`, up to `--in_process_max` records) and partitioned on Dask's process pool with each
+in process (`--partitions 0`, up to `--in_process_max` records) and partitioned on a local Dask cluster (`--scheduler processes`) with each
 `--workers` count. Peak memory is sampled every 0.1 s over the whole process tree (the command and its workers,
 summed; the driver alone; its largest worker). At the largest size, `train.py` trains on the partitioned
 city (`--train_steps` steps, batch 32, 2 backbone layers, 256 validation samples) and its process's memory is sampled

@@ -103,6 +103,9 @@ class BuildConfig:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.partitions < 0:
             raise ValueError(f"partitions={self.partitions!r}: expected 0 (in process) or a number of partitions >= 1")
+        if self.scheduler not in ("synchronous", "threads", "processes") and "://" not in self.scheduler:
+            raise ValueError(f"scheduler={self.scheduler!r}: expected synchronous, threads, processes or a "
+                             f"dask.distributed scheduler address such as tcp://host:8786")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers={self.workers!r}: expected an integer >= 1")
         if self.shard_rows < 1:

@@ -24,6 +24,7 @@ Stages (the driver keeps only what is per user or per cell: extents, venues, vis
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -73,8 +74,11 @@ def user_partition(user_ids: pd.Series, partitions: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ the tasks
-def _read_block(frame: pd.DataFrame, block: int, table, opts, partitions: int, scratch: Scratch) -> BuildReport:
-    """Stage 1: one block of the input table -> its records, into the user partitions."""
+def _read_block(frame: pd.DataFrame, table, opts, partitions: int, scratch: Scratch,
+                partition_info: dict | None = None) -> pd.DataFrame:
+    """Stage 1: one block of the input table -> its records, into the user partitions. Returns the block's report,
+    pickled in a one-row frame (a `map_partitions` function returns frames)."""
+    block = partition_info["number"]
     report = BuildReport(defer_checks=True)
     report.input_rows = len(frame)
     records = table.to_records(frame, report, opts)
@@ -83,7 +87,7 @@ def _read_block(frame: pd.DataFrame, block: int, table, opts, partitions: int, s
         folder = scratch.read(int(p))
         folder.mkdir(parents=True, exist_ok=True)
         records[part == p].to_parquet(folder / f"block-{block:07d}.parquet", index=False)
-    return report
+    return pd.DataFrame({"report": pd.Series([pickle.dumps(report)], dtype=object)})
 
 
 def _clean_partition(partition: int, cfg: BuildConfig, scratch: Scratch) -> dict:
@@ -163,31 +167,39 @@ def _write_partition(partition: int, labels: np.ndarray, cell_keys: np.ndarray, 
 # ------------------------------------------------------------------------------------------ the driver
 @contextmanager
 def dask_scheduler(scheduler: str, workers: int | None):
-    """`dask.compute` keywords for `scheduler`: synchronous, threads, processes, or a distributed scheduler address
-    (`tcp://host:8786`)."""
-    if scheduler == "processes":  # one pool for all stages: each new process imports the package anew
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    """How `_compute` runs tasks: `synchronous` or `threads` (Dask's local schedulers), `processes` (a
+    `dask.distributed` LocalCluster of single-threaded worker processes) or a distributed scheduler's address.
 
-        with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
-            yield {"scheduler": scheduler, "pool": pool}
-        return
-    if "://" not in scheduler:
+    Processes go through `distributed` rather than Dask's multiprocessing scheduler: that one sends every task's
+    result back through this process (a 64 MB block of input would pass through the driver twice), while a
+    distributed worker keeps what it computed for the tasks that need it."""
+    if scheduler in ("synchronous", "threads"):
         yield {"scheduler": scheduler, **({"num_workers": workers} if workers else {})}
         return
-    try:
-        from distributed import Client
-    except ImportError as e:
-        raise ImportError(f"--scheduler {scheduler}: a cluster address needs dask.distributed "
-                          f"(pip install distributed)") from e
+    from distributed import Client, LocalCluster
+
+    if scheduler == "processes":
+        with LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield {"client": client}
+        return
     with Client(scheduler) as client:
-        yield {"scheduler": client}
+        yield {"client": client}
 
 
 def _compute(tasks: list, compute: dict, description: str, show_progress: bool) -> list:
+    """The results of Dask `tasks`, in order, with a progress bar of the finished tasks."""
     import dask
+    from tqdm.auto import tqdm
 
-    if show_progress and isinstance(compute["scheduler"], str):  # a cluster shows progress on its dashboard
+    if "client" in compute:
+        from distributed import as_completed
+
+        futures = compute["client"].compute(tasks)
+        for _ in tqdm(as_completed(futures), total=len(futures), desc=description, disable=not show_progress):
+            pass
+        return compute["client"].gather(futures)
+    if show_progress:
         from tqdm.dask import TqdmCallback
 
         with TqdmCallback(desc=description):
@@ -195,8 +207,10 @@ def _compute(tasks: list, compute: dict, description: str, show_progress: bool) 
     return list(dask.compute(*tasks, **compute))
 
 
-def _input_blocks(table, block_size: str) -> list:
-    """The input table's blocks, each a delayed pandas frame read as the in-process reader reads the whole file."""
+def _read_into_partitions(table, opts, cfg: BuildConfig, scratch: Scratch, compute: dict) -> list[BuildReport]:
+    """Stage 1 over the whole input: the table's blocks read (as the in-process reader reads the whole file) and
+    cut into the user partitions, block by block; returns the blocks' reports in input order."""
+    import dask
     import dask.dataframe as dd
 
     if table.is_parquet:
@@ -206,8 +220,13 @@ def _input_blocks(table, block_size: str) -> list:
         kwargs.setdefault("sep", sniff_sep(table.path))
         # Dask infers column types from the first block: integers read as floats, so that a later block with a
         # missing value does not contradict them (the readers convert numbers themselves).
-        frames = dd.read_csv(table.path, blocksize=block_size, assume_missing=True, **kwargs)
-    return frames.to_delayed()
+        frames = dd.read_csv(table.path, blocksize=cfg.block_size, assume_missing=True, **kwargs)
+    with dask.config.set({"dataframe.convert-string": False}):  # the reports stay pickled bytes
+        reports = frames.map_partitions(_read_block, table, opts, cfg.partitions, scratch,
+                                        meta=pd.DataFrame({"report": pd.Series([], dtype=object)}))
+        done = _compute(reports.to_delayed(), compute, f"{cfg.city}: read {frames.npartitions} blocks",
+                        cfg.show_progress)
+    return [pickle.loads(r) for frame in done for r in frame["report"]]
 
 
 def _window_order(summaries: list[dict]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -243,10 +262,7 @@ def build_partitioned(cfg: BuildConfig) -> BuildResult:
     try:
         with dask_scheduler(cfg.scheduler, cfg.workers) as compute, replacing_folder(output) as out:
             # 1. read, into user partitions
-            blocks = _input_blocks(table, cfg.block_size)
-            task = dask.delayed(_read_block, pure=False)
-            for r in _compute([task(b, i, table, opts, P, scratch) for i, b in enumerate(blocks)], compute,
-                              f"{cfg.city}: read {len(blocks)} blocks", show):
+            for r in _read_into_partitions(table, opts, cfg, scratch, compute):
                 report.merge(r)
             report.check_fractions(cfg.max_invalid_fraction)
             for text in table.notes:
