@@ -172,10 +172,10 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        worker = f"{row['worker_peak'] / 1e9:.2f}" if row["worker_peak"] else "-"  # in process: no worker
         lines.append(f"| {row['records']:,} | {row['users']:,} | {row['variant']} | {row['samples']:,} | "
                      f"{row['seconds']:.0f} | {row['tree_peak'] / 1e9:.2f} | {row['driver_peak'] / 1e9:.2f} | "
-                     f"{row['worker_peak'] / 1e9:.2f} | "
-                     f"{row['bytes'] / 1e6:.0f} |")
+                     f"{worker} | {row['bytes'] / 1e6:.0f} |")
     if train_row:
         lines += ["", f"`train.py` on the {train_row['records']:,}-record city ({train_row['training_line']}): "
                   f"peak RSS {train_row['tree_peak'] / 1e9:.2f} GB over {args.train_steps} steps, a validation and "

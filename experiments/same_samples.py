@@ -5,9 +5,9 @@
 `--before` holds `nyc_split0/` and `calgary_split0/` as the format-1 builder wrote them (with the study's options);
 the cities are rebuilt with the current code into `--scratch`, and every sample field of every split is compared
 with format 1's stored column, exactly (float64 coordinates bit for bit), as are `cells.parquet` and `city.json`
-(but for what format 2 adds: the format version, the records files, the shard size option; and for timings and
-the output folder). Identical
-inputs give a trained model identical predictions, so the study's numbers stand. Exit status 1 when anything differs.
+(but for what format 2 adds: the format version, the records files; and for timings and the options that say how
+the build ran: shard size, output folder, the partitioned build's settings). Identical inputs give a trained model
+identical predictions, so the study's numbers stand. Exit status 1 when anything differs.
 """
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ from nextlocllm_hf.data.city_dataset import SPLITS  # noqa: E402
 
 CITIES = ("nyc", "calgary")
 FORMAT_2_KEYS = ("format_version", "window_length", "records_files")  # city.json keys format 2 adds or changes
+# build options that say how the build ran (files, folder, the partitioned build's engine), not what it built
+RUN_OPTIONS = ("shard_rows", "output", "partitions", "scheduler", "workers", "block_size")
 
 
 def comparable_metadata(metadata: dict) -> dict:
-    """`city.json` without what format 2 adds, timings and the output folder."""
+    """`city.json` without what format 2 adds, timings and how the build ran."""
     metadata = {key: value for key, value in metadata.items() if key not in (*FORMAT_2_KEYS, "report")}
     metadata["source"] = {**metadata["source"], "build": {key: value for key, value in
-                                                          metadata["source"]["build"].items() if key not in ("shard_rows", "output")}}
+                                                          metadata["source"]["build"].items() if key not in RUN_OPTIONS}}
     return metadata
 
 

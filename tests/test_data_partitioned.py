@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -79,18 +80,24 @@ def test_partitions_equal_the_single_process_build(checkins, tmp_path, split):
     assert not list(tmp_path.glob(".parts.partitions-*"))  # the scratch folder is gone
 
 
-def test_partitions_on_processes_with_a_poi_file(checkins, tmp_path):
+def test_partitions_on_local_processes_with_a_poi_file(checkins, tmp_path):
     options = {"pois": str(checkins / "pois.csv")}
     single = build_and_save(_config(checkins, tmp_path / "single", **options))
+    environment = dict(os.environ)
     partitioned = build_and_save(_config(checkins, tmp_path / "parts", partitions=4, scheduler="processes", workers=2,
                                          block_size="150kB", **options))
+    assert dict(os.environ) == environment  # the local cluster's OMP_NUM_THREADS=1 stays with its workers
     assert_same_city(single, partitioned)
 
 
 def test_partitions_on_a_dask_cluster(checkins, tmp_path):
     """The same build through a `distributed` scheduler's address (a local cluster of two worker processes)."""
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    import distributed
+
+    from nextlocllm_hf.data.partitioned import environment_restored
+
+    with environment_restored(), distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                          dashboard_address=None) as cluster:
         partitioned = build_and_save(_config(checkins, tmp_path / "parts", partitions=3,
                                              scheduler=cluster.scheduler_address, block_size="200kB"))
     assert_same_city(build_and_save(_config(checkins, tmp_path / "single")), partitioned)
@@ -121,3 +128,5 @@ def test_formats_that_are_not_one_table_are_refused(tmp_path):
                                    show_progress=False))
     with pytest.raises(ValueError, match=r"partitions=-1"):
         BuildConfig(city="s", format="synthetic", partitions=-1).validate()
+    with pytest.raises(ValueError, match=r"scheduler='proceses': expected synchronous, threads, processes or"):
+        BuildConfig(city="s", format="synthetic", scheduler="proceses").validate()

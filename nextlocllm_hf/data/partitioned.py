@@ -6,9 +6,9 @@ in-process build's own steps (`build.py`) on each partition and combines their s
 (`tests/test_data_partitioned.py` compares the two field by field).
 
 Why Dask: its tasks run unchanged on one thread (`--scheduler synchronous`), on the cores of one machine
-(`processes`) or on a cluster (the address of a `distributed` scheduler, with the output folder on a file system the
-workers share), and its `read_csv` cuts one large file into byte blocks. Spark needs a JVM and Ray Data a Ray
-runtime; Dask is plain Python on the pandas/pyarrow stack the builder already uses.
+(`processes`: a local `dask.distributed` cluster) or on a cluster (the address of a `distributed` scheduler, with the
+output folder on a file system the workers share), and its `read_csv` cuts one large file into byte blocks. Spark
+needs a JVM and Ray Data a Ray runtime; Dask is plain Python on the pandas/pyarrow stack the builder already uses.
 
 Stages (the driver keeps only what is per user or per cell: extents, venues, visited cells, users, windows):
 
@@ -179,12 +179,25 @@ def dask_scheduler(scheduler: str, workers: int | None):
     from distributed import Client, LocalCluster
 
     if scheduler == "processes":
-        with LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        with environment_restored(), LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1,
+                                                  processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
             yield {"client": client}
         return
     with Client(scheduler) as client:
         yield {"client": client}
+
+
+@contextmanager
+def environment_restored():
+    """Give back this process's environment as it was: a LocalCluster sets OMP_NUM_THREADS=1 (and more) for its
+    workers in `os.environ`, which would leave the caller's torch, and every process it starts, on one thread."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _compute(tasks: list, compute: dict, description: str, show_progress: bool) -> list:
