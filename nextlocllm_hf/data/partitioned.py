@@ -242,7 +242,7 @@ def _read_into_partitions(table, opts, cfg: BuildConfig, scratch: Scratch, compu
     return [pickle.loads(r) for frame in done for r in frame["report"]]
 
 
-def _window_order(summaries: list[dict]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def _window_order(summaries: list[dict]) -> tuple[np.ndarray, list[np.ndarray]]:
     """All users with windows (sorted names) and, for each partition, the global rank of its windows' users:
     the in-process build's order of windows is (user name, time)."""
     names = np.concatenate([s["window_users"] for s in summaries]).astype(object)
@@ -251,7 +251,7 @@ def _window_order(summaries: list[dict]) -> tuple[np.ndarray, np.ndarray, list[n
     rank[order] = np.arange(len(names))
     bounds = np.cumsum([0, *(len(s["window_users"]) for s in summaries)])
     window_rank = [np.repeat(rank[b:e], s["windows_per_user"]) for s, b, e in zip(summaries, bounds[:-1], bounds[1:])]
-    return names[order], rank, window_rank
+    return names[order], window_rank
 
 
 def build_partitioned(cfg: BuildConfig) -> BuildResult:
@@ -311,7 +311,7 @@ def build_partitioned(cfg: BuildConfig) -> BuildResult:
             report.info.update({k: counts[k] for k in ("records_kept", "users_kept", "segments_kept",
                                                        "records_in_samples", "records_window_tail")})
             # 4. split, records shards, train statistics
-            names, _, window_rank = _window_order(found)
+            names, window_rank = _window_order(found)
             ranks = np.concatenate(window_rank)
             order = np.argsort(ranks, kind="stable")
             labels_in_order, boundaries = _split_labels(cfg, ranks[order], names,
