@@ -501,10 +501,11 @@ def evaluate_rule_baselines(
     ``target_coordinates``; ``train_rows`` are used by ``markov_train_users`` only.
     """
     names = list(RULE_BASELINES) if names is None else list(names)
+    targets = rows_to_arrays(rows, ("target_cell", "target_coordinates"))  # read once for every rule
     scores = {}
     for name in names:  # one rule's ranking in memory at a time
         ranking = rank_rule_baselines(train_rows, rows, cells_or_retriever, k=k, names=[name], task_mode=task_mode)
-        scores.update(metrics_for_rankings(ranking, rows, cells_or_retriever, ks=ks, ndcg_ks=ndcg_ks))
+        scores.update(metrics_for_rankings(ranking, targets, cells_or_retriever, ks=ks, ndcg_ks=ndcg_ks))
     return scores
 
 

@@ -128,11 +128,13 @@ def _window_partition(partition: int, cfg: BuildConfig, grid, max_gap: float | N
     pd.DataFrame(columns).to_parquet(scratch.kept(partition), index=False)
     row_in_kept = np.cumsum(found.kept) - 1
     users, per_user = np.unique(ucode[windows[:, 0]], return_counts=True)  # windows are in (user, time) order
-    np.savez(scratch.windows(partition), start=row_in_kept[windows[:, 0]], target=row_in_kept[windows[:, -1]])
+    shards = np.asarray(shard_bounds(ucode[found.kept], cfg.shard_rows), dtype=np.int64).reshape(-1, 2)
+    np.savez(scratch.windows(partition), start=row_in_kept[windows[:, 0]], target=row_in_kept[windows[:, -1]],
+             shards=shards)
     return {
         "report": report, "visited": visited, "visited_records": visited_records,
         "window_users": names[users], "windows_per_user": per_user, "target_ts": ts[windows[:, -1]],
-        "shards": len(shard_bounds(ucode[found.kept], cfg.shard_rows)), "kept": int(found.kept.sum()),
+        "shards": len(shards),
         "counts": {"records_clean": len(records), "records_kept": int(found.kept.sum()),
                    "users_kept": int(found.users_kept.size), "segments_kept": found.segments_kept,
                    "records_in_samples": int(in_samples.sum()),
@@ -147,10 +149,8 @@ def _write_partition(partition: int, labels: np.ndarray, cell_keys: np.ndarray, 
     kept = pd.read_parquet(scratch.kept(partition))
     columns = {name: kept[name].to_numpy() for name in kept.columns}
     columns["cell"] = np.searchsorted(cell_keys, columns["cell"]).astype(np.int64)
-    codes = pd.factorize(kept["user_id"])[0]
-    bounds = shard_bounds(codes, cfg.shard_rows)
-    write_records(out, columns, bounds, first=first_shard, count=shards)
     windows = np.load(scratch.windows(partition))
+    write_records(out, columns, [tuple(b) for b in windows["shards"]], first=first_shard, count=shards)
     starts, targets = windows["start"], windows["target"]
     H, L = cfg.history_length, cfg.current_length
     train = starts[labels == 0]
@@ -326,7 +326,7 @@ def build_partitioned(cfg: BuildConfig) -> BuildResult:
                                 for i, p in enumerate(live)], compute, f"{cfg.city}: write {len(live)} partitions",
                                show)
             # 5. windows in user order, statistics, metadata
-            offsets = np.cumsum([0, *(f["kept"] for f in found)])
+            offsets = np.cumsum([0, *(f["counts"]["records_kept"] for f in found)])
             windows, split_users = {}, {}
             for i, name in enumerate(SPLITS):
                 rank = np.concatenate([r[labels[cut[k]:cut[k + 1]] == i] for k, r in enumerate(window_rank)])
