@@ -28,9 +28,11 @@ from nextlocllm_hf.baselines.rules import CellIndex
 from nextlocllm_hf.batching import CitySamples
 from nextlocllm_hf.cli import entry_point, positive_int
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
+from nextlocllm_hf.locks import exclusive_output, lock_path
 from nextlocllm_hf.outputs import refuse_occupied, replacing_file
 
-DEMO_OUTPUTS = ("data", "run", "demo.png")  # what the demo writes in --output_dir
+# What the demo writes in --output_dir, with the lock file train.py holds beside its run folder.
+DEMO_OUTPUTS = ("data", "run", lock_path(Path("run")).name, "demo.png")
 
 # Two cities of different size, density and POI mix; the second is never seen in training.
 CITIES = {
@@ -133,6 +135,12 @@ def save_figure(results: dict, example: dict, path: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    with exclusive_output(output_dir):  # one demo per --output_dir, from the check below to the figure
+        run_demo(args, output_dir)
+
+
+def run_demo(args: argparse.Namespace, output_dir: Path) -> None:
+    """Steps 1-4 of the module docstring into `output_dir` (its lock held by `main`)."""
     refuse_occupied(output_dir, overwrite=args.overwrite, option="--output_dir", what="demo", owned=DEMO_OUTPUTS)
     timings = {}
     started = time.perf_counter()

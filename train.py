@@ -13,18 +13,23 @@ And that nothing is lost: a finished (or started) run in `--output_dir` is refus
 asked for; every checkpoint, the best model and the export are written to a hidden sibling and renamed into place, so
 an interruption (Ctrl-C, SIGKILL) leaves only complete ones and `--resume_from_checkpoint latest` takes the newest.
 Under FSDP and DeepSpeed every rank takes part in saving (`accelerator.get_state_dict` gathers the shards).
+
+And that it is safe and diagnosable: one run writes an `--output_dir` at a time (a lock, `nextlocllm_hf/locks.py`);
+resuming reads no pickle beyond tensors and numbers (`nextlocllm_hf/checkpoints.py`); `kill -USR1` makes a stuck rank
+print the stacks of its threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import os
-import pickle
-import re
+import signal
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +38,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import DataLoaderConfiguration, DistributedType, LoggerType, set_seed
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -50,6 +54,7 @@ from nextlocllm_hf.baselines import (
 )
 from nextlocllm_hf.batching import CitySamples, collate_batch, model_inputs
 from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker, higher_is_better
+from nextlocllm_hf.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from nextlocllm_hf.cli import (
     entry_point,
     non_negative_float,
@@ -61,6 +66,7 @@ from nextlocllm_hf.cli import (
 from nextlocllm_hf.data import load_cities, load_city_splits
 from nextlocllm_hf.evaluate import ALL_CITIES, MAX_RANK, check_compatible, evaluate_model
 from nextlocllm_hf.hub import check_repo_id, refuse_occupied_repo
+from nextlocllm_hf.locks import exclusive_output
 from nextlocllm_hf.metrics import DEFAULT_TABLE_COLUMNS, format_table
 from nextlocllm_hf.model_card import build_model_card
 from nextlocllm_hf.modeling.configuration_nextlocllm import (
@@ -80,12 +86,10 @@ from nextlocllm_hf.outputs import (
     write_text,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent
 TRACKER_PROJECT = "nextlocllm"  # `--report_to` logs go to OUTPUT_DIR/nextlocllm
 FINISHED_OUTPUTS = ("model", "results.json")  # a run that has these has finished
 ADAPTER_OUTPUTS = ("adapter", "adapter_base")  # --export_adapter
 RUN_OUTPUTS = ("checkpoint-*", "best", *FINISHED_OUTPUTS, *ADAPTER_OUTPUTS, TRACKER_PROJECT)  # everything a run writes in --output_dir
-CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -321,12 +325,6 @@ def prepare_model_and_optimizer(accelerator: Accelerator, model, args: argparse.
     return accelerator.prepare(model, optimizer_for(model))
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
-    """The complete checkpoints in `output_dir`, oldest step first (one being written has a hidden name)."""
-    found = [p for p in output_dir.glob("checkpoint-*") if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.fullmatch(p.name).group(1)))
-
-
 def resume_point(args: argparse.Namespace) -> Path | None:
     """The checkpoint to resume from (None: step 0), decided before any work; refuses an `--output_dir` whose earlier
     run would be replaced without `--overwrite`."""
@@ -368,7 +366,9 @@ def resume_hint(output_dir: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
-        return train(args).results
+        # One writer per --output_dir, from before its emptiness check to the last rename (rank 0 holds the lock).
+        with exclusive_output(args.output_dir, enabled=int(os.environ.get("RANK", "0")) == 0):
+            return train(args).results
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
             raise KeyboardInterrupt(resume_hint(Path(args.output_dir))) from None
@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 @dataclass
 class TrainingRun:
     accelerator: Accelerator
-    model: torch.nn.Module  # as prepared by Accelerate (DDP-wrapped on several processes)
+    model: torch.nn.Module  # the trained model (unwrapped: its DDP wrapper is gone with the process group)
     results: dict
 
 
@@ -444,9 +444,9 @@ def train(args: argparse.Namespace) -> TrainingRun:
             factor=args.plateau_factor, patience=args.plateau_patience,
         )
     tracker = BestCheckpointTracker(metric=args.metric_for_best_model, patience=args.early_stopping_patience)
-    accelerator.register_for_checkpointing(tracker)
-    if scheduler is not None:
-        accelerator.register_for_checkpointing(scheduler)
+
+    def trainer_state() -> dict:  # what a checkpoint keeps beside Accelerate's state, as JSON (never pickled)
+        return {"tracker": tracker.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None}
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
@@ -466,7 +466,10 @@ def train(args: argparse.Namespace) -> TrainingRun:
 
     start_epoch, batches_to_skip = 0, 0
     if resume_from is not None:
-        load_checkpoint(accelerator, resume_from)
+        state = load_checkpoint(accelerator, resume_from)
+        tracker.load_state_dict(state["tracker"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
         start_epoch, step_in_epoch = divmod(tracker.completed_steps, steps_per_epoch)
         batches_to_skip = step_in_epoch * args.gradient_accumulation_steps
         accelerator.print(f"resumed from {resume_from} at step {tracker.completed_steps}")
@@ -532,7 +535,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
                 validate(step)
                 model.train()
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir / f"checkpoint-{step}", args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir / f"checkpoint-{step}", trainer_state(),
+                                args.checkpoints_total_limit)
             if step >= max_steps or tracker.should_stop:
                 break
         epoch += 1
@@ -549,6 +553,14 @@ def train(args: argparse.Namespace) -> TrainingRun:
         "ranker_warm_start": warm_start,
     }
     finish(args, accelerator, model, cities, zero_shot, best_dir, results)
+    # The DDP wrapper goes before the process group: its reducer owns the group, and freed after `end_training` it
+    # would run the group's destructor, which joins gloo's worker threads while holding the GIL that a worker may need
+    # to free its last work. One rank then hangs at exit (futex wait) and the launcher waits for it forever.
+    wrapper = weakref.ref(model) if accelerator.unwrap_model(model) is not model else None
+    model = accelerator.unwrap_model(model)
+    accelerator.free_memory()  # Accelerate's own references to the wrapper, then the garbage collector
+    if wrapper is not None and wrapper() is not None:
+        raise RuntimeError("the prepared (DDP) model outlived training: ending the process group now could deadlock")
     accelerator.end_training()  # last: it also tears down the process group
     return TrainingRun(accelerator, model, results)
 
@@ -600,10 +612,11 @@ def score_baselines(args, cities, zero_shot, task_mode: str) -> dict:
                 city.splits["train"], city.splits["validation"], retriever.num_cells,
                 epochs=args.id_baseline_epochs, seed=args.seed,
             )
-            ranked = rank_with_id_classifier(classifier, city.splits["test"], MAX_RANK, num_cells=retriever.num_cells)
+            depth = min(MAX_RANK, retriever.num_cells)  # a small city is ranked whole (scored padded)
+            ranked = rank_with_id_classifier(classifier, city.splits["test"], depth, num_cells=retriever.num_cells)
             rows[f"id_lstm / {name}"] = metrics_for_rankings({"id_lstm": ranked}, city.splits["test"], retriever)["id_lstm"]
         if gbdt is not None:
-            ranked = gbdt.rank(city.splits["test"], retriever, MAX_RANK)
+            ranked = gbdt.rank(city.splits["test"], retriever, min(MAX_RANK, retriever.num_cells))
             rows[f"gbdt_ranker / {name}"] = metrics_for_rankings({"gbdt": ranked}, city.splits["test"], retriever)["gbdt"]
         baselines.update(rows)
     for city in zero_shot:
@@ -612,7 +625,7 @@ def score_baselines(args, cities, zero_shot, task_mode: str) -> dict:
         scores = evaluate_rule_baselines(None, city.splits["test"], city.retriever(), names=rules, task_mode=task_mode)
         baselines.update({f"{rule} / {city.name} (zero-shot)": s for rule, s in scores.items()})
         if gbdt is not None:
-            ranked = gbdt.rank(city.splits["test"], city.retriever(), MAX_RANK)
+            ranked = gbdt.rank(city.splits["test"], city.retriever(), min(MAX_RANK, city.retriever().num_cells))
             baselines[f"gbdt_ranker / {city.name} (zero-shot)"] = metrics_for_rankings(
                 {"gbdt": ranked}, city.splits["test"], city.retriever())["gbdt"]
     return baselines
@@ -713,26 +726,7 @@ def load_best(accelerator: Accelerator, model, folder: Path) -> dict:
     return weights
 
 
-def save_checkpoint(accelerator: Accelerator, folder: Path, keep: int | None) -> None:
-    """`save_state` into a hidden sibling renamed to `folder` once every rank has written, so `latest` never meets a
-    half-written checkpoint; then only the newest `keep` checkpoints stay. (Accelerate's own automatic naming and
-    `total_limit` write in place, where a kill leaves a damaged newest checkpoint that its `load_state` would pick.)"""
-    with replacing_folder(folder, is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone) as partial:
-        accelerator.save_state(str(partial))
-    if keep and accelerator.is_main_process:
-        for old in checkpoints(folder.parent)[:-keep]:
-            remove_folder(old)
-    accelerator.wait_for_everyone()
-
-
-def load_checkpoint(accelerator: Accelerator, folder: Path) -> None:
-    """`load_state`, with a damaged or foreign checkpoint reported as such (torch and pickle name no file)."""
-    try:
-        accelerator.load_state(str(folder))
-    except (RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError, KeyError, OSError) as error:
-        raise ValueError(f"--resume_from_checkpoint {folder}: damaged, incomplete or from another configuration "
-                         f"({type(error).__name__}: {error})") from error
-
-
 if __name__ == "__main__":
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: a stuck rank prints its stacks
     sys.exit(entry_point(main)())

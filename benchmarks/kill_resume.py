@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 8
+RUN_TIMEOUT_S = 240  # one run of train.py here takes well under a minute; tests/test_kill_resume.py relies on it
 RESULT_KEYS = ("best_step", "best_validation", "validation_history", "training_history", "test", "baselines")
 
 
@@ -108,12 +109,17 @@ def train_command(inputs: dict[str, str], output_dir: Path, *extra: str) -> list
 
 def run(command: list[str], output_dir: Path, kill_at: KillPoint | None, log) -> str:
     """Run to the end, or SIGKILL the process once `kill_at` is reached; returns what happened."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONFAULTHANDLER": "1"}
     at_launch = progress(output_dir)[2]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     started = time.monotonic()
     while process.poll() is None:
         elapsed = time.monotonic() - started
+        if elapsed > RUN_TIMEOUT_S:  # a hang: stop it (with its stacks, PYTHONFAULTHANDLER) rather than wait forever
+            process.send_signal(signal.SIGABRT)
+            process.wait()
+            raise RuntimeError(f"{command[1]} ran past {RUN_TIMEOUT_S} s and was stopped; its stacks are in the log")
         if kill_at is not None and kill_at.reached(output_dir, elapsed, at_launch):
             leftovers = sorted(p.name for p in output_dir.glob(".*")) if output_dir.is_dir() else []
             process.send_signal(signal.SIGKILL)

@@ -7,7 +7,9 @@ self-contained `evaluate` metric (`nextlocllm_hf/evaluate_metric/`, which ships 
 Conventions used throughout:
 
 * ``ranked_cells`` is an integer array ``(N, K)``: for each of N samples, K **distinct** candidate cell ids, best first.
-  Duplicate ids inside one row are rejected (they would silently shorten the list).
+  Duplicate ids inside one row are rejected (they would silently shorten the list). A negative id (``NO_CELL``) is an
+  empty place: a city with fewer cells than K ranks all of them and pads the row (``pad_ranking``); it never hits and
+  may repeat, so with 3 cells ranked, Hit@5 = Hit@3.
 * ``target_cells`` is ``(N,)``: the true next cell of each sample.
 * The *rank* of a target is its 1-based position in its row (1 = best), or "absent" when the row does not contain it.
 * Positions ``predicted_xy`` / ``target_xy`` are ``(N, 2)`` Web Mercator (EPSG:3857) metres ``(x, y)``.
@@ -33,6 +35,7 @@ from .geometry_nextlocllm import haversine_m, mercator_to_lonlat
 
 DEFAULT_KS = (1, 5, 10, 20)
 DEFAULT_NDCG_KS = (5, 10)
+NO_CELL = -1  # an empty place in a ranking (past a small city's last cell): never a hit
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -94,7 +97,7 @@ def _check_distinct(ranked: np.ndarray, name: str = "ranked_cells") -> None:
     if ranked.shape[1] < 2:
         return
     s = np.sort(ranked, axis=1)
-    dup_rows = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+    dup_rows = np.flatnonzero(((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1))  # empty places may repeat
     if len(dup_rows):
         i = int(dup_rows[0])
         raise ValueError(
@@ -102,15 +105,25 @@ def _check_distinct(ranked: np.ndarray, name: str = "ranked_cells") -> None:
         )
 
 
+def pad_ranking(ranked_cells, width: int) -> np.ndarray:
+    """``ranked_cells`` ``(N, K)`` widened to ``(N, width)`` with ``NO_CELL``: a complete ranking of a city with fewer
+    cells than the deepest cut-off, scored as it is (its Hit@k for k past its cells is its Hit@K)."""
+    ranked = _as_ranked(ranked_cells)
+    if ranked.shape[1] >= width:
+        return ranked
+    return np.concatenate([ranked, np.full((ranked.shape[0], width - ranked.shape[1]), NO_CELL, np.int64)], axis=1)
+
+
 def target_ranks(ranked_cells, target_cells) -> np.ndarray:
-    """1-based rank of each target in its row of ``ranked_cells`` (``(N,)`` int64), 0 when the row lacks it.
+    """1-based rank of each target in its row of ``ranked_cells`` (``(N,)`` int64), 0 when the row lacks it
+    (``NO_CELL`` places never match).
 
     Raises ``ValueError`` when a row repeats a cell id.
     """
     ranked = _as_ranked(ranked_cells)
     _check_distinct(ranked)
     targets = _as_targets(target_cells, ranked.shape[0])
-    match = ranked == targets[:, None]
+    match = (ranked == targets[:, None]) & (ranked >= 0)
     found = match.any(axis=1)
     return np.where(found, match.argmax(axis=1) + 1, 0).astype(np.int64)
 
@@ -174,7 +187,8 @@ def compute_metrics(
     """All metrics of one method on N samples, as a flat ``dict[str, float]``.
 
     Args:
-        ranked_cells: ``(N, K)`` distinct cell ids per sample, best first; needs ``K >= max(ks + ndcg_ks)``.
+        ranked_cells: ``(N, K)`` distinct cell ids per sample, best first; needs ``K >= max(ks + ndcg_ks)``
+            (a city with fewer cells: ``pad_ranking``).
         target_cells: ``(N,)`` true next cell ids.
         predicted_xy: ``(N, 2)`` predicted positions, Web Mercator metres (for cell-ranking baselines: the centroid
             of the top-1 cell).
@@ -233,4 +247,5 @@ def compute_metrics(
     return out
 
 
-__all__ = ["DEFAULT_KS", "DEFAULT_NDCG_KS", "compute_metrics", "hit_rate_at_k", "mrr", "ndcg_at_k", "target_ranks"]
+__all__ = ["DEFAULT_KS", "DEFAULT_NDCG_KS", "NO_CELL", "compute_metrics", "hit_rate_at_k", "mrr", "ndcg_at_k",
+           "pad_ranking", "target_ranks"]

@@ -50,7 +50,13 @@ from .heads_nextlocllm import (
 from .loading_nextlocllm import check_model_type, load_retrievers_beside, resolve_revision
 from .ranking_nextlocllm import city_groups, rank_cells
 from .retrieval_nextlocllm import CityRetriever, save_retrievers
-from .validation_nextlocllm import check_positive_int, check_shapes, check_values
+from .validation_nextlocllm import (
+    check_positive_int,
+    check_shapes,
+    check_values,
+    check_weights_match_config,
+    saved_weight_files,
+)
 
 # Columns a batch may carry for `forward`; a collator keeps these and drops the rest (user ids...). The cell ids are
 # read only by the candidate ranker.
@@ -89,7 +95,8 @@ class NextLocLLMOutput(ModelOutput):
             last input point.
         duration: `(batch,)` predicted stay duration in hours, when the duration head is on.
         top_k_cells / top_k_distances: `(batch, k)` the city's best-ranked cells and their distances (m) from the
-            predicted point (by distance for the paper's head, by density for the mixture, by score for candidates).
+            predicted point (by distance for the paper's head, by density for the mixture, by score for candidates);
+            past the last cell of a city with fewer than k cells, `NO_CELL` (-1) at an infinite distance.
         mixture_means / mixture_scales: `(batch, K, 2)` the modes' centres and standard deviations, projected metres;
             mixture_weights: `(batch, K)`; with a mixture head of K components. `coordinates` is then the heaviest
             mode.
@@ -268,7 +275,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         target_day / target_hour / target_time_gap: `(B,)` the query (local day 0..6, hour 0..23, hours since the
             last record), required with task_mode='at_time' and refused with task_mode='next'.
         labels: `(B, 2)` true next position in projected metres; duration_labels: `(B,)` its stay hours.
-        top_k: with `city`, also return the city's k best-ranked cells.
+        top_k: with `city`, also return the city's k best-ranked cells (all of a city's cells when it has fewer, then
+            `NO_CELL` places: evaluation ranks every city at one depth).
         history_cell / current_cell: `(B, L)` the records' cell ids, and `city`: needed by the candidate ranker;
             target_cell `(B,)` trains it (listwise loss on the true cell).
         """
@@ -358,13 +366,18 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
     def predict(
         self, batch: Mapping[str, Any], city: str | Sequence[str], k: int = 10, batch_size: int = 256
     ) -> NextLocLLMOutput:
-        """Top-k candidate cells of `city` for any number of trajectories, `batch_size` at a time.
+        """Top-k candidate cells of `city` for any number of trajectories, `batch_size` at a time; k may not exceed
+        a city's number of cells.
 
         Runs in eval mode without gradients, so the prompt's keys and values are computed once and shared by every
         chunk. Extra columns (user ids, labels, cell ids) are ignored.
         """
         check_positive_int("k", k)
         check_positive_int("batch_size", batch_size)
+        for name in [city] if isinstance(city, str) else dict.fromkeys(city):
+            if k > self.retriever(name).num_cells:
+                raise ValueError(f"k={k} is larger than the {self.retriever(name).num_cells} candidate cells of city "
+                                 f"{name!r}")
         inputs = {name: _as_tensor(batch[name], self.device) for name in self.input_names if name in batch}
         for label in ("labels", "duration_labels"):
             inputs.pop(label, None)
@@ -430,25 +443,35 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load weights and config as usual, then the retrievers saved beside them (same commit, cache and token)."""
+        """Load weights and config as usual, then the retrievers saved beside them (same commit, cache and token).
+
+        Safetensors weights only (a pickle runs code when loaded), checked first against the shapes the config builds,
+        so a config from another model is named as such (`validation_nextlocllm.check_weights_match_config`)."""
         from safetensors import SafetensorError
 
         hub_keys = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
         name = str(pretrained_model_name_or_path)
-        if not isinstance(kwargs.get("config"), NextLocLLMConfig):  # AutoModel passes the config it has checked
+        config = kwargs.get("config")
+        if not isinstance(config, NextLocLLMConfig):  # AutoModel passes the config it has checked
             with local_or_hub(name, "model"):
                 check_model_type(name, {key: kwargs[key] for key in hub_keys if kwargs.get(key) is not None})
         # Resolve a branch to its commit once, so weights and retrievers come from the same repository state even if
         # the repo is pushed to in between (AutoModel passes an already resolved revision; this covers direct calls).
         kwargs["revision"] = resolve_revision(pretrained_model_name_or_path, kwargs)
+        kwargs["use_safetensors"] = True
+        hub_kwargs = {key: kwargs[key] for key in hub_keys if kwargs.get(key) is not None}
         try:
+            if not kwargs.get("variant"):  # a variant's file names are transformers' business
+                files = saved_weight_files(name, hub_kwargs)
+                if not isinstance(config, NextLocLLMConfig):
+                    config = NextLocLLMConfig.from_pretrained(name, **hub_kwargs)
+                check_weights_match_config(cls, config, files, name)
             loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
             raise ValueError(f"{name}: the safetensors weights are truncated or damaged ({error}); save, copy or "
                              f"download the model again") from error
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         apply_adaptation(model.backbone, model.config.adaptation)  # loading materializes fresh parameters, all trainable
-        hub_kwargs = {key: kwargs[key] for key in hub_keys if kwargs.get(key) is not None}
         model.retrievers = load_retrievers_beside(str(pretrained_model_name_or_path), hub_kwargs)
         return loaded
 

@@ -14,6 +14,8 @@ time of the visit to predict (`task_mode="at_time"` models only): one time for e
 first appearance) or a dict user -> time. `city=` picks a city of the model (optional when it has one); `cells=` adds
 a city, a folder built by `dataset_scripts/build_city.py` or a `CityRetriever`, to the model and predicts in it.
 `max_duration_hours=` overrides the duration cap the city was built with, which its retriever carries (0 = none).
+`encoding=` is the text encoding of a records file (default UTF-8, a byte-order mark allowed; a file that does not
+decode is refused with its line).
 
 Each user's result is a dict: `user` (None without a user column), `city`, `predicted_lat`, `predicted_lon`
 (`predicted_duration_hours` with a duration head), `cells`, a list of `rank, cell_id, lat, lon, score, distance_m`
@@ -44,6 +46,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .geometry_nextlocllm import haversine_m, mercator_to_lonlat
 from .mixture_nextlocllm import mixture_log_density_np
 from .records_nextlocllm import (
+    DEFAULT_ENCODING,
     model_inputs_from_records,
     parse_records,
     prepare_records,
@@ -80,8 +83,9 @@ class NextLocationPipeline(Pipeline):
             records = read_table(records)
         return super().__call__(records, **kwargs)
 
-    def _sanitize_parameters(self, city=None, cells=None, k=None, at=None, max_duration_hours=None):
-        given = {"city": city, "cells": cells, "k": k, "at": at, "max_duration_hours": max_duration_hours}
+    def _sanitize_parameters(self, city=None, cells=None, k=None, at=None, max_duration_hours=None, encoding=None):
+        given = {"city": city, "cells": cells, "k": k, "at": at, "max_duration_hours": max_duration_hours,
+                 "encoding": encoding}
         return {name: value for name, value in given.items() if value is not None}, {}, {}
 
     # -------------------------------------------------------------------------------------------------- steps
@@ -108,12 +112,13 @@ class NextLocationPipeline(Pipeline):
         self.model.retriever(city)  # an unknown city raises, naming the known ones
         return city
 
-    def prepare(self, records: Any, city: str, cap_hours: float | None) -> list[tuple[Any, pd.DataFrame]]:
+    def prepare(self, records: Any, city: str, cap_hours: float | None,
+                encoding: str = DEFAULT_ENCODING) -> list[tuple[Any, pd.DataFrame]]:
         """`(user, features)` per user (`prepare_records`), durations clipped to `cap_hours` (None: no cap)."""
         where = str(records) if isinstance(records, (str, os.PathLike)) else "records"
         retriever = self.model.retriever(city)
         prepared = []
-        for user, rows in split_users(read_table(records)):
+        for user, rows in split_users(read_table(records, encoding)):
             try:
                 frame = prepare_records(parse_records(rows, where), retriever, self.model.config, cap_hours)
             except ValueError as error:
@@ -123,7 +128,8 @@ class NextLocationPipeline(Pipeline):
             prepared.append((user, frame))
         return prepared
 
-    def preprocess(self, records, city=None, cells=None, k=10, at=None, max_duration_hours=None) -> dict:
+    def preprocess(self, records, city=None, cells=None, k=10, at=None, max_duration_hours=None,
+                   encoding=DEFAULT_ENCODING) -> dict:
         city = self.resolve_city(city, cells)
         retriever = self.model.retriever(city)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= retriever.num_cells:
@@ -134,7 +140,7 @@ class NextLocationPipeline(Pipeline):
             raise ValueError(f"max_duration_hours={max_duration_hours!r}: expected hours >= 0 (0: no cap)")
         # the cap the city was built with, unless overridden (0: no cap)
         cap = retriever.max_duration_hours if max_duration_hours is None else (max_duration_hours or None)
-        prepared = self.prepare(records, city, cap)
+        prepared = self.prepare(records, city, cap, encoding)
         users = [user for user, _ in prepared]
         if isinstance(at, Mapping):
             unknown = [user for user in users if user not in at]

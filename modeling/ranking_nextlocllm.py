@@ -6,6 +6,8 @@ Three rankings exist, and each is a plain numpy function of the head's output an
 - scored candidates (the candidate ranker, the feature rankers): candidates by score, then the point's or the
   mixture's ranking for the remaining places (`merge_rankings`); a list of cells padded with the nearest cells
   (`pad_with_nearest`) is the same merge with the list's order as the score.
+
+The model's ranking (`rank_cells`) stops at a small city's last cell and pads with `NO_CELL`, which never hits.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from .candidates_nextlocllm import CandidateSet, _compact, _first_occurrences, _integer_ids, _to_numpy
+from .metrics_nextlocllm import NO_CELL
 from .mixture_nextlocllm import mixture_log_density_np, rank_cells_by_mixture_density
 from .retrieval_nextlocllm import CityRetriever
 
@@ -100,22 +103,26 @@ def rank_cells(
 
     Cells are ranked by distance to `coordinates` `(B, 2)`, or with `mixture_metres` (means, scales `(B, K, 2)` and
     log-weights `(B, K)`, projected metres) by mixture density; with `candidates` and their `scores` the scored
-    candidates come first and that ranking fills the remaining places.
+    candidates come first and that ranking fills the remaining places. The depth follows each city: one with fewer
+    than k cells ranks all of them, and its remaining places hold `NO_CELL` at an infinite distance (a batch may mix
+    cities, and gathering across processes needs one width).
     """
     points = coordinates.detach().cpu().numpy()
-    cells = np.zeros((len(points), k), dtype=np.int64)
-    distances = np.zeros((len(points), k), dtype=np.float64)
+    cells = np.full((len(points), k), NO_CELL, dtype=np.int64)
+    distances = np.full((len(points), k), np.inf, dtype=np.float64)
     for name, rows in city_groups(city, len(points)).items():
         retriever = retriever_of(name)
+        depth = min(k, retriever.num_cells)
         if mixture_metres is None:
-            ranked, _ = retriever.query(points[rows], k)
+            ranked, _ = retriever.query(points[rows], depth)
         else:
             means, scales, log_weights = (t.detach().cpu().numpy()[rows] for t in mixture_metres)
-            ranked, _ = rank_cells_by_mixture_density(retriever, means, scales, log_weights, k)
+            ranked, _ = rank_cells_by_mixture_density(retriever, means, scales, log_weights, depth)
         if candidates is not None:
-            ranked = merge_rankings(candidates.cell_ids[rows], scores.detach()[rows].float().cpu().numpy(), ranked, k)
-        cells[rows] = ranked
-        distances[rows] = np.linalg.norm(retriever.xy[retriever.rows_of(ranked)] - points[rows, None], axis=-1)
+            ranked = merge_rankings(candidates.cell_ids[rows], scores.detach()[rows].float().cpu().numpy(), ranked,
+                                    depth)
+        cells[rows, :depth] = ranked
+        distances[rows, :depth] = np.linalg.norm(retriever.xy[retriever.rows_of(ranked)] - points[rows, None], axis=-1)
     device = coordinates.device
     return torch.from_numpy(cells).to(device), torch.from_numpy(distances).to(device)
 

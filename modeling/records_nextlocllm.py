@@ -16,14 +16,18 @@ are the ones the training samples hold:
   visit to predict.
 
 Raw input to `read_table` / `read_records`: a CSV/TSV/Parquet path, a DataFrame or a list of dicts, one row per
-record, in any order, with the columns of `RECORD_COLUMNS_TABLE` (matched case-insensitively).
+record, in any order, with the columns of `RECORD_COLUMNS_TABLE` (matched case-insensitively). Text files are read as
+UTF-8 (a byte-order mark allowed) unless another encoding is given; a file that does not decode is refused with its
+line (`decoding`), never read with replacement characters.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,6 +47,10 @@ RECORD_COLUMN_ALIASES = {
 REQUIRED_RECORD_COLUMNS = ("latitude", "longitude", "local_time")
 #: Default cap on a record's duration, hours (the builder's `--max-duration-hours`; 0 = none).
 DEFAULT_MAX_DURATION_HOURS = 24.0
+#: Encoding of a user's text files unless told otherwise (the commands' `--encoding`).
+DEFAULT_ENCODING = "utf-8"
+#: What a user is told when a file does not decode.
+ENCODING_WAY_OUT = "pass --encoding latin-1 (or the file's encoding)"
 
 RECORD_COLUMNS_TABLE = """\
     column          aliases                                meaning
@@ -116,8 +124,63 @@ def leakage_free_durations(durations: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def read_table(source: str | os.PathLike | pd.DataFrame | Sequence[dict], **read_kwargs) -> pd.DataFrame:
-    """A table of rows: a DataFrame as is, a list of dicts, or a CSV/TSV (separator sniffed) or Parquet file."""
+def text_codec(encoding: str = DEFAULT_ENCODING) -> str:
+    """The codec a user's text file is read with. UTF-8 reads as `utf-8-sig`: the byte-order mark some programs
+    (Excel) write must not end up in the first column's name. An unknown name raises `ValueError`."""
+    try:
+        info = codecs.lookup(str(encoding))
+    except LookupError:
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True):
+        raise ValueError(f"encoding {encoding!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)")
+    return "utf-8-sig" if info.name in ("utf-8", "utf-8-sig") else info.name
+
+
+@contextmanager
+def decoding(path: str | os.PathLike, encoding: str = DEFAULT_ENCODING,
+             way_out: str = ENCODING_WAY_OUT) -> Iterator[None]:
+    """Run a read of `path`; a decode error becomes one `ValueError` naming the file, the line and `way_out`.
+
+    The line is found only after a read failed (`first_undecodable`), so a file that decodes costs nothing more."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise ValueError(_undecodable_message(path, encoding, error, way_out)) from None
+
+
+def first_undecodable(path: str | os.PathLike, encoding: str = DEFAULT_ENCODING) -> tuple[int, int, int] | None:
+    """`(line, byte of that line, byte value)`, all from 1, of the first bytes of `path` that do not decode; None
+    when the whole file decodes. Reads the file in binary, one line at a time, through an incremental decoder."""
+    decoder = codecs.getincrementaldecoder(text_codec(encoding))()
+    line, piece = 1, b""
+    with open(path, "rb") as f:
+        for piece in f:
+            try:
+                line += decoder.decode(piece).count("\n")
+            except UnicodeDecodeError as error:
+                # the bytes decoded are the piece with any pending bytes before it (or without a stripped BOM)
+                at = max(error.start - (len(error.object) - len(piece)), 0)
+                return line, at + 1, error.object[error.start]
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as error:  # the file ends inside a character
+            return line, max(len(piece) - (len(error.object) - error.start), 0) + 1, error.object[error.start]
+    return None
+
+
+def _undecodable_message(path, encoding: str, error: UnicodeDecodeError, way_out: str) -> str:
+    name = "UTF-8" if text_codec(encoding) == "utf-8-sig" else encoding
+    found = first_undecodable(path, encoding)
+    if found is None:  # not this file's bytes after all: say what failed
+        return f"{path} is not valid {name} ({error}): {way_out}"
+    line, at, value = found
+    return f"{path} line {line} is not valid {name} (byte 0x{value:02x} at byte {at} of the line): {way_out}"
+
+
+def read_table(source: str | os.PathLike | pd.DataFrame | Sequence[dict], encoding: str = DEFAULT_ENCODING,
+               **read_kwargs) -> pd.DataFrame:
+    """A table of rows: a DataFrame as is, a list of dicts, or a CSV/TSV (separator sniffed, text in `encoding`) or
+    Parquet file."""
     if isinstance(source, pd.DataFrame):
         return source
     if isinstance(source, (list, tuple)):
@@ -132,15 +195,20 @@ def read_table(source: str | os.PathLike | pd.DataFrame | Sequence[dict], **read
         raise FileNotFoundError(f"input file not found: {path}")
     if path.suffix.lower() in (".parquet", ".pq"):
         return pd.read_parquet(path)
-    read_kwargs.setdefault("sep", sniff_sep(path))
-    read_kwargs.setdefault("encoding_errors", "replace")
-    return pd.read_csv(path, **read_kwargs)
+    read_kwargs.setdefault("sep", sniff_sep(path, encoding))
+    with decoding(path, encoding):
+        return pd.read_csv(path, encoding=text_codec(encoding), **read_kwargs)
 
 
-def sniff_sep(path: str | os.PathLike) -> str:
+def first_line(path: str | os.PathLike, encoding: str = DEFAULT_ENCODING) -> str:
+    """The first line of a text file (without its line end), decoded (`decoding`)."""
+    with decoding(path, encoding), open(path, encoding=text_codec(encoding)) as f:
+        return f.readline().rstrip("\r\n")
+
+
+def sniff_sep(path: str | os.PathLike, encoding: str = DEFAULT_ENCODING) -> str:
     """Tab when the first line holds more tabs than commas, else comma."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        line = f.readline()
+    line = first_line(path, encoding)
     return "\t" if line.count("\t") > line.count(",") else ","
 
 
@@ -164,10 +232,12 @@ def split_users(frame: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
     return [(user, rows) for user, rows in frame.groupby(column, sort=False)]
 
 
-def read_records(source: str | os.PathLike | pd.DataFrame | Sequence[dict]) -> pd.DataFrame:
-    """One user's records (see `parse_records`) from a file, DataFrame or list of dicts; several users are an error."""
+def read_records(source: str | os.PathLike | pd.DataFrame | Sequence[dict],
+                 encoding: str = DEFAULT_ENCODING) -> pd.DataFrame:
+    """One user's records (see `parse_records`) from a file (text in `encoding`), DataFrame or list of dicts; several
+    users are an error."""
     where = str(source) if isinstance(source, (str, os.PathLike)) else "records"
-    frame = read_table(source)
+    frame = read_table(source, encoding)
     column = user_column(frame)
     if column is not None:
         users = list(frame[column].dropna().unique())
@@ -421,6 +491,7 @@ __all__ = [
     "RECORD_COLUMN_ALIASES",
     "RECORD_COLUMNS_TABLE",
     "DEFAULT_MAX_DURATION_HOURS",
+    "DEFAULT_ENCODING",
     "LATITUDE_ALIASES",
     "LONGITUDE_ALIASES",
     "USER_ALIASES",
@@ -430,7 +501,11 @@ __all__ = [
     "hours_between",
     "record_durations",
     "leakage_free_durations",
+    "text_codec",
+    "decoding",
+    "first_undecodable",
     "read_table",
+    "first_line",
     "sniff_sep",
     "split_users",
     "read_records",

@@ -16,7 +16,7 @@ import time
 from .cli import entry_point, non_negative_float, positive_float, positive_int
 from .data.build import BuildConfig, build_and_save
 from .data.cells import CANDIDATE_RULES, POI_NORMALIZATIONS
-from .data.formats import READERS, parse_mapping
+from .data.formats import READERS, encoding_option, parse_mapping
 
 
 def _floats(text: str, n: int, what: str):
@@ -52,6 +52,9 @@ def parse_args(argv=None):
     g.add_argument("--timezone", help="IANA zone for local day/hour when the input has only UTC times")
     g.add_argument("--category-map", help="JSON category map extending/replacing the shipped Foursquare mapping "
                                           "(or an OSM mapping for OSM POIs)")
+    g.add_argument("--encoding", type=encoding_option, default=B.encoding,
+                   help="text encoding of --input and --pois, e.g. latin-1 or cp1252 (a JSON --category-map is always "
+                        "UTF-8) [%(default)s; a byte-order mark is allowed]")
     g.add_argument("--bbox", help="lat_min,lon_min,lat_max,lon_max: keep records inside; also fixes the grid")
     g.add_argument("--max-invalid-fraction", type=non_negative_float, default=B.max_invalid_fraction,
                    help="above this fraction of unparseable times / invalid coordinates, stop with an error "
@@ -129,7 +132,8 @@ def config_from_args(a) -> BuildConfig:
         max_duration_hours=a.max_duration_hours, drop_duplicates=not a.keep_duplicates,
         bbox=_floats(a.bbox, 4, "--bbox") if a.bbox else None, columns=parse_mapping(a.columns),
         poi_columns=parse_mapping(a.poi_columns), time_format=a.time_format, time_unit=a.time_unit,
-        timezone=a.timezone, category_map=a.category_map, max_invalid_fraction=a.max_invalid_fraction,
+        timezone=a.timezone, category_map=a.category_map, encoding=a.encoding,
+        max_invalid_fraction=a.max_invalid_fraction,
         stay_distance_m=a.stay_distance_m, stay_min_minutes=a.stay_min_minutes, synthetic=syn,
         show_progress=not a.no_progress, overwrite=a.overwrite, license=a.license, license_terms=a.license_terms,
         citation=a.citation,
@@ -154,9 +158,9 @@ def main(argv=None) -> int:
         from nextlocllm_hf.hub import push_city_dataset
 
         # Checked above; `overwrite` here only lets the push replace what the check allowed.
-        infos = push_city_dataset(a.output, a.push_to_hub, revision=a.hub_revision,
-                                  private=True if a.hub_private else None, overwrite=True)
-        print(f"pushed city {a.city} to dataset {a.push_to_hub}: {infos[-1].commit_url}")
+        info = push_city_dataset(a.output, a.push_to_hub, revision=a.hub_revision,
+                                 private=True if a.hub_private else None, overwrite=True)
+        print(f"pushed city {a.city} to dataset {a.push_to_hub}: {info.commit_url}")
     return 0
 
 

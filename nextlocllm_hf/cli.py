@@ -49,8 +49,8 @@ def entry_point(main: Callable[[Sequence[str] | None], object]) -> Callable[[Seq
 def describe(error: BaseException) -> str:
     """The error's message on one line (some libraries write several)."""
     text = str(error) if str(error) else type(error).__name__
-    if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        text = f"{error.filename}: {error.strerror}"  # "[Errno 2] No such file or directory: 'x'" reads worse
+    if isinstance(error, OSError) and error.strerror:  # "[Errno 2] No such file or directory: 'x'" reads worse
+        text = error.strerror if error.filename is None else f"{error.filename}: {error.strerror}"
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

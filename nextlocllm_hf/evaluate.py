@@ -23,7 +23,7 @@ from .cli import entry_point, positive_int, program_name
 from .data.city_dataset import SPLITS
 from .metrics import compute_metrics, format_table
 
-MAX_RANK = 20  # deepest cut-off any reported metric needs (Hit@20)
+MAX_RANK = 20  # deepest cut-off any reported metric needs (Hit@20); a smaller city is ranked to its last cell
 
 
 @torch.no_grad()
@@ -31,7 +31,9 @@ def predict(
     model, dataloader, city_names: Sequence[str], accelerator=None, description: str = "predict"
 ) -> dict[str, np.ndarray]:
     """Predicted positions and top-`MAX_RANK` cells of every sample, with targets, gathered from all processes in
-    dataset order. The model ranks the cells itself: by distance, mixture density or candidate scores (its head)."""
+    dataset order. The model ranks the cells itself: by distance, mixture density or candidate scores (its head); the
+    depth follows each city (one with fewer cells is ranked whole and padded with `NO_CELL`, which never hits, so its
+    Hit@20 is its Hit@cells)."""
     model.eval()
     show = accelerator is None or accelerator.is_local_main_process
     chunks: dict[str, list[np.ndarray]] = defaultdict(list)

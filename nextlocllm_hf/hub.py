@@ -17,11 +17,12 @@ rebuilds the adapter layers from the config); a `peft.PeftModel` wrapper is merg
 (`nextlocllm_hf.adapters`) pushes the PEFT adapter of such a model for a base pushed with `push-model`, and
 `push-metric` (`nextlocllm_hf.evaluate_metric`) the `evaluate` metric as a Space.
 
-A dataset repo gets one config per city (`DatasetDict.push_to_hub(repo_id, config_name=city)`:
-`<city>/<split>-*.parquet`, the windows, plus the card's `configs` / `dataset_info`), and the city's records shards,
-`cells.parquet` and `city.json` under `<city>/`, which is what `load_city_splits(repo_id, city=...)` needs to show the
-windows as samples and to rebuild the retriever and statistics;
-a last commit rewrites the repo's dataset card for every city it holds.
+A dataset repo gets one config per city, laid out as `DatasetDict.push_to_hub(repo_id, config_name=city)` lays it out
+(`<city>/<split>-*.parquet`, the windows, written by `datasets`, plus the card's `configs` / `dataset_info`), and the
+city's records shards, `cells.parquet` and `city.json` under `<city>/`, which is what
+`load_city_splits(repo_id, city=...)` needs to show the windows as samples and to rebuild the retriever and statistics.
+All of it, the card rewritten for every city the repo holds, and the deletion of a replaced city's files that the push
+does not rewrite go in one commit, as for a model: a push stopped midway leaves the repo as it was.
 
 One module for every push (over ~450 lines): models and datasets share the token guard, the repo-id, revision and
 occupied-repo checks, card validation and one CLI, and splitting them would split those.
@@ -402,14 +403,14 @@ def push_city_dataset(
     max_shard_size: str | int | None = None,
     overwrite: bool = False,
 ):
-    """Push built cities to a dataset repo, one config per city; returns the list of `CommitInfo` (two per city, then
-    one for the dataset card, rewritten for every city the repo holds).
+    """Push built cities to a dataset repo, one config per city, in one commit; returns its `CommitInfo`.
 
     `city_dir_or_dirs`: a city folder (build_city.py output), a folder of city folders, or a list of either.
-    `overwrite`: replace a city the repo already holds (otherwise `FileExistsError` before any upload; other cities of
-    the repo are never touched).
+    `max_shard_size`: of a split's parquet shards (default `datasets`'). `overwrite`: replace a city the repo already
+    holds (otherwise `FileExistsError` before any upload; other cities of the repo are never touched). The commit is
+    made on the revision read for the card (`parent_commit`): a commit that lands in between fails the push (412).
     """
-    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     from nextlocllm_hf.data.city_dataset import load_city_splits
     from nextlocllm_hf.data.windows import RECORDS_PATTERN
@@ -424,45 +425,88 @@ def push_city_dataset(
         _refuse_token_in({f"{name}/{file}": directory / file for file in ("cells.parquet", "city.json")}, token)
     for name in names:
         refuse_occupied_city(repo_id, name, revision=revision, overwrite=overwrite, token=token)
-    api = _api(token)
-    _ensure_repo_and_branch(api, repo_id, "dataset", revision, private)
-    commits = []
-    for directory in dirs:
-        city = load_city_splits(directory)
-        extras = {f"{city.name}/{name}": directory / name for name in ("cells.parquet", "city.json")}
-        extras.update({f"{city.name}/{path.name}": path for path in sorted(directory.glob(RECORDS_PATTERN))})
-        message = commit_message or f"Upload city {city.name}"
-        commits.append(city.splits.push_to_hub(repo_id, config_name=city.name, token=token, revision=revision,
-                                               commit_message=f"{message} (splits)", max_shard_size=max_shard_size))
-        # After the splits (the windows): datasets' push replaces everything directly under <city>/, so the records,
-        # cells and statistics go in last.
-        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in extras.items()]
-        commits.append(api.create_commit(repo_id, operations, commit_message=f"{message} (records, cells, statistics)",
-                                         repo_type="dataset", revision=revision))
-        logger.info("pushed city %s from %s to dataset %s", city.name, directory, repo_id)
-    commits.append(_push_dataset_card(api, repo_id, revision, token, commit_message or "Update the dataset card"))
-    return commits
+    with tempfile.TemporaryDirectory(prefix="nextlocllm-push-") as tmp:
+        uploads: dict[str, bytes | Path] = {}
+        configs, infos, metadata = {}, {}, {}
+        for directory in dirs:
+            city = load_city_splits(directory)
+            splits, configs[city.name], infos[city.name] = _write_split_shards(city, Path(tmp), max_shard_size)
+            uploads.update(splits)
+            uploads.update({f"{city.name}/{name}": directory / name for name in ("cells.parquet", "city.json")})
+            uploads.update({f"{city.name}/{path.name}": path for path in sorted(directory.glob(RECORDS_PATTERN))})
+            metadata[city.name] = city.metadata
+
+        api = _api(token)
+        _ensure_repo_and_branch(api, repo_id, "dataset", revision, private)
+        parent = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+        remote = set(api.list_repo_files(repo_id, repo_type="dataset", revision=parent))
+        uploads[CARD_NAME] = str(_dataset_card(api, repo_id, parent, remote, configs, infos, metadata)).encode()
+        _refuse_token_in({CARD_NAME: uploads[CARD_NAME]}, token)
+        stale = sorted(path for path in remote - set(uploads) if any(path.startswith(f"{name}/") for name in names))
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
+                                         else str(content)) for name, content in uploads.items()]
+        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+        message = commit_message or f"Upload {'city' if len(names) == 1 else 'cities'} {', '.join(names)}"
+        # create_commit has the Hub validate the card before it uploads anything
+        info = api.create_commit(repo_id, operations, commit_message=message, repo_type="dataset", revision=revision,
+                                 parent_commit=parent)
+    logger.info("pushed cities %s to dataset %s (%d files, %d deleted): %s", ", ".join(names), repo_id, len(uploads),
+                len(stale), info.commit_url)
+    return info
 
 
-def _push_dataset_card(api, repo_id: str, revision: str | None, token: str | None, message: str):
-    """Rewrite the repo's card for all its cities: `datasets` wrote the `configs` and `dataset_info` of each pushed
-    city into it but nothing else; the body and metadata come from each city's `<city>/city.json` in the repo."""
-    from huggingface_hub import DatasetCard
+def _write_split_shards(city, folder: Path, max_shard_size: str | int | None):
+    """Write `city`'s splits (the windows) under `folder` as `DatasetDict.push_to_hub` shards them
+    (`<city>/<split>-0000i-of-0000n.parquet`, written by `datasets`); returns {path in repo: file}, the card's
+    `configs` entry and the `DatasetInfo` that push_to_hub would have written into the card."""
+    from datasets import DatasetInfo, SplitInfo
+    from datasets import config as datasets_config
+    from datasets.splits import SplitDict
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    limit = convert_file_size_to_int(max_shard_size or datasets_config.MAX_SHARD_SIZE)
+    files: dict[str, Path] = {}
+    info = DatasetInfo(config_name=city.name, features=city.splits["train"].features, splits=SplitDict(),
+                       download_size=0, dataset_size=0)
+    for split, dataset in city.splits.items():
+        num_bytes = dataset.data.nbytes  # datasets' estimate: the split is its whole table (no indices)
+        num_shards = num_bytes // limit + 1
+        for index in range(num_shards):
+            path_in_repo = f"{city.name}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
+            files[path_in_repo] = folder / path_in_repo
+            files[path_in_repo].parent.mkdir(parents=True, exist_ok=True)
+            dataset.shard(num_shards=num_shards, index=index, contiguous=True).to_parquet(files[path_in_repo])
+            info.download_size += files[path_in_repo].stat().st_size
+        info.splits.add(SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(dataset)))
+        info.dataset_size += num_bytes
+    info.size_in_bytes = info.download_size + info.dataset_size
+    config = {"data_files": [{"split": split, "path": f"{city.name}/{split}-*"} for split in city.splits]}
+    return files, config, info
+
+
+def _dataset_card(api, repo_id: str, parent: str, remote: set[str], configs: Mapping, infos: Mapping,
+                  metadata: Mapping):
+    """The repo's card once the pushed cities are in: the `configs` and `dataset_info` of the card at `parent`, with
+    the pushed cities' merged in as `datasets` merges them, and the package's metadata and body for every city the repo
+    will hold (the others' from their `<city>/city.json` at `parent`)."""
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
 
     from nextlocllm_hf.data.card import dataset_card
 
     def download(path: str) -> str:
-        return api.hf_hub_download(repo_id, path, repo_type="dataset", revision=revision)
+        return api.hf_hub_download(repo_id, path, repo_type="dataset", revision=parent)
 
-    existing = DatasetCard.load(download(CARD_NAME), repo_type="dataset").data
-    files = set(api.list_repo_files(repo_id, repo_type="dataset", revision=revision))
-    cities = [json.loads(Path(download(f"{config['config_name']}/city.json")).read_text(encoding="utf-8"))
-              for config in existing.configs or [] if f"{config['config_name']}/city.json" in files]
-    card = dataset_card(cities, configs=existing.configs, dataset_info=existing.dataset_info)
-    _refuse_token_in({CARD_NAME: str(card).encode()}, token)
-    card.validate(repo_type="dataset")
-    return api.upload_file(path_or_fileobj=str(card).encode(), path_in_repo=CARD_NAME, repo_id=repo_id,
-                           repo_type="dataset", revision=revision, commit_message=message)
+    data = (DatasetCard.load(download(CARD_NAME), repo_type="dataset").data if CARD_NAME in remote
+            else DatasetCardData())
+    MetadataConfigs(configs).to_dataset_card_data(data)
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    cities = [metadata[name] if name in metadata else
+              json.loads(Path(download(f"{name}/city.json")).read_text(encoding="utf-8"))
+              for name in (config["config_name"] for config in data.configs)
+              if name in metadata or f"{name}/city.json" in remote]
+    return dataset_card(cities, configs=data.configs, dataset_info=data.dataset_info)
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -540,9 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = push_metric(args.repo_id, private=args.private or None)
         print(f"pushed the metric -> space {args.repo_id}: {info.commit_url}")
     else:
-        infos = push_city_dataset(args.cities, args.repo_id, revision=args.revision, private=args.private or None,
-                                  commit_message=args.commit_message, overwrite=args.overwrite)
-        print(f"pushed {len(infos) // 2} cities -> dataset {args.repo_id}: {infos[-1].commit_url}")
+        info = push_city_dataset(args.cities, args.repo_id, revision=args.revision, private=args.private or None,
+                                 commit_message=args.commit_message, overwrite=args.overwrite)
+        print(f"pushed {' '.join(args.cities)} -> dataset {args.repo_id}: {info.commit_url}")
     return 0
 
 

@@ -11,10 +11,12 @@ from .modeling.geometry_nextlocllm import MEAN_EARTH_RADIUS_M, WEB_MERCATOR_RADI
 from .modeling.metrics_nextlocllm import (
     DEFAULT_KS,
     DEFAULT_NDCG_KS,
+    NO_CELL,
     compute_metrics,
     hit_rate_at_k,
     mrr,
     ndcg_at_k,
+    pad_ranking,
     target_ranks,
 )
 
@@ -98,6 +100,8 @@ __all__ = [
     "mrr",
     "ndcg_at_k",
     "target_ranks",
+    "pad_ranking",
+    "NO_CELL",
     "mercator_to_lonlat",
     "haversine_m",
     "compute_metrics",

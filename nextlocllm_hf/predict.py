@@ -26,7 +26,9 @@ ranker); `distance_m` is the great-circle distance from the predicted point (`ge
 This CLI is a thin layer over the `next-location` pipeline that ships with the model
 (`nextlocllm_hf.modeling.pipeline_nextlocllm`), which also serves users without this package.
 `--cells DIR` adds a city built by `dataset_scripts/build_city.py` for zero-shot use; `--plot out.png` draws the
-trajectory, the predicted point and the top-k cells (an existing file is replaced only with `--overwrite`).
+trajectory, the predicted point and the top-k cells (an existing file is replaced only with `--overwrite`; a file
+another command is writing is refused). A CSV/TSV input is read as UTF-8 (a byte-order mark allowed) unless
+`--encoding` names its encoding; one that does not decode is refused with its line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -41,8 +44,11 @@ import numpy as np
 import pandas as pd
 
 from .cli import entry_point, non_negative_float, positive_int, program_name
+from .data.formats.common import encoding_option
+from .locks import exclusive_output
 from .modeling.pipeline_nextlocllm import NextLocationPipeline
 from .modeling.records_nextlocllm import (
+    DEFAULT_ENCODING,
     RECORD_COLUMNS_TABLE,
     model_inputs_from_records,
     prepare_records,
@@ -71,11 +77,19 @@ def predict_next(
     k: int = 10,
     at: str | None = None,
     max_duration_hours: float | None = None,
+    encoding: str = DEFAULT_ENCODING,
 ) -> pd.DataFrame:
-    """Top-k next cells of one user in `city` (see `table_of`) from a records file or DataFrame."""
-    read_records(records)  # one user's records: several users are an error here
+    """Top-k next cells of one user in `city` (see `table_of`) from a records file (text in `encoding`) or
+    DataFrame."""
+    read_records(records, encoding)  # one user's records: several users are an error here
     pipe = NextLocationPipeline(model=model, device=model.device)
-    return table_of(pipe(records, city=city, k=k, at=at, max_duration_hours=max_duration_hours))
+    return table_of(_one_user(pipe(records, city=city, k=k, at=at, max_duration_hours=max_duration_hours,
+                                  encoding=encoding)))
+
+
+def _one_user(result: dict | list) -> dict:
+    """The pipeline's result for one user's records: a dict, or a one-item list when a user column names the user."""
+    return result[0] if isinstance(result, list) else result
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -131,10 +145,6 @@ def plot_prediction(table: pd.DataFrame, prepared: pd.DataFrame, path: str | os.
 # ------------------------------------------------------------------------------------------------------- CLI
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
-    from .data import load_city_splits
-    from .evaluate import check_compatible
-    from .modeling.modeling_nextlocllm import NextLocLLMForCoordinateRegression
-
     parser = argparse.ArgumentParser(
         prog=program_name("nextlocllm_hf.predict"), description=__doc__.splitlines()[0],
         epilog=__doc__.split("\n\n", 1)[1] + "\ncolumns of --input (aliases case-insensitive):\n\n" + RECORD_COLUMNS_TABLE,
@@ -143,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="a saved model folder or Hub id")
     parser.add_argument("--city", required=True, help="a city of the model (or the city of --cells)")
     parser.add_argument("--input", required=True, help="one user's records: CSV (or TSV/Parquet), columns listed below")
+    parser.add_argument("--encoding", type=encoding_option, default=DEFAULT_ENCODING,
+                        help="text encoding of a CSV/TSV --input, e.g. latin-1 [utf-8; a byte-order mark is allowed]")
     parser.add_argument("--k", type=positive_int, default=10, help="number of candidate cells to list [10]")
     parser.add_argument("--cells", help="a built city folder (dataset_scripts/build_city.py) to add for zero-shot use")
     parser.add_argument("--plot", help="write a figure of the trajectory and the prediction to this PNG file")
@@ -153,12 +165,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--at", help='local time of the visit to predict, e.g. "2012-06-01 18:00" (at_time models only)')
     args = parser.parse_args(argv)
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():  # the lock file goes beside the figure
+        raise FileNotFoundError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist")
+    # One writer per figure: held from the check to the final rename.
+    with exclusive_output(args.plot) if args.plot else nullcontext():
+        _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    """The command past its options, under the --plot file's lock."""
+    from .data import load_city_splits
+    from .evaluate import check_compatible
+    from .modeling.modeling_nextlocllm import NextLocLLMForCoordinateRegression
+
     if args.plot:  # checked before any work, since the figure is written last
         refuse_occupied(args.plot, overwrite=args.overwrite, option="--plot", what="file")
-        if not Path(args.plot).resolve().parent.is_dir():
-            raise FileNotFoundError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist")
-
-    read_records(args.input)  # one user's records, checked before loading the model: bad input fails fast
+    read_records(args.input, args.encoding)  # one user's records, checked before loading the model: fails fast
     model = NextLocLLMForCoordinateRegression.from_pretrained(args.model)
     pipe = NextLocationPipeline(model=model, device=model.device)
     cells = None
@@ -174,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"its cells with --cells CITY_DIR (a folder built by dataset_scripts/build_city.py)"
         )
     result = pipe(args.input, city=args.city, cells=cells, k=args.k, at=args.at,
-                  max_duration_hours=args.max_duration_hours)
+                  max_duration_hours=args.max_duration_hours, encoding=args.encoding)
+    result = _one_user(result)
     table, prepared = table_of(result), result["records"]
     print(format_prediction(table, prepared))
     if args.plot:

@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -48,6 +49,28 @@ TINY_BACKBONES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """What a test starts in-process (a Dask cluster's workers, data-loader workers) ends with it, even when it fails;
+    commands run as subprocesses are bounded and reaped by `processes.py`. Python's multiprocessing resource tracker,
+    one per session, stays."""
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    yield
+    left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid not in before and "resource_tracker" not in " ".join(child.cmdline()):
+                left.append(child)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    for child in left:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(left, timeout=10)
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -66,6 +89,15 @@ def tiny_backbone(request, tmp_path_factory) -> str:
     tokenizer = build_tokenizer()
     folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
     TINY_BACKBONES[request.param](len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def save_tiny_backbone(folder, kind: str = "gpt2", seed: int = 0) -> str:
+    """A tiny random backbone of `kind` with the test tokenizer, saved as a pretrained folder; returns its path."""
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    TINY_BACKBONES[kind](len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 

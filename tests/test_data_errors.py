@@ -10,8 +10,10 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 import numpy as np
 import pandas as pd
 import pytest
+from processes import BASE_ENV, run
 
 from nextlocllm_hf.data.build import BuildConfig, build_and_save, build_city
+from nextlocllm_hf.evaluate import MAX_RANK
 
 H, L = 2, 1
 
@@ -139,3 +141,27 @@ def test_build_and_save_requires_output(tmp_path):
     frame().to_csv(tmp_path / "in.csv", index=False)
     with pytest.raises(ValueError, match="output"):
         build_and_save(BuildConfig(city="e", format="csv", input=str(tmp_path / "in.csv"), show_progress=False))
+
+
+@pytest.mark.parametrize("partitions", [[], ["--partitions", "2", "--scheduler", "synchronous"]],
+                         ids=["in process", "partitioned"])
+def test_a_city_in_one_cell_builds_with_a_warning(tmp_path, partitions):
+    """Issue 24 point 6: training used to run all its steps on such a city and then fail on Hit@20; the build says
+    so at once (exit 0: the city itself is valid)."""
+    assert not build(tmp_path, frame()).report.warnings  # a city of more than MAX_RANK cells: nothing to say
+    one_cell = frame()
+    one_cell["latitude"] = 40.7 + (one_cell.index % 3) * 1e-5  # a metre apart: all in one 500 m cell
+    one_cell["longitude"] = -74.0
+    one_cell.to_csv(tmp_path / "one-cell.csv", index=False)
+    repo = Path(__file__).resolve().parents[1]
+    built = run([sys.executable, str(repo / "dataset_scripts" / "build_city.py"), "--format", "csv", "--input",
+                 str(tmp_path / "one-cell.csv"), "--city", "dot", "--output", str(tmp_path / "dot"), "--history-length",
+                 str(H), "--current-length", str(L), "--stride", "1", "--no-progress", *partitions],
+                env={**BASE_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, cwd=repo)
+    assert built.returncode == 0, built.stderr[-3000:]
+    warnings = [line for line in built.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, built.stdout
+    assert warnings[0].startswith(f"warning: city 'dot' has 1 candidate cell (fewer than the {MAX_RANK} "
+                                  f"Hit@{MAX_RANK} ranks): ")
+    assert "--cell-size-m" in warnings[0]
+    assert (tmp_path / "dot" / "city.json").is_file()

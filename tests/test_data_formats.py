@@ -83,6 +83,42 @@ def test_foursquare_raw_tist2015_with_poi_file(tmp_path):
         build_city(cfg(tmp_path, format="foursquare", input=str(tmp_path / "ci.txt")))
 
 
+@pytest.mark.parametrize("kind", ["tsmc2014", "tist2015"])
+def test_foursquare_raw_files_in_latin1(tmp_path, kind):
+    """Raw TSMC2014/TIST2015 files (no header, tab-separated) are read in `encoding` too: refused as UTF-8 with
+    their line, and with `encoding="latin-1"` they build what their UTF-8 copies build ('Café' is classified)."""
+    r = [(u, t, vid, lat, lon, "Café" if vid == "v0" else cat, root) for u, t, vid, lat, lon, cat, root in rows()]
+    if kind == "tsmc2014":
+        lines = ["\t".join([u, vid, "4bf58dd8d48988d1e0931735", cat, str(lat), str(lon), "-240",
+                            t.strftime("%a %b %d %H:%M:%S +0000 %Y")]) for u, t, vid, lat, lon, cat, _ in r]
+        pois = None
+    else:
+        lines = ["\t".join([u, vid, t.strftime("%a %b %d %H:%M:%S +0000 %Y"), "-360"]) for u, t, vid, *_ in r]
+        pois = "\n".join("\t".join([v, str(la), str(lo), "Café" if v == "v0" else c, "CA"])
+                         for v, la, lo, c, _ in VENUES) + "\n"
+    built = {}
+    for encoding in ("utf-8", "latin-1"):
+        folder = tmp_path / encoding
+        folder.mkdir()
+        (folder / "checkins.txt").write_text("\n".join(lines) + "\n", encoding=encoding)
+        if pois:
+            (folder / "pois.txt").write_text(pois, encoding=encoding)
+        options = dict(format="foursquare", input=str(folder / "checkins.txt"),
+                       pois=str(folder / "pois.txt") if pois else None)
+        if encoding != "utf-8":
+            wrong = folder / ("pois.txt" if pois else "checkins.txt")  # TIST2015: the POI file is read first
+            line = 1 + next(i for i, text in enumerate((pois or "\n".join(lines)).split("\n")) if "é" in text)
+            with pytest.raises(ValueError, match=rf"^{wrong} line {line} is not valid UTF-8 \(byte 0xe9 at byte "
+                                                 rf"\d+ of the line\): pass --encoding latin-1"):
+                build_city(cfg(tmp_path, **options))
+        built[encoding] = build_city(cfg(tmp_path, encoding=encoding, **options))
+    utf8, latin1 = built["utf-8"], built["latin-1"]
+    counts = [{k: v for k, v in res.report.info["pois"].items() if k != "source"} for res in (utf8, latin1)]
+    assert counts[0] == counts[1]
+    assert latin1.report.unmapped_categories == utf8.report.unmapped_categories == {"Moon Base": 1}
+    assert utf8.report.info["pois"]["per_class"]["Commercial"] >= 1  # Café
+
+
 def test_gowalla_brightkite(tmp_path):
     r = rows()
     lines = ["\t".join([u, t.strftime("%Y-%m-%dT%H:%M:%SZ"), str(la), str(lo), vid]) for u, t, vid, la, lo, *_ in r]

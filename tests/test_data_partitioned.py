@@ -83,6 +83,7 @@ def test_partitions_equal_the_single_process_build(checkins, tmp_path, split):
     assert not list(tmp_path.glob(".parts.partitions-*"))  # the scratch folder is gone
 
 
+@pytest.mark.timeout(300)  # worker processes: bounded below pytest's 600 s, reaped by conftest
 def test_partitions_on_local_processes_with_a_poi_file(checkins, tmp_path):
     options = {"pois": str(checkins / "pois.csv")}
     single = build_and_save(_config(checkins, tmp_path / "single", **options))
@@ -93,6 +94,7 @@ def test_partitions_on_local_processes_with_a_poi_file(checkins, tmp_path):
     assert_same_city(single, partitioned)
 
 
+@pytest.mark.timeout(300)  # worker processes: bounded below pytest's 600 s, reaped by conftest
 def test_partitions_on_a_dask_cluster(checkins, tmp_path):
     """The same build through a `distributed` scheduler's address (a local cluster of two worker processes)."""
     import distributed

@@ -5,7 +5,8 @@ subprocess with `HF_ENDPOINT` pointing at the server, Xet and telemetry off, a t
 `HF_HUB_OFFLINE=0` (the suite is offline otherwise). To stay fast, three client processes do all the work and write
 what they saw to a file the tests below inspect: one pushes (the CLI, the API and build_city.py --push_to_hub), one
 loads with the package installed, one loads where `nextlocllm_hf` is unimportable (trust_remote_code), and one loads
-again from the second one's cache with `HF_HUB_OFFLINE=1`.
+again from the second one's cache with `HF_HUB_OFFLINE=1`. The checks of an interrupted `push-dataset` need more: a
+process for each push, killed or whole, and a fresh one to load the city back after each.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import json
 import os
 import pickle
-import subprocess
+import signal
 import sys
 import textwrap
 import urllib.error
@@ -28,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 from conftest import TINY_BACKBONES, build_model, build_synthetic_city, build_tokenizer, make_batch, make_retriever
 from hub_server import LoopbackHub
+from processes import run
 
 from nextlocllm_hf.adapters import export_lora_adapter
 from nextlocllm_hf.hub import check_model_folder
@@ -43,6 +45,8 @@ METRIC_REPO = "org/nextloc_metric"  # a Space: evaluate fetches nextloc_metric.p
 BROKEN = {"missing": "org/broken-missing", "truncated": "org/broken-truncated", "noindex": "org/broken-noindex"}
 CITIES = {"nyc": {"seed": 1}, "calgary": {"seed": 2, "centre": (-12_710_000.0, 6_610_000.0)}}
 CLIENT_TIMEOUT = 240
+ATOMIC_REPO = "org/atomic-cities"  # a city replaced by a push-dataset killed at each of its steps
+STOPS = ("before_uploads", "after_one_upload", "before_commit")  # where push-dataset is killed, in this order
 
 PUSH_SCRIPT = """
 import json, os, sys
@@ -111,6 +115,16 @@ model.push_to_hub(spec["method_repo"], commit_message="changed weights")
 json.dump(out, open(spec["out"], "w"))
 """
 
+CITY_SUMMARY = """
+from nextlocllm_hf.data import load_city_splits
+
+def city(*args, **kwargs):
+    c = load_city_splits(*args, **kwargs)
+    return {"name": c.name, "rows": {s: d.to_list() for s, d in c.splits.items()},
+            "features": {s: d.features for s, d in c.splits.items()}, "cells": c.cells, "metadata": c.metadata,
+            "retriever": (c.retriever().cell_ids, c.retriever().coordinate_mean, c.retriever().coordinate_std)}
+"""
+
 LOAD_SCRIPT = """
 import json, os, pickle, sys
 spec = json.load(open(sys.argv[1]))
@@ -118,7 +132,6 @@ import urllib.request
 import torch
 import nextlocllm_hf  # registers the classes with AutoModel: no flag needed
 from transformers import AutoModel
-from nextlocllm_hf.data import load_city_splits
 
 batches = torch.load(spec["batches"])
 out = {}
@@ -158,12 +171,7 @@ attempt("private_token", lambda: summary(AutoModel.from_pretrained(spec["private
 attempt("missing_repo", lambda: summary(AutoModel.from_pretrained("org/does-not-exist")))
 for kind, repo in spec["broken"].items():
     attempt("broken_" + kind, lambda: summary(AutoModel.from_pretrained(repo)))
-
-def city(*args, **kwargs):
-    c = load_city_splits(*args, **kwargs)
-    return {"name": c.name, "rows": {s: d.to_list() for s, d in c.splits.items()},
-            "features": {s: d.features for s, d in c.splits.items()}, "cells": c.cells, "metadata": c.metadata,
-            "retriever": (c.retriever().cell_ids, c.retriever().coordinate_mean, c.retriever().coordinate_std)}
+""" + CITY_SUMMARY + """
 attempt("alpha", lambda: city(spec["data_repo"], city="alpha"))
 attempt("beta", lambda: city(spec["data_repo"], city="beta"))
 attempt("alpha_pinned", lambda: city(spec["data_repo"], city="alpha", revision=spec["data_alpha"]))
@@ -230,6 +238,55 @@ out = {"predictions": predictions, "rows": {s: d.to_list() for s, d in alpha.spl
 pickle.dump(out, open(spec["out"], "wb"))
 """
 
+CITY_SCRIPT = CITY_SUMMARY + """
+import json, pickle, sys
+spec = json.load(open(sys.argv[1]))
+try:
+    out = city(spec["repo"], city=spec["city"])
+except Exception as error:  # for the test to report
+    out = {"error": type(error).__name__, "message": str(error)}
+pickle.dump(out, open(spec["out"], "wb"))
+"""
+
+CITIES_PUSH_SCRIPT = """
+import json, sys
+spec = json.load(open(sys.argv[1]))
+from nextlocllm_hf.hub import push_city_dataset
+push_city_dataset(spec["cities"], spec["repo"], max_shard_size=spec["max_shard_size"])
+"""
+
+# `push-dataset --overwrite` killed (SIGKILL: no cleanup, no exception handler) at one of its steps, or run whole: after
+# the repo checks and reads, create_commit uploads the LFS blobs (preupload_lfs_files, one lfs_upload per blob), then
+# commits.
+INTERRUPTED_PUSH_SCRIPT = """
+import json, os, signal, sys, threading
+spec = json.load(open(sys.argv[1]))
+from huggingface_hub import HfApi, _commit_api
+from nextlocllm_hf.hub import main
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+upload, preupload, one_at_a_time = _commit_api.lfs_upload, HfApi.preupload_lfs_files, threading.Lock()
+
+def upload_one_then_die(*args, **kwargs):
+    with one_at_a_time:  # the other upload threads wait here: exactly one blob goes up
+        upload(*args, **kwargs)
+        die()
+
+def preupload_then_die(*args, **kwargs):
+    preupload(*args, **kwargs)
+    die()
+
+if spec["stop"] == "before_uploads":
+    HfApi.preupload_lfs_files = die
+elif spec["stop"] == "after_one_upload":
+    _commit_api.lfs_upload = upload_one_then_die
+elif spec["stop"] == "before_commit":
+    HfApi.preupload_lfs_files = preupload_then_die
+sys.exit(main(["push-dataset", spec["city"], "--repo_id", spec["repo"], "--overwrite"]))
+"""
+
 
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
@@ -248,9 +305,10 @@ CLIENT_OUTPUTS: list = []
 
 
 def run_client(hub, root: Path, name: str, script: str | list, spec: dict | None = None, token: bool = True,
-               hf_home: str | None = None, offline: bool = False) -> str:
+               hf_home: str | None = None, offline: bool = False, returncode: int = 0) -> str:
     """Run `script` (Python source, or an argv list) in a fresh interpreter that talks to the loopback server only
-    (or to nothing: `offline`); returns its stdout."""
+    (or to nothing: `offline`), bounded by `processes.run`; checks it ended with `returncode` (minus the signal that
+    killed it) and returns its stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update({
         "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -271,9 +329,10 @@ def run_client(hub, root: Path, name: str, script: str | list, spec: dict | None
         argv = [sys.executable, "-c", textwrap.dedent(script), str(spec_file)]
     else:
         argv = [sys.executable, *script]
-    result = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
+    result = run(argv, env=env, cwd=root, timeout=CLIENT_TIMEOUT)
     CLIENT_OUTPUTS.append(result.stdout + result.stderr)
-    assert result.returncode == 0, f"{name} client failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == returncode, (f"{name} client ended with {result.returncode}, not {returncode}:\n"
+                                             f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return result.stdout
 
 
@@ -418,6 +477,34 @@ def offline(hub, root, loaded):
     before = hub.state.counter
     run_client(hub, root, "offline", OFFLINE_SCRIPT, spec, token=False, hf_home="load", offline=True)
     return {"requests": hub.state.counter - before, **pickle.loads((root / "offline.pkl").read_bytes())}
+
+
+@pytest.fixture(scope="module")
+def interrupted(hub, root):
+    """City gamma pushed (v1, beside city delta, its splits in several shards), then `push-dataset --overwrite` of
+    gamma rebuilt (v2, another seed, one shard a split) killed at each of `STOPS` in turn and run whole last; after
+    each, gamma loaded from the Hub in a fresh process (and a fresh cache)."""
+    v1 = build_synthetic_city(root / "gamma-v1", "gamma", seed=1, n_users=12)
+    v2 = build_synthetic_city(root / "gamma-v2", "gamma", seed=4, n_users=14)
+    delta = build_synthetic_city(root / "delta", "delta", seed=2, n_users=12)
+    run_client(hub, root, "atomic-v1", CITIES_PUSH_SCRIPT, {"cities": [v1, delta], "repo": ATOMIC_REPO,
+                                                            "max_shard_size": 600})
+    storage = hub.repo(ATOMIC_REPO, "dataset")
+    result = {"v1": v1, "v2": v2, "v1_head": storage.branches["main"], "heads": {}, "requests": {},
+              "lfs_objects": {"v1": set(storage.lfs_objects)}, "loaded": {}}
+    for stop in (*STOPS, "complete"):
+        first = len(hub.requests)
+        spec = {"stop": stop, "city": v2, "repo": ATOMIC_REPO}
+        run_client(hub, root, f"atomic-{stop}", INTERRUPTED_PUSH_SCRIPT, spec,
+                   returncode=0 if stop == "complete" else -signal.SIGKILL)
+        result["requests"][stop] = hub.requests[first:]
+        result["heads"][stop] = storage.branches["main"]
+        result["lfs_objects"][stop] = set(storage.lfs_objects)
+        out = root / f"atomic-{stop}.pkl"
+        spec = {"repo": ATOMIC_REPO, "city": "gamma", "out": str(out)}
+        run_client(hub, root, f"atomic-load-{stop}", CITY_SCRIPT, spec, token=False)
+        result["loaded"][stop] = pickle.loads(out.read_bytes())
+    return result
 
 
 def assert_same_predictions(got: dict, reference: dict, cities=tuple(CITIES)) -> None:
@@ -713,11 +800,10 @@ def _local(path):
     return load_city_splits(path)
 
 
-@pytest.mark.parametrize("name", ["alpha", "beta"])
-def test_city_dataset_round_trip(loaded, pushed, name):
-    got = outcome(loaded[name])
-    local = _local(pushed[name])
-    assert got["name"] == name
+def assert_same_city(got: dict, local) -> None:
+    """`got` (a loaded city's summary, CITY_SUMMARY) holds exactly the city folder's samples, cells, city.json and
+    retriever."""
+    assert got["name"] == local.name
     for split, dataset in local.splits.items():
         assert got["features"][split] == dataset.features
         assert got["rows"][split] == dataset.to_list()
@@ -727,6 +813,12 @@ def test_city_dataset_round_trip(loaded, pushed, name):
     assert (got["retriever"][0] == retriever.cell_ids).all()
     assert (got["retriever"][1] == retriever.coordinate_mean).all()
     assert (got["retriever"][2] == retriever.coordinate_std).all()
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta"])
+def test_city_dataset_round_trip(loaded, pushed, name):
+    assert outcome(loaded[name])["name"] == name
+    assert_same_city(loaded[name], _local(pushed[name]))
 
 
 def test_city_dataset_is_a_plain_datasets_config(loaded, pushed):
@@ -763,6 +855,63 @@ def test_city_dataset_revision_and_errors(loaded, pushed):
     assert "'gamma' not found" in loaded["no_city"]["message"] and "beta" in loaded["no_city"]["message"]
     assert loaded["no_dataset"]["error"] == "FileNotFoundError"
     assert "org/no-such-cities" in loaded["no_dataset"]["message"]
+
+
+def _lfs_puts(requests: list) -> list:
+    return [r for r in requests if r["method"] == "PUT" and r["path"].startswith("/__lfs/upload/")]
+
+
+def _commits(requests: list) -> list:
+    return [r for r in requests if r["method"] == "POST" and "/commit/" in r["path"]]
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_a_push_dataset_killed_at_any_step_leaves_the_city_as_it_was(interrupted, stop):
+    assert not _commits(interrupted["requests"][stop]) and interrupted["heads"][stop] == interrupted["v1_head"]
+    assert_same_city(outcome(interrupted["loaded"][stop]), _local(interrupted["v1"]))
+
+
+def test_a_push_dataset_was_killed_where_meant(hub, interrupted):
+    """Before any upload (the card already validated by the Hub), after one, after all of them (only the commit
+    left); the whole push then had only its commit to make."""
+    assert any(r["path"] == "/api/validate-yaml" and b'"repoType":"dataset"' in r["body"]
+               for r in interrupted["requests"]["before_uploads"])
+    files = hub.repo(ATOMIC_REPO, "dataset").resolve(interrupted["heads"]["complete"]).files
+    v2_blobs = {blob.sha256 for path, blob in files.items() if blob.lfs and path.startswith("gamma/")}
+    new_blobs = v2_blobs - interrupted["lfs_objects"]["v1"]
+    uploads = [len(_lfs_puts(interrupted["requests"][stop])) for stop in (*STOPS, "complete")]
+    assert uploads == [0, 1, len(new_blobs) - 1, 0]
+    assert v2_blobs <= interrupted["lfs_objects"]["before_commit"]
+
+
+def test_a_whole_push_dataset_replaces_the_city_in_one_commit(hub, interrupted):
+    from huggingface_hub import DatasetCard
+
+    storage = hub.repo(ATOMIC_REPO, "dataset")
+    assert len(_commits(interrupted["requests"]["complete"])) == 1
+    assert storage.commits[interrupted["heads"]["complete"]].parent == interrupted["v1_head"]
+    assert storage.commits[storage.commits[interrupted["v1_head"]].parent].parent is None  # v1: one commit too
+    v2 = _local(interrupted["v2"])
+    assert_same_city(outcome(interrupted["loaded"]["complete"]), v2)
+
+    before = hub.files(ATOMIC_REPO, revision=interrupted["v1_head"], repo_type="dataset")
+    after = hub.files(ATOMIC_REPO, repo_type="dataset")
+    assert len([p for p in before if p.startswith("gamma/train-")]) > 1  # names v2 does not rewrite: deleted
+    records = [path.name for path in sorted(Path(interrupted["v2"]).glob("records-*.arrow"))]
+    assert sorted(p for p in after if p.startswith("gamma/")) == sorted(
+        [*(f"gamma/{name}" for name in ("cells.parquet", "city.json", *records)),
+         *(f"gamma/{split}-00000-of-00001.parquet" for split in v2.splits)])
+    assert {p: d for p, d in after.items() if p.startswith("delta/")} == {
+        p: d for p, d in before.items() if p.startswith("delta/")}  # the other city is untouched
+
+    card = DatasetCard(after["README.md"].decode())
+    assert [config["config_name"] for config in card.data.configs] == ["delta", "gamma"]
+    info = {entry["config_name"]: entry for entry in card.data.dataset_info}
+    assert {s["name"]: s["num_examples"] for s in info["gamma"]["splits"]} == {n: len(d) for n, d in v2.splits.items()}
+    assert info["delta"] == {entry["config_name"]: entry for entry in DatasetCard(
+        before["README.md"].decode()).data.dataset_info}["delta"]
+    assert "## delta" in card.text and "## gamma" in card.text
+    assert f"Samples: train {v2.metadata['counts']['samples']['train']:,}" in card.text
 
 
 # ----------------------------------------------------------------------------------------------- push-side checks

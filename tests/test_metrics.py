@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -15,8 +14,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np
 import pytest
+from conftest import make_retriever
+from processes import run as run_bounded
 
 from nextlocllm_hf.metrics import (
+    NO_CELL,
     compute_metrics,
     format_table,
     haversine_m,
@@ -24,6 +26,7 @@ from nextlocllm_hf.metrics import (
     mercator_to_lonlat,
     mrr,
     ndcg_at_k,
+    pad_ranking,
     target_ranks,
 )
 
@@ -146,6 +149,54 @@ def test_compute_metrics_hand_example():
     assert all(isinstance(v, float) for v in out.values())
 
 
+def test_a_ranking_padded_past_a_small_citys_cells_counts_what_it_ranks():
+    """With 3 cells ranked and NO_CELL beyond, Hit@5 = Hit@3 and NDCG@5 = NDCG@3: an empty place never hits, and
+    empty places may repeat (real ids may not)."""
+    ranked = np.array([[2, 0, 1], [1, 2, 0], [0, 1, 2], [2, 1, 0]])
+    targets = np.array([2, 0, 1, 1])  # ranks 1, 3, 2, 2
+    padded = pad_ranking(ranked, 20)
+    assert padded.shape == (4, 20) and (padded[:, 3:] == NO_CELL).all() and NO_CELL < 0
+    np.testing.assert_array_equal(pad_ranking(padded, 5), padded)  # wide enough already
+    np.testing.assert_array_equal(target_ranks(padded, targets), [1, 3, 2, 2])
+    assert hit_rate_at_k(padded, targets, 5) == hit_rate_at_k(ranked, targets, 3) == 1.0
+    assert hit_rate_at_k(padded, targets, 2) == hit_rate_at_k(ranked, targets, 2) == 0.75
+    assert ndcg_at_k(padded, targets, 10) == pytest.approx(ndcg_at_k(ranked, targets, 3))
+    assert target_ranks(padded, np.array([NO_CELL] * 4)).tolist() == [0, 0, 0, 0]  # an empty place is no target
+    xy = np.zeros((4, 2))
+    out = compute_metrics(padded, targets, xy, xy)
+    assert out["hit@5"] == out["hit@10"] == out["hit@20"] == 1.0 and out["hit@1"] == 0.25
+    assert out["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 2 + 1 / 2) / 4)
+    assert out["ndcg@5"] == out["ndcg@10"]
+    with pytest.raises(ValueError, match="repeats a cell id"):
+        target_ranks(np.array([[1, 1, NO_CELL]]), np.array([1]))
+    with pytest.raises(ValueError, match="fewer than the largest cut-off 20"):
+        compute_metrics(ranked, targets, xy, xy)  # unpadded, it is refused rather than scored short
+
+
+def test_rule_baselines_rank_a_small_city_whole_and_score_it_padded():
+    """A city of 3 cells: every rule ranks all 3 (not 20, which would fail), scored as if padded to 20."""
+    from nextlocllm_hf.baselines import evaluate_rule_baselines, metrics_for_rankings
+
+    retriever = make_retriever("three", num_cells=3)
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 3, (6, 9))
+    rows = {
+        "city": ["three"] * 6,
+        "history_cell": cells[:, :6], "current_cell": cells[:, 6:8], "target_cell": cells[:, 8],
+        "history_hour": rng.integers(0, 24, (6, 6)), "current_hour": rng.integers(0, 24, (6, 2)),
+        "current_coordinates": retriever.xy[cells[:, 6:8]], "target_coordinates": retriever.xy[cells[:, 8]],
+    }
+    scores = evaluate_rule_baselines(rows, rows, retriever, names=["most_frequent", "nearest_cells"])
+    for name, out in scores.items():
+        assert out["hit@5"] == out["hit@20"] == 1.0 and out["ndcg@5"] == out["ndcg@10"], name
+    ranked = np.array([[0, 1, 2]] * 6)
+    padded = metrics_for_rankings({"fixed": ranked}, rows, retriever)["fixed"]
+    assert padded == compute_metrics(pad_ranking(ranked, 20), rows["target_cell"], retriever.xy[ranked[:, 0]],
+                                     rows["target_coordinates"])
+    with pytest.raises(ValueError, match="fewer than the largest cut-off"):  # 2 of 3 cells is not a whole ranking
+        metrics_for_rankings({"short": ranked[:, :2]}, rows, retriever)
+
+
 def test_compute_metrics_matches_the_single_functions_and_truncates_mrr():
     rng = np.random.default_rng(0)
     ranked = np.stack([rng.permutation(100)[:30] for _ in range(50)])
@@ -254,8 +305,7 @@ def test_exported_metric_computes_where_the_package_is_unimportable(metric_input
     """)
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HOME": str(tmp_path / "hf_home"),
            "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", client], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = run_bounded([sys.executable, "-c", client], cwd=tmp_path, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert got.keys() == expected.keys()

@@ -2,13 +2,13 @@
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
 from conftest import build_model, make_batch, make_retriever
+from processes import run
 from transformers import AutoConfig, AutoModel
 
 from nextlocllm_hf import NextLocLLMConfig, NextLocLLMForCoordinateRegression
@@ -92,10 +92,8 @@ def test_remote_code_loads_where_package_is_unimportable(saved_model, tmp_path):
     script = tmp_path / "load_remote.py"
     script.write_text(REMOTE_CODE_SCRIPT)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(script), str(folder), str(batch_file), str(output_file)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
+    result = run([sys.executable, str(script), str(folder), str(batch_file), str(output_file)], env=env,
+                 cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.load(output_file)
     assert remote["module"].startswith("transformers_modules.")

@@ -1,6 +1,9 @@
 """Bad input gets a ValueError that names the field and the value, before anything reaches torch internals."""
 
+import json
 import math
+import re
+import shutil
 
 import pytest
 import torch
@@ -57,11 +60,20 @@ def test_bad_field_is_named(model_and_batch, name, edit, message):
 
 
 def test_unknown_city_and_oversized_k(model_and_batch):
+    """`predict` refuses a k past the city's cells (the user's k); `forward`'s top_k, which evaluation uses for every
+    city at once, ranks all of a smaller city's cells and pads with NO_CELL."""
+    from nextlocllm_hf.metrics import NO_CELL
+
     model, batch = model_and_batch
     with pytest.raises(ValueError, match=r"city='paris' is unknown to this model; known cities: \['nyc'\]"):
         model(**batch, city="paris")
     with pytest.raises(ValueError, match=r"k=21 is larger than the 20 candidate cells of city 'nyc'"):
-        model(**batch, city="nyc", top_k=21)
+        model.predict(batch, city="nyc", k=21)
+    with torch.no_grad():
+        output = model(**batch, city="nyc", top_k=21)
+    assert output.top_k_cells.shape == (3, 21) and (output.top_k_cells[:, 20] == NO_CELL).all()
+    assert sorted(output.top_k_cells[0, :20].tolist()) == list(range(20))
+    assert torch.isinf(output.top_k_distances[:, 20]).all()
 
 
 def test_missing_statistics_and_bad_std(model_and_batch):
@@ -97,3 +109,103 @@ def test_values_are_checked_with_one_host_sync(model_and_batch, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("per-value .item() on a valid batch"))
     check_values(model.config, inputs, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
     assert len(reads) == 1
+
+
+# ------------------------------------------------------------------------------------------------ saved weights
+@pytest.fixture(scope="module")
+def saved(model_and_batch, tmp_path_factory):
+    model, _ = model_and_batch
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+def edited_copy(saved, tmp_path, edit):
+    """A copy of the saved model whose config.json is `edit(config)`."""
+    folder = shutil.copytree(saved, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def widen(field, value):
+    def edit(config):
+        config[field] = value
+    return edit
+
+
+def wider_backbone(config):
+    config["llm_config"]["hidden_size"] = 64
+
+
+def more_poi_classes(config):
+    config["poi_class_names"] = [*config["poi_class_names"], "Spaceport"]
+    config["poi_class_descriptions"] = [*config["poi_class_descriptions"], "Launch sites."]
+
+
+MISMATCHES = {
+    "coordinate_embedding_dim": (widen("coordinate_embedding_dim", 64),
+                                 r"config.json says coordinate_embedding_dim=64 but model.safetensors holds "
+                                 r"coordinate_embedding.weight of shape \(128, 2\), where that config builds \(64, 2\) "
+                                 r"\(2 more tensors disagree\): the config and the weights come from different models"),
+    "hour_embedding_dim": (widen("hour_embedding_dim", 8),
+                           r"config.json says hour_embedding_dim=8 but model.safetensors holds hour_embedding.weight of "
+                           r"shape \(24, 16\), where that config builds \(24, 8\)"),
+    "hidden_size": (wider_backbone,
+                    r"config.json says llm_config.hidden_size=64 but model.safetensors holds poi_text_embeddings of "
+                    r"shape \(5, \d+, 32\), where that config builds \(5, \d+, 64\) \(\d+ more tensors disagree\)"),
+    "poi classes": (more_poi_classes,
+                    r"config.json lists 6 poi_class_names but model.safetensors holds poi_text_embeddings of shape "
+                    r"\(5, \d+, 32\), where that config builds \(6, \d+, 32\)"),
+}
+
+
+@pytest.mark.parametrize("field", list(MISMATCHES))
+def test_a_config_from_another_model_is_named_before_loading(saved, tmp_path, field):
+    from nextlocllm_hf import NextLocLLMForCoordinateRegression
+
+    edit, message = MISMATCHES[field]
+    folder = edited_copy(saved, tmp_path, edit)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(folder))}: {message}"):
+        NextLocLLMForCoordinateRegression.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"adaptation": "lora", "head_type": "mixture_ranker",
+                                            "task_mode": "at_time", "use_duration_head": True}], ids=["default", "lora"])
+def test_matching_weights_pass_the_check(model_and_batch, tmp_path, overrides):
+    """No false alarm: a saved model loads, whatever its heads and adaptation."""
+    from nextlocllm_hf import NextLocLLMForCoordinateRegression
+
+    model, _ = model_and_batch
+    if overrides:
+        model = build_model(model.config.backbone_name_or_path, **overrides)
+    model.save_pretrained(tmp_path / "model")
+    loaded = NextLocLLMForCoordinateRegression.from_pretrained(tmp_path / "model")
+    assert loaded.config.head_type == model.config.head_type
+
+
+class Unpickled:
+    """Unpickling this writes the file `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_pickled_weights_alone_are_refused_unread(saved, tmp_path):
+    from nextlocllm_hf import NextLocLLMForCoordinateRegression
+
+    folder = shutil.copytree(saved, tmp_path / "model")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    torch.save({"weights": Unpickled(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(folder))} holds only pickled weights \(pytorch_model.bin\); "
+                                         r"NextLocLLM loads safetensors only \(model.safetensors\)"):
+        NextLocLLMForCoordinateRegression.from_pretrained(folder)
+    assert not marker.exists()
+    (folder / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(folder))} has no model.safetensors"):
+        NextLocLLMForCoordinateRegression.from_pretrained(folder)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import torch
 from conftest import TINY_BACKBONES, build_model, build_tokenizer
 from hub_server import LoopbackHub
+from processes import run as run_bounded
 from test_predict import printed_table
 
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
@@ -78,8 +78,8 @@ def client_env(root: Path, **extra) -> dict:
 def run_client(root: Path, name: str, cases: dict, script: str = CLIENT, **env) -> dict:
     spec = root / f"{name}.json"
     spec.write_text(json.dumps({"cases": cases, "out": str(root / f"{name}.out.json")}))
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(spec)], env=client_env(root, **env),
-                            cwd=root, capture_output=True, text=True, timeout=TIMEOUT)
+    result = run_bounded([sys.executable, "-c", textwrap.dedent(script), str(spec)], env=client_env(root, **env),
+                         cwd=root, timeout=TIMEOUT)
     assert result.returncode == 0, f"{name} client failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return json.loads((root / f"{name}.out.json").read_text())
 
@@ -232,8 +232,8 @@ def test_hub_repo_serves_the_pipeline_without_the_package(root, exported, remote
                    "HF_TOKEN": "hf_pipelineTOKEN", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
         push = (f"from nextlocllm_hf.hub import push_model\n"
                 f"push_model({exported['models']['next']!r}, 'org/nextlocllm-pipeline', validate_card=False)\n")
-        result = subprocess.run([sys.executable, "-c", push], env=client_env(root, **hub_env), cwd=root,
-                                capture_output=True, text=True, timeout=TIMEOUT)
+        result = run_bounded([sys.executable, "-c", push], env=client_env(root, **hub_env), cwd=root,
+                             timeout=TIMEOUT)
         assert result.returncode == 0, result.stderr[-4000:]
         got = run_client(root, "hub", {"many": {"model": "org/nextlocllm-pipeline", "records": exported["everyone"],
                                                 "kwargs": {"k": K}}}, HF_HOME=str(root / "hf_home_hub"), **hub_env)
@@ -247,10 +247,9 @@ def test_a_model_object_in_process_equals_the_cli(exported, capsys):
     """With the package imported, the task is registered: `pipeline(TASK, model=<model object>)` needs no folder."""
     from transformers import AutoModel, pipeline
 
-    registered = subprocess.run(  # a fresh process: this module's own imports registered it here already
+    registered = run_bounded(  # a fresh process: this module's own imports registered it here already
         [sys.executable, "-c", "import nextlocllm_hf; from transformers.pipelines import PIPELINE_REGISTRY; "
-                               f"print({TASK!r} in PIPELINE_REGISTRY.get_supported_tasks())"],
-        capture_output=True, text=True, timeout=TIMEOUT)
+                               f"print({TASK!r} in PIPELINE_REGISTRY.get_supported_tasks())"], timeout=TIMEOUT)
     assert registered.stdout.strip() == "True", registered.stderr[-2000:]
 
     from nextlocllm_hf import NextLocationPipeline

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hub_server import LoopbackHub
+from processes import run as run_bounded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "dataset_scripts/README.md")
 LINKED = ("train.py", "demo.py", "dataset_scripts", "configs")  # what the examples call by relative path
 MARKER = re.compile(r"^<!-- doc-check(?:: (?P<mode>\w+))? -->$")
 TOKEN = "hf_doccheck"
-BLOCK_TIMEOUT = 600
+BLOCK_TIMEOUT = 300  # one block; pytest stops the whole test at 600 s
 
 
 @dataclass
@@ -82,8 +82,7 @@ def outcomes(tmp_path_factory):
                             "no_proxy": "127.0.0.1"})
             command = (["bash", "-euo", "pipefail", "-c", block.source] if block.language == "bash"
                        else [sys.executable, "-c", block.source])
-            run = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True,
-                                 timeout=BLOCK_TIMEOUT)
+            run = run_bounded(command, cwd=scratch, env=env, timeout=BLOCK_TIMEOUT)
             results[block.name] = (run.returncode, run.stdout + run.stderr)
     finally:
         hub.stop()

@@ -1,15 +1,14 @@
 """train.py: synchronized ranks, complete gathered evaluation, exact mid-epoch resume, honest best checkpoint."""
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BACKBONES, build_synthetic_city, build_tokenizer
+from conftest import build_synthetic_city, save_tiny_backbone
+from processes import BASE_ENV, run
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModel
@@ -24,11 +23,7 @@ import train as train_script  # noqa: E402
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    backbone = root / "tiny-gpt2"  # GPT-2 has dropout: resuming must also restore the random state
-    TINY_BACKBONES["gpt2"](len(tokenizer)).save_pretrained(backbone)
-    tokenizer.save_pretrained(backbone)
+    backbone = save_tiny_backbone(root / "tiny-gpt2")  # GPT-2 has dropout: resuming must also restore the random state
     return {
         "root": root,
         "backbone": str(backbone),
@@ -55,8 +50,8 @@ def test_two_processes_stay_synchronized_and_gather_every_sample(workspace):
     output = workspace["root"] / "ddp"
     command = [sys.executable, str(REPO / "tests" / "debug_launcher_check.py"), workspace["city"], workspace["backbone"],
                str(output)]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    result = run(command, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "DDP CHECK PASSED" in result.stdout
     assert (output / "model" / "model.safetensors").is_file()
@@ -216,8 +211,8 @@ def test_accelerate_launch_with_two_cpu_processes(workspace, tmp_path):
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(REPO / "train.py"), *arguments(workspace, output, "--max_steps", "3", "--eval_steps", "3"),
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = run(command, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stdout and "trained parameters identical on all 2 processes" in result.stdout
     assert AutoModel.from_pretrained(output / "model").cities == ["city-a"]
@@ -266,8 +261,8 @@ def test_fsdp_on_cpu_loads_the_best_weights_into_the_shards(workspace, tmp_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), str(REPO / "tests" / "fsdp_cpu_check.py"), str(tmp_path / "model"),
                str(tmp_path / "best")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    env = {**BASE_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = run(command, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "FSDP CPU CHECK PASSED" in result.stdout
 
@@ -278,8 +273,8 @@ def test_fsdp_asked_for_on_cpu_is_refused_not_silently_replaced(workspace, tmp_p
         "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
         str(free_port()), str(REPO / "train.py"), *arguments(workspace, tmp_path / "fsdp", "--max_steps", "1"),
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = run(command, env=env, cwd=REPO)
     assert result.returncode != 0
     assert "error: the launcher asked for FSDP, but Accelerate runs MULTI_CPU" in result.stderr
     assert not (tmp_path / "fsdp").exists()

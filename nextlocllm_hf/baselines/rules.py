@@ -54,7 +54,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..columns import row_chunks, rows_to_arrays
-from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics
+from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics, pad_ranking
 from ..modeling.candidates_nextlocllm import QUERY_COLUMNS, TIME_WINDOW_HOURS, hour_distance, reference_time
 from ..modeling.configuration_nextlocllm import TASK_MODES
 from ..modeling.ranking_nextlocllm import pad_with_nearest
@@ -472,17 +472,21 @@ def metrics_for_rankings(
     ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
 ) -> dict[str, dict[str, float]]:
     """``{name: compute_metrics(...)}`` for cell rankings of ``rows``; the predicted position of a ranking is the
-    centroid of its top-1 cell (:func:`top1_centroid_xy`), the true one ``target_coordinates``."""
+    centroid of its top-1 cell (:func:`top1_centroid_xy`), the true one ``target_coordinates``. A ranking of every
+    cell of a city with fewer cells than the deepest cut-off is complete: it is scored padded with ``NO_CELL``."""
     retriever = as_retriever(cells_or_retriever)
     arrays = rows_to_arrays(rows, ("target_cell", "target_coordinates"))
     target_cells = np.asarray(arrays["target_cell"]).reshape(-1)
     target_xy = np.asarray(arrays["target_coordinates"], dtype=np.float64)
-    return {
-        name: compute_metrics(
-            ranked, target_cells, top1_centroid_xy(ranked, retriever), target_xy, ks=ks, ndcg_ks=ndcg_ks
-        )
-        for name, ranked in rankings.items()
-    }
+    deepest = max((*ks, *ndcg_ks), default=1)
+    scores = {}
+    for name, ranked in rankings.items():
+        ranked = np.asarray(ranked)
+        if ranked.ndim == 2 and retriever.num_cells <= ranked.shape[1] < deepest:
+            ranked = pad_ranking(ranked, deepest)
+        scores[name] = compute_metrics(ranked, target_cells, top1_centroid_xy(ranked, retriever), target_xy, ks=ks,
+                                       ndcg_ks=ndcg_ks)
+    return scores
 
 
 def evaluate_rule_baselines(
@@ -497,15 +501,18 @@ def evaluate_rule_baselines(
 ) -> dict[str, dict[str, float]]:
     """``{name: metrics}`` of each rule on ``rows``: :func:`rank_rule_baselines` then :func:`metrics_for_rankings`.
 
-    ``k`` must be at least ``max(ks + ndcg_ks)`` (20 by default). ``rows`` also need ``target_cell`` and
-    ``target_coordinates``; ``train_rows`` are used by ``markov_train_users`` only.
+    ``k`` must be at least ``max(ks + ndcg_ks)`` (20 by default); a city with fewer cells is ranked whole (the depth
+    follows the city). ``rows`` also need ``target_cell`` and ``target_coordinates``; ``train_rows`` are used by
+    ``markov_train_users`` only.
     """
     names = list(RULE_BASELINES) if names is None else list(names)
     targets = rows_to_arrays(rows, ("target_cell", "target_coordinates"))  # read once for every rule
+    retriever = as_retriever(cells_or_retriever)
+    depth = min(k, retriever.num_cells) if isinstance(k, (int, np.integer)) else k  # a bad k is refused by rank
     scores = {}
     for name in names:  # one rule's ranking in memory at a time
-        ranking = rank_rule_baselines(train_rows, rows, cells_or_retriever, k=k, names=[name], task_mode=task_mode)
-        scores.update(metrics_for_rankings(ranking, targets, cells_or_retriever, ks=ks, ndcg_ks=ndcg_ks))
+        ranking = rank_rule_baselines(train_rows, rows, retriever, k=depth, names=[name], task_mode=task_mode)
+        scores.update(metrics_for_rankings(ranking, targets, retriever, ks=ks, ndcg_ks=ndcg_ks))
     return scores
 
 

@@ -20,10 +20,13 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from ..evaluate import MAX_RANK
+from ..locks import exclusive_output
 from ..outputs import refuse_occupied, replacing_folder
 from .cells import CANDIDATE_RULES, POI_NORMALIZATIONS, build_cells, count_pois
-from ..modeling.records_nextlocllm import (DEFAULT_MAX_DURATION_HOURS, day_and_hour, is_repeated_record,
-                                          leakage_free_durations, record_durations, time_order)
+from ..modeling.records_nextlocllm import (DEFAULT_ENCODING, DEFAULT_MAX_DURATION_HOURS, day_and_hour,
+                                          is_repeated_record, leakage_free_durations, record_durations, text_codec,
+                                          time_order)
 from .card import dataset_card
 from .city_dataset import CITY_FILES, DATASET_CARD_NAME, SPLITS
 from .features import cell_features, city_features, window_features
@@ -66,6 +69,7 @@ class BuildConfig:
     time_unit: str | None = None
     timezone: str | None = None
     category_map: str | None = None
+    encoding: str = DEFAULT_ENCODING  # of the input and POI text files
     max_invalid_fraction: float = 0.05
     stay_distance_m: float = 200.0
     stay_min_minutes: float = 20.0
@@ -90,6 +94,7 @@ class BuildConfig:
     def validate(self) -> None:
         if self.format not in READERS:
             raise ValueError(f"unknown format {self.format!r}; choose from {sorted(READERS)}")
+        text_codec(self.encoding)  # an unknown encoding is refused before any work
         if self.format != "synthetic" and not self.input:
             raise ValueError(f"--input is required for --format {self.format}")
         if not self.city or any(c in self.city for c in "/\\"):
@@ -346,7 +351,7 @@ def read_options(cfg: BuildConfig) -> ReadOptions:
     return ReadOptions(columns=cfg.columns, poi_columns=cfg.poi_columns, time_format=cfg.time_format,
                        time_unit=cfg.time_unit, timezone=cfg.timezone, max_invalid_fraction=cfg.max_invalid_fraction,
                        stay_distance_m=cfg.stay_distance_m, stay_min_minutes=cfg.stay_min_minutes,
-                       show_progress=cfg.show_progress,
+                       show_progress=cfg.show_progress, encoding=cfg.encoding,
                        extra={"synthetic": {"city": cfg.city, "seed": cfg.seed, **(cfg.synthetic or {})}})
 
 
@@ -388,7 +393,18 @@ def _pois_and_cells(pois: pd.DataFrame | None, poi_source: str, grid: Grid, visi
     report.info["candidates_rule"] = cfg.candidates
     report.info["cells"] = {"candidates": len(cells), "visited": int(visited.size), "with_pois": int(pkeys.size),
                             "grid_cells": grid.n_cells}
+    _warn_few_cells(cfg, len(cells), report)
     return cells, ckeys, freq, city_max, poi_info
+
+
+def _warn_few_cells(cfg: BuildConfig, candidates: int, report: BuildReport) -> None:
+    """A city with fewer candidate cells than the deepest rank a metric reports (Hit@`MAX_RANK`) builds, but its
+    ranking metrics cannot be what they are elsewhere: said now, not after a whole training run."""
+    if candidates < MAX_RANK:
+        report.warn(f"city {cfg.city!r} has {candidates} candidate cell{'s' if candidates != 1 else ''} (fewer than "
+                    f"the {MAX_RANK} Hit@{MAX_RANK} ranks): a ranking of its cells stops at rank {candidates}, so "
+                    f"Hit@k for k >= {candidates} is 1 by construction; check the input's coordinates, --bbox and "
+                    f"--cell-size-m ({cfg.cell_size_m:g} m)")
 
 
 @dataclass
@@ -607,16 +623,19 @@ def build_and_save(cfg: BuildConfig) -> BuildResult:
     """Build and write ``cfg.output``; the report is available as ``result.report.render()``.
 
     A city already in ``cfg.output`` is refused before any work unless ``cfg.overwrite``; a folder holding anything
-    else is always refused (replacing it would delete those files)."""
+    else is always refused (replacing it would delete those files); an output another build is writing is refused
+    (`locks.exclusive_output`)."""
     if not cfg.output:
         raise ValueError("an output folder is required")
-    refuse_occupied(cfg.output, overwrite=cfg.overwrite, option="--output", what="city folder", owned=CITY_FILES)
-    if cfg.partitions:
-        from .partitioned import build_partitioned
+    # One writer per output: held from the check to the final rename, in process or partitioned.
+    with exclusive_output(cfg.output):
+        refuse_occupied(cfg.output, overwrite=cfg.overwrite, option="--output", what="city folder", owned=CITY_FILES)
+        if cfg.partitions:
+            from .partitioned import build_partitioned
 
-        return build_partitioned(cfg)
-    res = build_city(cfg)
-    t = time.perf_counter()
-    res.save(cfg.output, show_progress=cfg.show_progress)
+            return build_partitioned(cfg)
+        res = build_city(cfg)
+        t = time.perf_counter()
+        res.save(cfg.output, show_progress=cfg.show_progress)
     res.report.info["write_seconds"] = time.perf_counter() - t
     return res

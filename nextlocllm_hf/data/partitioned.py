@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..modeling.records_nextlocllm import sniff_sep
+from ..modeling.records_nextlocllm import decoding, sniff_sep, text_codec
 from ..outputs import replacing_folder
 from .build import (DEFAULT_MAX_GAP_HOURS, BuildConfig, BuildResult, _clean, _coordinate_moments,
                     _coordinate_statistics, _extent, _fit_grid, _input_duration_range, _kept_record_columns,
@@ -226,19 +226,22 @@ def _read_into_partitions(table, opts, cfg: BuildConfig, scratch: Scratch, compu
     import dask
     import dask.dataframe as dd
 
-    if table.is_parquet:
-        frames = dd.read_parquet(table.path)
-    else:
-        kwargs = {k: v for k, v in table.read_kwargs.items() if k != "low_memory"}  # dask reads each block whole
-        kwargs.setdefault("sep", sniff_sep(table.path))
-        # Dask infers column types from the first block: integers read as floats, so that a later block with a
-        # missing value does not contradict them (the readers convert numbers themselves).
-        frames = dd.read_csv(table.path, blocksize=cfg.block_size, assume_missing=True, **kwargs)
-    with dask.config.set({"dataframe.convert-string": False}):  # the reports stay pickled bytes
-        reports = frames.map_partitions(_read_block, table, opts, cfg.partitions, scratch,
-                                        meta=pd.DataFrame({"report": pd.Series([], dtype=object)}))
-        done = _compute(reports.to_delayed(), compute, f"{cfg.city}: read {frames.npartitions} blocks",
-                        cfg.show_progress)
+    # A block that does not decode fails in its worker; the error names the file's line, as the in-process read's.
+    with decoding(table.path, table.encoding):
+        if table.is_parquet:
+            frames = dd.read_parquet(table.path)
+        else:
+            kwargs = {k: v for k, v in table.read_kwargs.items() if k != "low_memory"}  # dask reads each block whole
+            kwargs.setdefault("sep", sniff_sep(table.path, table.encoding))
+            # Dask infers column types from the first block: integers read as floats, so that a later block with a
+            # missing value does not contradict them (the readers convert numbers themselves).
+            frames = dd.read_csv(table.path, blocksize=cfg.block_size, assume_missing=True,
+                                 encoding=text_codec(table.encoding), **kwargs)
+        with dask.config.set({"dataframe.convert-string": False}):  # the reports stay pickled bytes
+            reports = frames.map_partitions(_read_block, table, opts, cfg.partitions, scratch,
+                                            meta=pd.DataFrame({"report": pd.Series([], dtype=object)}))
+            done = _compute(reports.to_delayed(), compute, f"{cfg.city}: read {frames.npartitions} blocks",
+                            cfg.show_progress)
     return [pickle.loads(r) for frame in done for r in frame["report"]]
 
 
@@ -255,7 +258,8 @@ def _window_order(summaries: list[dict]) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def build_partitioned(cfg: BuildConfig) -> BuildResult:
-    """Build and write `cfg.output` partition by partition (`cfg.partitions` user partitions on `cfg.scheduler`)."""
+    """Build and write `cfg.output` partition by partition (`cfg.partitions` user partitions on `cfg.scheduler`);
+    the caller (`build.build_and_save`) holds the output's lock and has checked it is free."""
     import dask
 
     cfg.validate()

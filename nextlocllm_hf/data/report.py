@@ -18,6 +18,7 @@ class BuildReport:
     examples: dict = field(default_factory=dict)  # reason -> an example offending value
     unmapped_categories: Counter = field(default_factory=Counter)  # name -> POIs without a class
     notes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # what builds but will not serve as the user expects
     info: dict = field(default_factory=dict)
     # reason -> [invalid rows, rows checked, field, example]: what `check_fraction` saw, so that the partitioned build
     # can check the fractions of the whole input after counting block by block
@@ -54,6 +55,8 @@ class BuildReport:
             self.examples.setdefault(reason, example)
         for text in other.notes:
             self.note(text)
+        for text in other.warnings:
+            self.warn(text)
         for key, value in other.info.items():
             self.info.setdefault(key, value)
         for reason, (bad, total, field_name, example) in other.checked.items():
@@ -72,6 +75,12 @@ class BuildReport:
         if text not in self.notes:
             self.notes.append(text)
 
+    def warn(self, text: str) -> None:
+        """A problem the build does not stop for (the city is usable, but not as the user expects): printed as
+        `warning: ...` by `render`."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+
     def to_dict(self) -> dict:
         return {
             "input_rows": self.input_rows,
@@ -82,6 +91,7 @@ class BuildReport:
             "drop_examples": dict(self.examples),
             "unmapped_categories": dict(self.unmapped_categories.most_common()),
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
             **self.info,
         }
 
@@ -136,6 +146,8 @@ class BuildReport:
                      + "   users: " + " / ".join(f"{k} {v:,}" for k, v in i.get("split_users", {}).items()))
         for n in self.notes:
             L.append(f"note: {n}")
+        for w in self.warnings:
+            L.append(f"warning: {w}")
         if "seconds" in i:
             L.append(f"built in {i['seconds']:.1f} s")
         return "\n".join(L)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..modeling.configuration_nextlocllm import DEFAULT_POI_CLASS_NAMES as DEFAULT_POI_CLASSES
+from ..modeling.records_nextlocllm import decoding, text_codec
 
 MISSING_CATEGORY = "<missing>"
 
@@ -41,6 +42,13 @@ def normalize_name(name) -> str:
 
 def _mapping_path(name: str) -> Path:
     return Path(str(resources.files("nextlocllm_hf.data").joinpath("mappings", f"{name}.json")))
+
+
+def _read_json(path: Path) -> dict:
+    """A mapping file: JSON is UTF-8 (RFC 8259), whatever `--encoding` the data has; a BOM is allowed."""
+    with decoding(path, "utf-8", way_out="a JSON mapping must be UTF-8: save it as UTF-8"), \
+            open(path, encoding=text_codec("utf-8")) as f:
+        return json.load(f)
 
 
 def _read_grouped(grouped: dict, classes: tuple[str, ...], what: str) -> dict[str, int]:
@@ -89,8 +97,7 @@ class CategoryMapping:
     @classmethod
     def from_json(cls, path) -> "CategoryMapping":
         path = Path(path)
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f), source=str(path))
+        return cls.from_dict(_read_json(path), source=str(path))
 
     @classmethod
     def foursquare(cls) -> "CategoryMapping":
@@ -151,8 +158,7 @@ class OsmMapping:
     @classmethod
     def from_json(cls, path=None) -> "OsmMapping":
         path = Path(path) if path else _mapping_path("osm")
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        d = _read_json(path)
         classes = tuple(d.get("classes", DEFAULT_POI_CLASSES))
         tags = {key: _read_grouped(groups, classes, f"{path}:{key}") for key, groups in d["tags"].items()}
         return cls(classes, tuple(d.get("key_priority", list(tags))), tags)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..report import BuildReport
-from .common import RawInput, ReadOptions, parse_mapping
+from .common import RawInput, ReadOptions, encoding_option, parse_mapping
 from .foursquare import foursquare_table, read_foursquare
 from .generic import generic_table, read_generic
 from .geolife import read_geolife
@@ -42,4 +42,4 @@ TABLES = {
     "csv": generic_table,
 }
 
-__all__ = ["READERS", "TABLES", "RawInput", "ReadOptions", "RecordsTable", "parse_mapping"]
+__all__ = ["READERS", "TABLES", "RawInput", "ReadOptions", "RecordsTable", "encoding_option", "parse_mapping"]

@@ -13,14 +13,15 @@ or OSM tag columns).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ...modeling.records_nextlocllm import (LATITUDE_ALIASES, LONGITUDE_ALIASES, USER_ALIASES, read_table,
-                                           sniff_sep)
+from ...modeling.records_nextlocllm import (DEFAULT_ENCODING, LATITUDE_ALIASES, LONGITUDE_ALIASES, USER_ALIASES,
+                                           decoding, first_line, read_table, sniff_sep, text_codec)
 from ..report import BuildReport
 
 # Input field -> column names tried in order (case-insensitive). Position and user names are those of inference's
@@ -63,7 +64,17 @@ class ReadOptions:
     stay_distance_m: float = 200.0
     stay_min_minutes: float = 20.0
     show_progress: bool = True
+    encoding: str = DEFAULT_ENCODING  # of every text file read (records, POIs)
     extra: dict = field(default_factory=dict)
+
+
+def encoding_option(text: str) -> str:
+    """The `--encoding` option's type: an encoding Python does not know is refused while parsing."""
+    try:
+        text_codec(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def parse_mapping(text: str | None) -> dict | None:

@@ -18,24 +18,26 @@ Local time = UTC + the per-row offset (or the ``local_time`` column).
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pandas as pd
 
 from ..report import BuildReport
-from .common import RawInput, ReadOptions, local_clock, make_records, parse_times, records_from_frame
+from .common import (RawInput, ReadOptions, decoding, first_line, local_clock, make_records, parse_times,
+                     records_from_frame, text_codec)
 from .pois import read_pois
 from .tables import RecordsTable, read_whole_table
 
 RAW_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"
 TSMC_COLUMNS = ["user_id", "venue_id", "category_id", "category", "lat", "lon", "tz_offset_min", "utc_time"]
 TIST_COLUMNS = ["user_id", "venue_id", "utc_time", "tz_offset_min"]
-RAW_READ = {"sep": "\t", "header": None, "dtype": str, "quoting": 3, "encoding_errors": "replace"}
+RAW_READ = {"sep": "\t", "header": None, "dtype": str, "quoting": 3}
 
 
-def _raw_kind(path) -> str | None:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        line = f.readline().rstrip("\n")
-    parts = line.split("\t")
+def _raw_kind(path, opts: ReadOptions) -> str | None:
+    if Path(path).suffix.lower() in (".parquet", ".pq"):
+        return None
+    parts = first_line(path, opts.encoding).split("\t")
     if len(parts) == 8:
         return "tsmc2014"
     if len(parts) == 4:
@@ -46,16 +48,17 @@ def _raw_kind(path) -> str | None:
 def foursquare_table(path, opts: ReadOptions) -> RecordsTable:
     """The check-in file as a table: a cleaned CSV with a header or raw TSMC2014 (raw TIST2015 is not one table: its
     coordinates come from the POI file, see `read_foursquare`)."""
-    kind = _raw_kind(path)
+    kind = _raw_kind(path, opts)
     if kind is None:
         return RecordsTable(str(path), {"dtype": {"user_id": str, "venue_id": str}, "low_memory": False},
                             partial(records_from_frame, mapping=opts.columns, what=f"Foursquare file {path}"),
-                            source={"format": "foursquare (CSV with header)", "path": str(path)})
+                            source={"format": "foursquare (CSV with header)", "path": str(path)},
+                            encoding=opts.encoding)
     if kind == "tist2015":
         raise ValueError(f"{path}: raw TIST2015 check-ins take their coordinates from the POI file; build them with "
                          f"the in-process build (no --partitions)")
     return RecordsTable(str(path), dict(RAW_READ, names=TSMC_COLUMNS), _raw_records,
-                        source={"format": "foursquare raw tsmc2014", "path": str(path)})
+                        source={"format": "foursquare raw tsmc2014", "path": str(path)}, encoding=opts.encoding)
 
 
 def _raw_records(df: pd.DataFrame, report: BuildReport, opts: ReadOptions) -> pd.DataFrame:
@@ -67,7 +70,7 @@ def _raw_records(df: pd.DataFrame, report: BuildReport, opts: ReadOptions) -> pd
 
 
 def read_foursquare(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:
-    if _raw_kind(path) != "tist2015":
+    if _raw_kind(path, opts) != "tist2015":
         return read_whole_table(foursquare_table(path, opts), pois_path, report, opts)
     if not pois_path:
         raise ValueError("raw TIST2015 check-ins carry no coordinates: pass the POI file with --pois "
@@ -75,7 +78,8 @@ def read_foursquare(path, pois_path, report: BuildReport, opts: ReadOptions) -> 
     pois, poi_source = read_pois(pois_path, report, opts)
     if "venue_id" not in pois.columns:
         raise ValueError("the POI file has no venue id column to join the TIST2015 check-ins on")
-    df = pd.read_csv(path, **RAW_READ, names=TIST_COLUMNS)
+    with decoding(path, opts.encoding):
+        df = pd.read_csv(path, **RAW_READ, names=TIST_COLUMNS, encoding=text_codec(opts.encoding))
     report.input_rows = len(df)
     venues = pois.drop_duplicates("venue_id").set_index("venue_id")
     known = df["venue_id"].isin(venues.index).to_numpy()

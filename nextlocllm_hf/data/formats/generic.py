@@ -14,11 +14,13 @@ from .tables import RecordsTable, header_columns, read_whole_table
 
 
 def generic_table(path, opts: ReadOptions) -> RecordsTable:
-    columns = resolve_columns(header_columns(path), opts.columns, RECORD_REQUIRED, RECORD_OPTIONAL, f"input {path}")
+    columns = resolve_columns(header_columns(path, opts.encoding), opts.columns, RECORD_REQUIRED, RECORD_OPTIONAL,
+                              f"input {path}")
     text = {columns[f]: str for f in ("user", "venue", "category", "root_category", "poi_class") if f in columns}
     return RecordsTable(str(path), {"low_memory": False, "dtype": text},
                         partial(records_from_frame, mapping=opts.columns, what=f"input {path}"),
-                        source={"format": "csv", "path": str(path), "columns": opts.columns or {}})
+                        source={"format": "csv", "path": str(path), "columns": opts.columns or {}},
+                        encoding=opts.encoding)
 
 
 def read_generic(path, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..report import BuildReport
 from ..staypoints import detect_stay_points
-from .common import RawInput, ReadOptions, list_files, local_clock, make_records
+from .common import RawInput, ReadOptions, decoding, list_files, local_clock, make_records, text_codec
 from .pois import read_pois
 
 PLT_COLUMNS = ["lat", "lon", "zero", "alt", "days", "date", "time"]
@@ -34,8 +34,9 @@ def read_geolife(path, pois_path, report: BuildReport, opts: ReadOptions) -> Raw
     files = list_files(path, "*.plt")
     frames = []
     for f in tqdm(files, desc="reading PLT files", disable=not opts.show_progress, leave=False):
-        d = pd.read_csv(f, skiprows=6, header=None, names=PLT_COLUMNS, usecols=["lat", "lon", "days"],
-                        encoding_errors="replace")
+        with decoding(f, opts.encoding):
+            d = pd.read_csv(f, skiprows=6, header=None, names=PLT_COLUMNS, usecols=["lat", "lon", "days"],
+                            encoding=text_codec(opts.encoding))
         d["user_id"] = _user_of(f)
         frames.append(d)
     pts = pd.concat(frames, ignore_index=True)

@@ -18,9 +18,9 @@ COLUMNS = ["user_id", "time", "lat", "lon", "venue_id"]
 
 
 def gowalla_table(path, opts: ReadOptions) -> RecordsTable:
-    read = {"sep": "\t", "header": None, "names": COLUMNS, "dtype": str, "quoting": 3, "encoding_errors": "replace"}
+    read = {"sep": "\t", "header": None, "names": COLUMNS, "dtype": str, "quoting": 3}
     return RecordsTable(str(path), read, partial(_records, path=path),
-                        source={"format": "gowalla/brightkite", "path": str(path)})
+                        source={"format": "gowalla/brightkite", "path": str(path)}, encoding=opts.encoding)
 
 
 def _records(df: pd.DataFrame, report: BuildReport, opts: ReadOptions, path) -> pd.DataFrame:

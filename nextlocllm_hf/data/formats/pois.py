@@ -4,21 +4,22 @@ class names) or OSM tag columns (``amenity``, ``shop``, ``tourism``, ``leisure``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from ..report import BuildReport
-from .common import ReadOptions, read_table, resolve_columns, sniff_sep
+from .common import ReadOptions, decoding, first_line, read_table, resolve_columns, sniff_sep, text_codec
 
 OSM_KEYS = ("amenity", "shop", "tourism", "leisure", "office", "craft", "healthcare", "railway", "public_transport",
             "building")
 TIST_POI_COLUMNS = ["venue_id", "lat", "lon", "category", "country_code"]
 
 
-def _looks_like_raw_tist_pois(path) -> bool:
-    if sniff_sep(path) != "\t":
+def _looks_like_raw_tist_pois(path, encoding: str) -> bool:
+    if Path(path).suffix.lower() in (".parquet", ".pq") or sniff_sep(path, encoding) != "\t":
         return False
-    with open(path, encoding="utf-8", errors="replace") as f:
-        parts = f.readline().rstrip("\n").split("\t")
+    parts = first_line(path, encoding).split("\t")
     if len(parts) != 5:
         return False
     try:
@@ -30,13 +31,15 @@ def _looks_like_raw_tist_pois(path) -> bool:
 
 def read_pois(path, report: BuildReport, opts: ReadOptions) -> tuple[pd.DataFrame, str]:
     """Return the canonical POI frame and a description of its source."""
-    if _looks_like_raw_tist_pois(path):
-        df = pd.read_csv(path, sep="\t", header=None, names=TIST_POI_COLUMNS, dtype=str, quoting=3,
-                         encoding_errors="replace")
+    if _looks_like_raw_tist_pois(path, opts.encoding):
+        with decoding(path, opts.encoding):
+            df = pd.read_csv(path, sep="\t", header=None, names=TIST_POI_COLUMNS, dtype=str, quoting=3,
+                             encoding=text_codec(opts.encoding))
         df["lat"] = pd.to_numeric(df["lat"], errors="coerce")
         df["lon"] = pd.to_numeric(df["lon"], errors="coerce")
         return df[["venue_id", "lat", "lon", "category"]], f"TIST2015 POI file {path}"
-    df = read_table(path, low_memory=False) if not str(path).endswith((".parquet", ".pq")) else read_table(path)
+    parquet = Path(path).suffix.lower() in (".parquet", ".pq")
+    df = read_table(path) if parquet else read_table(path, opts.encoding, low_memory=False)
     cols = resolve_columns(df.columns, opts.poi_columns, ("lat", "lon"), ("venue", "category", "root_category", "poi_class"),
                            what=f"POI file {path}")
     out = pd.DataFrame({

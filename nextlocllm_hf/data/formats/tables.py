@@ -13,7 +13,7 @@ from typing import Callable
 import pandas as pd
 
 from ..report import BuildReport
-from .common import RawInput, ReadOptions, read_table
+from .common import DEFAULT_ENCODING, RawInput, ReadOptions, read_table
 from .pois import read_pois
 
 
@@ -25,22 +25,24 @@ class RecordsTable:
     source: dict
     grid: object | None = None  # a fixed Grid (YJMob's virtual grid); None: fitted to the records
     notes: tuple = field(default_factory=tuple)  # report notes that hold for the whole input
+    encoding: str = DEFAULT_ENCODING  # of a CSV/TSV file (`--encoding`)
 
     @property
     def is_parquet(self) -> bool:
         return Path(self.path).suffix.lower() in (".parquet", ".pq")
 
     def read(self) -> pd.DataFrame:
-        return read_table(self.path) if self.is_parquet else read_table(self.path, **self.read_kwargs)
+        return read_table(self.path) if self.is_parquet else read_table(self.path, self.encoding, **self.read_kwargs)
 
 
-def header_columns(path) -> list[str]:
-    """The column names of a CSV/TSV (separator sniffed) or Parquet file, without reading its rows."""
+def header_columns(path, encoding: str = DEFAULT_ENCODING) -> list[str]:
+    """The column names of a CSV/TSV (separator sniffed, text in `encoding`) or Parquet file, without reading its
+    rows."""
     if Path(path).suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
-    return list(read_table(path, nrows=0).columns)
+    return list(read_table(path, encoding, nrows=0).columns)
 
 
 def read_whole_table(table: RecordsTable, pois_path, report: BuildReport, opts: ReadOptions) -> RawInput:

@@ -25,7 +25,8 @@ MONDAY_OFFSET_S = 4 * 86400  # 1970-01-05 was a Monday
 
 def yjmob_table(path, opts: ReadOptions) -> RecordsTable:
     return RecordsTable(str(path), {}, partial(_records, path=path), source={"format": "yjmob", "path": str(path)},
-                        grid=Grid.yjmob_virtual(), notes=("YJMob: no POI categories, POI vectors are zero",))
+                        grid=Grid.yjmob_virtual(), notes=("YJMob: no POI categories, POI vectors are zero",),
+                        encoding=opts.encoding)
 
 
 def _records(df: pd.DataFrame, report: BuildReport, opts: ReadOptions, path) -> pd.DataFrame:
