@@ -54,7 +54,7 @@ from nextlocllm_hf.baselines import (
 )
 from nextlocllm_hf.batching import CitySamples, collate_batch, model_inputs
 from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker, higher_is_better
-from nextlocllm_hf.checkpoints import checkpoints, load_checkpoint, save_checkpoint
+from nextlocllm_hf.checkpoints import check_checkpoint_files, checkpoints, load_checkpoint, save_checkpoint
 from nextlocllm_hf.cli import (
     entry_point,
     non_negative_float,
@@ -245,6 +245,15 @@ def check_launch(accelerator: Accelerator, args: argparse.Namespace) -> None:
         if not accelerator.state.fsdp_plugin.use_orig_params:
             raise ValueError("FSDP needs fsdp_use_orig_params: true (configs/accelerate/fsdp.yaml): most backbone "
                              "weights are frozen, and without it FSDP flattens them with the trainable ones")
+    if args.checkpointing_steps or args.resume_from_checkpoint:
+        # Their resumable state holds Python objects that only a full unpickling reads back (`checkpoints.py`).
+        unsafe = {DistributedType.DEEPSPEED: "DeepSpeed's checkpoints (its ZeRO optimizer state)"}
+        if running == DistributedType.FSDP and "FULL_STATE_DICT" not in str(accelerator.state.fsdp_plugin.state_dict_type):
+            unsafe[running] = "FSDP's sharded checkpoints (their .metadata)"
+        if running in unsafe:
+            raise ValueError(f"--checkpointing_steps / --resume_from_checkpoint: {unsafe[running]} hold pickled "
+                             f"objects, and resuming never unpickles them; resumable runs need DDP, or FSDP with "
+                             f"fsdp_state_dict_type: FULL_STATE_DICT (configs/accelerate/fsdp.yaml)")
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # DeepSpeed clips inside its engine, from its config, and ignores clip_grad_norm_: one setting for both.
         config = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -331,18 +340,21 @@ def resume_point(args: argparse.Namespace) -> Path | None:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"--output_dir {output_dir} is a file, not a folder")
-    if args.resume_from_checkpoint == "latest":
-        found = checkpoints(output_dir)
-        finished = existing_outputs(output_dir, FINISHED_OUTPUTS)
-        if not found and finished and not args.overwrite:
-            raise FileExistsError(f"--resume_from_checkpoint latest: {output_dir} holds a finished run "
-                                  f"({name_list(finished)}) but no checkpoint to resume from; pass --overwrite to "
-                                  f"train it again from step 0")
-        return found[-1] if found else None
     if args.resume_from_checkpoint:
         checkpoint = Path(args.resume_from_checkpoint)
-        if not checkpoint.is_dir():
+        if args.resume_from_checkpoint == "latest":
+            found = checkpoints(output_dir)
+            finished = existing_outputs(output_dir, FINISHED_OUTPUTS)
+            if not found and finished and not args.overwrite:
+                raise FileExistsError(f"--resume_from_checkpoint latest: {output_dir} holds a finished run "
+                                      f"({name_list(finished)}) but no checkpoint to resume from; pass --overwrite "
+                                      f"to train it again from step 0")
+            if not found:
+                return None
+            checkpoint = found[-1]
+        elif not checkpoint.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {checkpoint}: no such checkpoint folder")
+        check_checkpoint_files(checkpoint, int(os.environ.get("RANK", "0")))  # before any work, and never unpickled
         return checkpoint
     taken = existing_outputs(output_dir, RUN_OUTPUTS)
     if taken and not args.overwrite:
@@ -466,7 +478,11 @@ def train(args: argparse.Namespace) -> TrainingRun:
 
     start_epoch, batches_to_skip = 0, 0
     if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
+        state = load_checkpoint(accelerator, resume_from, trainer_state())
+        if state["tracker"]["metric"] != tracker.metric:
+            raise ValueError(f"--resume_from_checkpoint {resume_from}: its best checkpoint was chosen on "
+                             f"{state['tracker']['metric']}, this run chooses on {tracker.metric} "
+                             f"(--metric_for_best_model)")
         tracker.load_state_dict(state["tracker"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -556,7 +572,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
     # The DDP wrapper goes before the process group: its reducer owns the group, and freed after `end_training` it
     # would run the group's destructor, which joins gloo's worker threads while holding the GIL that a worker may need
     # to free its last work. One rank then hangs at exit (futex wait) and the launcher waits for it forever.
-    wrapper = weakref.ref(model) if accelerator.unwrap_model(model) is not model else None
+    wrapper = weakref.ref(model) if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
     model = accelerator.unwrap_model(model)
     accelerator.free_memory()  # Accelerate's own references to the wrapper, then the garbage collector
     if wrapper is not None and wrapper() is not None:
@@ -602,6 +618,7 @@ def score_baselines(args, cities, zero_shot, task_mode: str) -> dict:
         gbdt = GBDTRanker(task_mode, seed=args.seed).fit(cities.splits["train"], cities.splits["validation"], retrievers)
     for name, city in cities.cities.items():
         retriever = city.retriever()
+        depth = min(MAX_RANK, retriever.num_cells)  # a small city is ranked whole (scored padded)
         rows = {
             f"{rule} / {name}": scores
             for rule, scores in evaluate_rule_baselines(city.splits["train"], city.splits["test"], retriever,
@@ -612,11 +629,10 @@ def score_baselines(args, cities, zero_shot, task_mode: str) -> dict:
                 city.splits["train"], city.splits["validation"], retriever.num_cells,
                 epochs=args.id_baseline_epochs, seed=args.seed,
             )
-            depth = min(MAX_RANK, retriever.num_cells)  # a small city is ranked whole (scored padded)
             ranked = rank_with_id_classifier(classifier, city.splits["test"], depth, num_cells=retriever.num_cells)
             rows[f"id_lstm / {name}"] = metrics_for_rankings({"id_lstm": ranked}, city.splits["test"], retriever)["id_lstm"]
         if gbdt is not None:
-            ranked = gbdt.rank(city.splits["test"], retriever, min(MAX_RANK, retriever.num_cells))
+            ranked = gbdt.rank(city.splits["test"], retriever, depth)
             rows[f"gbdt_ranker / {name}"] = metrics_for_rankings({"gbdt": ranked}, city.splits["test"], retriever)["gbdt"]
         baselines.update(rows)
     for city in zero_shot:
@@ -625,9 +641,10 @@ def score_baselines(args, cities, zero_shot, task_mode: str) -> dict:
         scores = evaluate_rule_baselines(None, city.splits["test"], city.retriever(), names=rules, task_mode=task_mode)
         baselines.update({f"{rule} / {city.name} (zero-shot)": s for rule, s in scores.items()})
         if gbdt is not None:
-            ranked = gbdt.rank(city.splits["test"], city.retriever(), min(MAX_RANK, city.retriever().num_cells))
+            retriever = city.retriever()
+            ranked = gbdt.rank(city.splits["test"], retriever, min(MAX_RANK, retriever.num_cells))
             baselines[f"gbdt_ranker / {city.name} (zero-shot)"] = metrics_for_rankings(
-                {"gbdt": ranked}, city.splits["test"], city.retriever())["gbdt"]
+                {"gbdt": ranked}, city.splits["test"], retriever)["gbdt"]
     return baselines
 
 

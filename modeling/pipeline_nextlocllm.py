@@ -68,6 +68,9 @@ def read_city_folder(path: str | os.PathLike) -> tuple[CityRetriever, dict]:
     return CityRetriever.from_city(city, pd.read_parquet(folder / "cells.parquet")), city
 
 
+DEFAULT_K = 10  # cells listed when k is not given (fewer in a city with fewer cells)
+
+
 class NextLocationPipeline(Pipeline):
     """Raw records of one or many users -> each user's top-k cells (see the module docstring)."""
 
@@ -128,10 +131,12 @@ class NextLocationPipeline(Pipeline):
             prepared.append((user, frame))
         return prepared
 
-    def preprocess(self, records, city=None, cells=None, k=10, at=None, max_duration_hours=None,
+    def preprocess(self, records, city=None, cells=None, k=None, at=None, max_duration_hours=None,
                    encoding=DEFAULT_ENCODING) -> dict:
         city = self.resolve_city(city, cells)
         retriever = self.model.retriever(city)
+        if k is None:  # not given: 10, or every cell of a smaller city
+            k = min(DEFAULT_K, retriever.num_cells)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= retriever.num_cells:
             raise ValueError(
                 f"k={k!r}: expected an integer from 1 to the {retriever.num_cells} candidate cells of city {city!r}"

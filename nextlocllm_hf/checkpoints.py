@@ -30,7 +30,7 @@ CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 TRAINER_STATE = "trainer_state.json"  # the tracker's and the scheduler's state
 # What Accelerate's save_state writes with torch.save, read back here before it does.
 TORCH_FILES = ("optimizer*.bin", "scheduler*.bin", "sampler*.bin", "dl_state_dict*.bin", "random_states_*.pkl",
-               "scaler.pt", "pytorch_model*.bin", "*.distcp", "*.pt")
+               "scaler.pt", "pytorch_model*.bin")
 
 
 class CheckpointError(ValueError):
@@ -57,17 +57,40 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, trainer_state: dict,
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict:
-    """Check every file of `folder` the safe way, then `load_state`; returns the trainer state saved beside it."""
+def load_checkpoint(accelerator: Accelerator, folder: Path, expected_state: dict) -> dict:
+    """Check every file of `folder` the safe way, then `load_state`; returns the trainer state saved beside it, which
+    must have the keys and kinds of values of `expected_state` (this run's own, freshly made)."""
     folder = Path(folder)
     check_checkpoint_files(folder, accelerator.process_index)
     trainer_state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+    problem = state_mismatch(trainer_state, expected_state)
+    if problem:
+        raise CheckpointError(f"--resume_from_checkpoint {folder}: {TRAINER_STATE} is not this run's ({problem})")
     try:
         accelerator.load_state(str(folder))
     except (RuntimeError, KeyError, ValueError, OSError) as error:  # e.g. another model's shapes
         raise CheckpointError(f"--resume_from_checkpoint {folder}: damaged, incomplete or from another configuration "
                               f"({type(error).__name__}: {first_line(error)})") from error
     return trainer_state
+
+
+def state_mismatch(saved, expected, where: str = "") -> str | None:
+    """What makes `saved` (read from JSON) not a state of the same shape as `expected`: a missing or extra key, or
+    a value of another kind (numbers are one kind; None in `expected` takes anything); None when it matches."""
+    if expected is None:
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(saved, dict):
+            return f"{where or 'the state'} is not an object"
+        if set(saved) != set(expected):
+            keys = sorted(set(saved) ^ set(expected))
+            return f"{where or 'the state'} has other keys ({', '.join(keys[:5])})"
+        return next((problem for key in expected if (problem := state_mismatch(saved[key], expected[key],
+                                                                             f"{where}.{key}".lstrip(".")))), None)
+    number = (int, float)
+    same_kind = (isinstance(saved, number) and isinstance(expected, number) and not isinstance(saved, bool)
+                 or isinstance(saved, type(expected)) or saved is None)
+    return None if same_kind else f"{where} is {saved!r}"
 
 
 def check_checkpoint_files(folder: Path, process_index: int) -> None:

@@ -5,11 +5,15 @@ replace each other's result.
 The lock is an OS file lock (`filelock`, `flock` on POSIX) on a hidden sibling, `.NAME.lock`: the kernel drops it when
 its holder exits, killed or not, so a crashed writer never blocks the next one. The holder writes its pid into the
 file, for the message the second writer gets. The lock file stays after release (deleting it would race a waiter).
+The target is taken by its real path (`.`, `runs/../runs` and a symlink name one output); where its folder is not
+writable (`--output_dir /tmp`), the lock is a file in the temporary folder named after that path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,9 +25,18 @@ class OutputLockedError(OSError):
     """Another process is writing the same output (an `OSError`, so commands report it as one `error:` line)."""
 
 
-def lock_path(target: Path) -> Path:
-    target = Path(target)
-    return target.parent / f".{target.name}.lock"
+def lock_path(target) -> Path:
+    """The lock file of `target`: `.NAME.lock` beside it, or in the temporary folder when that is not writable."""
+    target = Path(os.path.realpath(target))
+    beside = target.parent / f".{target.name}.lock"
+    try:
+        beside.parent.mkdir(parents=True, exist_ok=True)
+        if os.access(beside.parent, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    digest = hashlib.sha256(str(target).encode()).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / "nextlocllm-locks" / f"{digest}.lock"
 
 
 def holder_pid(path: Path) -> str:
@@ -41,7 +54,7 @@ def exclusive_output(target, *, enabled: bool = True) -> Iterator[None]:
         yield
         return
     path = lock_path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the temporary folder's, when used
     lock = FileLock(path, timeout=0, is_singleton=False, thread_local=False)
     try:
         lock.acquire()

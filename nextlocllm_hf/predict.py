@@ -74,13 +74,13 @@ def predict_next(
     model,
     city: str,
     records: str | os.PathLike | pd.DataFrame,
-    k: int = 10,
+    k: int | None = None,
     at: str | None = None,
     max_duration_hours: float | None = None,
     encoding: str = DEFAULT_ENCODING,
 ) -> pd.DataFrame:
-    """Top-k next cells of one user in `city` (see `table_of`) from a records file (text in `encoding`) or
-    DataFrame."""
+    """Top-k next cells of one user in `city` (see `table_of`; k: 10, or every cell of a smaller city) from a records
+    file (text in `encoding`) or DataFrame."""
     read_records(records, encoding)  # one user's records: several users are an error here
     pipe = NextLocationPipeline(model=model, device=model.device)
     return table_of(_one_user(pipe(records, city=city, k=k, at=at, max_duration_hours=max_duration_hours,
@@ -155,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--input", required=True, help="one user's records: CSV (or TSV/Parquet), columns listed below")
     parser.add_argument("--encoding", type=encoding_option, default=DEFAULT_ENCODING,
                         help="text encoding of a CSV/TSV --input, e.g. latin-1 [utf-8; a byte-order mark is allowed]")
-    parser.add_argument("--k", type=positive_int, default=10, help="number of candidate cells to list [10]")
+    parser.add_argument("--k", type=positive_int, default=None,
+                        help="number of candidate cells to list [10, or every cell of a smaller city]")
     parser.add_argument("--cells", help="a built city folder (dataset_scripts/build_city.py) to add for zero-shot use")
     parser.add_argument("--plot", help="write a figure of the trajectory and the prediction to this PNG file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")

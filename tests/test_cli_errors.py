@@ -479,7 +479,7 @@ def build_three_cell_city(folder: Path) -> Path:
 def test_a_city_of_three_cells_trains_and_evaluates_to_the_end(files, tmp_path):
     """Fewer cells than MAX_RANK: the ranking stops at the city's last cell and the metrics count it right (every
     target is among the 3 cells, so Hit@5 = Hit@10 = Hit@20 = 1 and NDCG@5 = NDCG@10), for the model and every
-    baseline; evaluation afterwards too."""
+    baseline; evaluation afterwards too; and predict, without a --k, lists the city's 3 cells (its default is 10)."""
     city = build_three_cell_city(tmp_path / "three")
     output = tmp_path / "run"
     command = [*TRAIN, "--dataset", str(city), "--backbone", str(files["backbone"]), "--num_backbone_layers", "2",
@@ -498,3 +498,10 @@ def test_a_city_of_three_cells_trains_and_evaluates_to_the_end(files, tmp_path):
                               timeout=300, env=ENV, cwd=REPO)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert re.search(r"^NextLocLLM +[\d.]+ +100\.00 +100\.00 +100\.00 ", evaluated.stdout, re.M), evaluated.stdout
+    from nextlocllm_hf import NextLocLLMForCoordinateRegression
+    from nextlocllm_hf.predict import predict_next
+
+    one_user = pd.read_csv(city.parent / "records.csv").query("user_id == 'u0'").head(50)
+    one_user = one_user.rename(columns={"utc_time": "local_time"}).drop(columns="user_id")
+    listed = predict_next(NextLocLLMForCoordinateRegression.from_pretrained(output / "model"), "three", one_user)
+    assert sorted(listed["cell_id"]) == [0, 1, 2]

@@ -2,6 +2,7 @@
 from a checkpoint folder, which may come from anywhere, never runs code hidden in one of its files."""
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -13,6 +14,8 @@ import pytest
 import torch
 from conftest import build_synthetic_city, save_tiny_backbone
 from processes import BASE_ENV, run, spawned
+
+from nextlocllm_hf.locks import lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -104,3 +107,38 @@ def test_a_second_run_into_the_same_output_dir_is_refused_while_the_first_runs(w
     finished = run(train_command(workspace, output), env=ENV, cwd=REPO)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert (output / "results.json").is_file()
+
+
+@pytest.mark.parametrize("state, message", [
+    ({}, "trainer_state.json is not this run's (the state has other keys (scheduler, tracker))"),
+    ({"tracker": [], "scheduler": None}, "trainer_state.json is not this run's (tracker is not an object)"),
+])
+def test_a_trainer_state_of_another_shape_is_refused(workspace, tmp_path, state, message):
+    output = tmp_path / "run"
+    shutil.copytree(workspace["run"], output)
+    (output / "checkpoint-2" / "trainer_state.json").write_text(json.dumps(state))
+    before = file_digests(output)
+    result = run(train_command(workspace, output, "--resume_from_checkpoint", "latest"), env=ENV, cwd=REPO)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --resume_from_checkpoint {output / 'checkpoint-2'}: {message}")
+    assert file_digests(output) == before
+
+
+def test_resuming_with_another_selection_metric_is_refused(workspace, tmp_path):
+    output = tmp_path / "run"
+    shutil.copytree(workspace["run"], output)
+    with pytest.raises(ValueError, match=r"its best checkpoint was chosen on hit@1, this run chooses on mrr"):
+        train_script.main(train_command(workspace, output, "--resume_from_checkpoint", "latest",
+                                        "--metric_for_best_model", "mrr")[2:])
+
+
+def test_one_output_has_one_lock_however_it_is_named(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "alpha").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "runs" / "alpha")
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    same = {lock_path("."), lock_path(tmp_path / "runs" / ".." / "runs" / "alpha"), lock_path(tmp_path / "link" / "alpha")}
+    assert same == {tmp_path / "runs" / ".alpha.lock"}
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a folder this user may not write (/tmp's parent)
+    fallback = lock_path(tmp_path / "runs" / "alpha")
+    assert fallback.parent.name == "nextlocllm-locks" and fallback != lock_path(tmp_path / "runs" / "beta")
