@@ -28,11 +28,11 @@ from nextlocllm_hf.baselines.rules import CellIndex
 from nextlocllm_hf.batching import CitySamples
 from nextlocllm_hf.cli import entry_point, positive_int
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
-from nextlocllm_hf.locks import exclusive_output, lock_path
+from nextlocllm_hf.locks import exclusive_output
 from nextlocllm_hf.outputs import refuse_occupied, replacing_file
 
 # What the demo writes in --output_dir, with the lock file train.py holds beside its run folder.
-DEMO_OUTPUTS = ("data", "run", lock_path(Path("run")).name, "demo.png")
+DEMO_OUTPUTS = ("data", "run", ".run.lock", "demo.png")
 
 # Two cities of different size, density and POI mix; the second is never seen in training.
 CITIES = {

@@ -58,10 +58,10 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, trainer_state: dict,
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path, expected_state: dict) -> dict:
-    """Check every file of `folder` the safe way, then `load_state`; returns the trainer state saved beside it, which
-    must have the keys and kinds of values of `expected_state` (this run's own, freshly made)."""
+    """`load_state` of a folder `check_checkpoint_files` has passed (train.py checks it before any work, so the files
+    are read the safe way once); returns the trainer state saved beside it, which must have the keys and kinds of
+    values of `expected_state` (this run's own, freshly made)."""
     folder = Path(folder)
-    check_checkpoint_files(folder, accelerator.process_index)
     trainer_state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
     problem = state_mismatch(trainer_state, expected_state)
     if problem:
