@@ -24,7 +24,6 @@ from transformers import AutoModel
 
 import nextlocllm_hf  # noqa: F401  (registers NextLocLLM with AutoModel)
 import train
-from nextlocllm_hf.baselines.rules import CellIndex
 from nextlocllm_hf.batching import CitySamples
 from nextlocllm_hf.cli import entry_point, positive_int
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
@@ -67,11 +66,11 @@ def show_top_k(model_dir: Path, city_path: str, k: int) -> dict:
     """Reload through AutoModel (no flag) and rank the new city's cells for one of its test trajectories."""
     model = AutoModel.from_pretrained(model_dir)
     city = load_city_splits(city_path)
-    samples = CitySamples(city.splits["test"], {city.name: city.metadata}, task_mode=model.config.task_mode)
+    samples = CitySamples(city.splits["test"], {city.name: city.retriever}, task_mode=model.config.task_mode)
     batch = samples[0]
     output = model.predict(batch, city=city.name, k=k)
     retriever = model.retriever(city.name)
-    latlon = retriever.latlon[CellIndex(retriever).rows(retriever.cell_ids)]  # row i: cell id i's centroid
+    latlon = retriever.latlon[retriever.rows_of(retriever.cell_ids)]  # row i: cell id i's centroid
     lat, lon = dict(zip(retriever.cell_ids, latlon[:, 0])), dict(zip(retriever.cell_ids, latlon[:, 1]))
     print(f"\nreloaded {type(model).__name__} from {model_dir}; cities: {model.cities}")
     print(f"one test trajectory of {city.name} (never trained on); its last {model.config.current_length} visits:")
@@ -82,7 +81,7 @@ def show_top_k(model_dir: Path, city_path: str, k: int) -> dict:
         print(f"query: where at day {int(batch['target_day'][0])} {int(batch['target_hour'][0]):02d}h, "
               f"{float(batch['target_time_gap'][0]):.1f} h after the last visit?")
     print(f"true next cell: {target} ({lat[target]:.5f}, {lon[target]:.5f})")
-    print(f"top-{k} cells ({model.config.head_description}; distance from the model's point):")
+    print(f"top-{k} cells ({model.head_description}; distance from the model's point):")
     for rank, (cell, distance) in enumerate(zip(output.top_k_cells[0].tolist(), output.top_k_distances[0]), start=1):
         mark = "  <- true next cell" if cell == target else ""
         print(f"  {rank}. cell {cell:4d}  ({lat[cell]:.5f}, {lon[cell]:.5f})  {float(distance):6.0f} m{mark}")
@@ -116,7 +115,7 @@ def save_figure(results: dict, example: dict, path: Path) -> None:
     current_xy = batch["current_coordinates"][0].numpy()
     trajectory.plot(history_xy[:, 0], history_xy[:, 1], ".-", color="tab:blue", alpha=0.4, label="history")
     trajectory.plot(current_xy[:, 0], current_xy[:, 1], "o-", color="tab:blue", label="current")
-    top = retriever.xy[CellIndex(retriever).rows(output.top_k_cells[0].numpy())]
+    top = retriever.xy[retriever.rows_of(output.top_k_cells[0].numpy())]
     trajectory.scatter(top[:, 0], top[:, 1], marker="s", facecolors="none", edgecolors="tab:orange", s=80, label="top-k")
     predicted = output.coordinates[0].numpy()
     truth = batch["labels"][0].numpy()

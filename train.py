@@ -38,23 +38,21 @@ import torch
 from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import DataLoaderConfiguration, DistributedType, LoggerType, set_seed
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import nextlocllm_hf
-from nextlocllm_hf.baselines import (
-    RULE_BASELINES,
-    FeatureMLPRanker,
-    GBDTRanker,
-    evaluate_rule_baselines,
-    metrics_for_rankings,
-    rank_with_id_classifier,
-    train_id_classifier,
-)
-from nextlocllm_hf.batching import CitySamples, collate_batch, model_inputs
+from nextlocllm_hf.baselines import FeatureMLPRanker, score_baselines
+from nextlocllm_hf.batching import collate_batch, model_inputs
 from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker, higher_is_better
-from nextlocllm_hf.checkpoints import check_checkpoint_files, checkpoints, load_checkpoint, save_checkpoint
+from nextlocllm_hf.checkpoints import (
+    check_checkpoint_files,
+    checkpoints,
+    load_best,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
 from nextlocllm_hf.cli import (
     entry_point,
     non_negative_float,
@@ -64,8 +62,8 @@ from nextlocllm_hf.cli import (
     positive_int,
 )
 from nextlocllm_hf.data import load_cities, load_city_splits
-from nextlocllm_hf.evaluate import ALL_CITIES, MAX_RANK, check_compatible, evaluate_model
-from nextlocllm_hf.hub import check_repo_id, refuse_occupied_repo
+from nextlocllm_hf.evaluate import ALL_CITIES, check_compatible, evaluate_model, model_samples, single_city_view
+from nextlocllm_hf.hub_access import check_repo_id, refuse_occupied_repo
 from nextlocllm_hf.locks import exclusive_output
 from nextlocllm_hf.metrics import DEFAULT_TABLE_COLUMNS, format_table
 from nextlocllm_hf.model_card import build_model_card
@@ -413,25 +411,22 @@ def train(args: argparse.Namespace) -> TrainingRun:
 
     # Data first: every inconsistency must surface before a single step.
     cities = load_cities(args.dataset)
-    metadata = {name: city.metadata for name, city in cities.cities.items()}
-    first = next(iter(metadata.values()))
     zero_shot = [load_city_splits(path) for path in args.zero_shot_dataset]
-    model = build_model(args, first)
+    model = build_model(args, next(iter(cities.cities.values())).metadata)
     for city in [*cities.cities.values(), *zero_shot]:
         check_compatible(model.config, city.metadata, city.path)
     for city in cities.cities.values():
-        model.add_city(city.retriever())
+        model.add_city(city.retriever)
 
-    task_mode = model.config.task_mode
-    train_samples = CitySamples(cities.splits["train"], metadata, task_mode=task_mode)
+    train_samples = model_samples(model, cities.splits["train"], cities.retrievers)
     validation_split = cities.splits["validation"]
     if args.max_eval_samples and len(validation_split) > args.max_eval_samples:
         validation_split = validation_split.shuffle(seed=args.seed).select(range(args.max_eval_samples))
-    validation_samples = CitySamples(validation_split, metadata, task_mode=task_mode)
+    validation_samples = model_samples(model, validation_split, cities.retrievers)
     if len(train_samples) == 0 or len(validation_samples) == 0:
         raise ValueError(f"{args.dataset}: empty train ({len(train_samples)}) or validation split")
     warm_start = None
-    if model.config.has_candidate_ranker and not (args.init_model or resume_from):
+    if model.head_type.ranks_candidates and not (args.init_model or resume_from):
         warm_start = warm_start_candidate_ranker(model, cities.splits["train"], validation_split, args.seed)
         accelerator.print(f"candidate ranker warm-started on the features alone: validation hit@1 "
                           f"{max(warm_start['validation_hit@1']):.4f} after {warm_start['epochs']} epochs")
@@ -493,7 +488,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         accelerator.print(f"no complete checkpoint in {output_dir} yet: starting at step 0")
 
     accelerator.print(
-        f"training on {list(metadata)}: {len(train_samples)} samples, {steps_per_epoch} steps/epoch, {max_steps} "
+        f"training on {list(cities.cities)}: {len(train_samples)} samples, {steps_per_epoch} steps/epoch, {max_steps} "
         f"steps, {accelerator.num_processes} process(es), trainable parameters "
         f"{parameter_counts[0]:,} of {parameter_counts[1]:,}"
     )
@@ -565,7 +560,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         "validation_history": tracker.validation_history,
         "training_history": tracker.training_history,
         "training_seconds": training_seconds,
-        "task_mode": task_mode,
+        "task_mode": train_samples.task_mode,
         "ranker_warm_start": warm_start,
     }
     finish(args, accelerator, model, cities, zero_shot, best_dir, results)
@@ -585,67 +580,21 @@ def finish(args, accelerator, model, cities, zero_shot, best_dir: Path, results:
     """Load the best validation checkpoint, score the test split once (and the baselines), zero-shot cities, export."""
     best_weights = load_best(accelerator, model, best_dir)
     unwrapped = accelerator.unwrap_model(model)
-    metadata = {name: city.metadata for name, city in cities.cities.items()}
-    task_mode = unwrapped.config.task_mode
-    test_samples = CitySamples(cities.splits["test"], metadata, task_mode=task_mode)
+    test_samples = model_samples(unwrapped, cities.splits["test"], cities.retrievers)
     test_scores, _ = evaluate_model(model, test_samples, args.per_device_eval_batch_size, accelerator, "test",
                                    num_workers=args.dataloader_num_workers)
     results["test"] = single_city_view(test_scores)
     for city in zero_shot:
-        unwrapped.add_city(city.retriever())
-        samples = CitySamples(city.splits["test"], {city.name: city.metadata}, task_mode=task_mode)
+        unwrapped.add_city(city.retriever)
+        samples = model_samples(unwrapped, city.splits["test"], {city.name: city.retriever})
         scores, _ = evaluate_model(model, samples, args.per_device_eval_batch_size, accelerator, f"zero-shot {city.name}",
                                    num_workers=args.dataloader_num_workers)
         results.setdefault("zero_shot", {})[city.name] = scores[city.name]
     if accelerator.is_main_process:
-        results["baselines"] = score_baselines(args, cities, zero_shot, task_mode)
+        results["baselines"] = score_baselines(cities, zero_shot, test_samples.task_mode, seed=args.seed,
+                                               gbdt=args.gbdt_baseline, id_classifier_epochs=args.id_baseline_epochs)
         export(args, unwrapped, best_weights, cities, results)
     accelerator.wait_for_everyone()
-
-
-def single_city_view(scores: dict) -> dict:
-    """Per-city scores; the "all" entry only when several cities share the split."""
-    return {k: v for k, v in scores.items() if k != ALL_CITIES or len(scores) > 2}
-
-
-def score_baselines(args, cities, zero_shot, task_mode: str) -> dict:
-    """The rule baselines (and optionally the ID classifier and the boosted ranker) on the very samples the model was
-    tested on."""
-    baselines = {}
-    gbdt = None
-    if args.gbdt_baseline:
-        retrievers = {name: city.retriever() for name, city in cities.cities.items()}
-        gbdt = GBDTRanker(task_mode, seed=args.seed).fit(cities.splits["train"], cities.splits["validation"], retrievers)
-    for name, city in cities.cities.items():
-        retriever = city.retriever()
-        depth = min(MAX_RANK, retriever.num_cells)  # a small city is ranked whole (scored padded)
-        rows = {
-            f"{rule} / {name}": scores
-            for rule, scores in evaluate_rule_baselines(city.splits["train"], city.splits["test"], retriever,
-                                                        task_mode=task_mode).items()
-        }
-        if args.id_baseline_epochs:
-            classifier, _ = train_id_classifier(
-                city.splits["train"], city.splits["validation"], retriever.num_cells,
-                epochs=args.id_baseline_epochs, seed=args.seed,
-            )
-            ranked = rank_with_id_classifier(classifier, city.splits["test"], depth, num_cells=retriever.num_cells)
-            rows[f"id_lstm / {name}"] = metrics_for_rankings({"id_lstm": ranked}, city.splits["test"], retriever)["id_lstm"]
-        if gbdt is not None:
-            ranked = gbdt.rank(city.splits["test"], retriever, depth)
-            rows[f"gbdt_ranker / {name}"] = metrics_for_rankings({"gbdt": ranked}, city.splits["test"], retriever)["gbdt"]
-        baselines.update(rows)
-    for city in zero_shot:
-        # Zero-shot: no rule may learn from the new city's training split.
-        rules = [rule for rule in RULE_BASELINES if rule != "markov_train_users"]
-        scores = evaluate_rule_baselines(None, city.splits["test"], city.retriever(), names=rules, task_mode=task_mode)
-        baselines.update({f"{rule} / {city.name} (zero-shot)": s for rule, s in scores.items()})
-        if gbdt is not None:
-            retriever = city.retriever()
-            ranked = gbdt.rank(city.splits["test"], retriever, min(MAX_RANK, retriever.num_cells))
-            baselines[f"gbdt_ranker / {city.name} (zero-shot)"] = metrics_for_rankings(
-                {"gbdt": ranked}, city.splits["test"], retriever)["gbdt"]
-    return baselines
 
 
 def export(args, model, weights: dict, cities, results: dict) -> None:
@@ -702,45 +651,6 @@ def check_ranks_synchronized(accelerator: Accelerator, model) -> None:
     if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
         raise RuntimeError(f"trained parameters differ across the {accelerator.num_processes} processes")
     accelerator.print(f"trained parameters identical on all {accelerator.num_processes} processes")
-
-
-def save_model(accelerator: Accelerator, model, folder: Path) -> None:
-    """On every rank: `get_state_dict` gathers FSDP shards (or DeepSpeed's partitions), the main process writes, into
-    a hidden sibling renamed into place once complete."""
-    weights = accelerator.get_state_dict(model)
-    with replacing_folder(folder, is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone) as partial:
-        accelerator.unwrap_model(model).save_pretrained(partial, is_main_process=accelerator.is_main_process,
-                                                        state_dict=weights)
-
-
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The full state dict saved by `save_pretrained` in `folder`: one safetensors file, or the shards of its index."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        names = ["model.safetensors"]
-    weights = {}
-    for name in names:
-        weights.update(load_file(str(folder / name)))
-    return weights
-
-
-def load_best(accelerator: Accelerator, model, folder: Path) -> dict:
-    """Load the best weights into the prepared model on every rank; returns them (on the main process under FSDP,
-    which reads them once and places each rank's shard; DDP and DeepSpeed ZeRO-2 ranks hold full copies)."""
-    accelerator.wait_for_everyone()
-    if accelerator.distributed_type == DistributedType.FSDP:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        weights = read_weights(folder) if accelerator.is_main_process else {}
-        # A copy: torch replaces the dict's values by the distributed tensors it places (the export needs full ones).
-        set_model_state_dict(model, dict(weights),
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        return weights
-    weights = read_weights(folder)
-    accelerator.unwrap_model(model).load_state_dict(weights, strict=True)
-    return weights
 
 
 if __name__ == "__main__":

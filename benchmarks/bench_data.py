@@ -46,7 +46,7 @@ from nextlocllm_hf.data import load_city_splits
 folder, batches = sys.argv[1], int(sys.argv[2])
 start = time.perf_counter()
 city = load_city_splits(folder)
-samples = CitySamples(city.splits["train"], {city.name: city.metadata}, task_mode="at_time")
+samples = CitySamples(city.splits["train"], {city.name: city.retriever}, task_mode="at_time")
 loaded = time.perf_counter() - start
 import torch
 loader = DataLoader(samples, batch_size=64, shuffle=True, collate_fn=collate_batch, generator=torch.Generator().manual_seed(0))

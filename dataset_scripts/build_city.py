@@ -5,17 +5,13 @@
         --pois nyc_pois.csv --city nyc --output data/nyc
 
 The command lives in ``nextlocllm_hf/build_city.py``; dataset_scripts/README.md describes the formats and the output.
+It needs the package installed (`make install`, or `pip install -e .`): a checkout on `sys.path` is not enough, as
+`nextlocllm_hf.modeling` is the top-level `modeling/` folder only through the install (setup.cfg's package_dir).
 """
 
 import sys
-from pathlib import Path
 
-try:
-    import nextlocllm_hf  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nextlocllm_hf.build_city import main  # noqa: E402
+from nextlocllm_hf.build_city import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,16 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 
-try:
-    import nextlocllm_hf.data  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nextlocllm_hf.data.taxonomy import CategoryMapping  # noqa: E402
+# The package must be installed (`make install`, or `pip install -e .`), as for build_city.py.
+from nextlocllm_hf.data.taxonomy import CategoryMapping
 
 
 def main(argv=None) -> int:

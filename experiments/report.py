@@ -300,7 +300,7 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     prediction = study.model_predictions("nextlocllm_ranker/at_time", 0, "nyc")
     gbdt = study.feature_ranker_predictions("gbdt_ranker", "at_time", "nyc")
     rules = study.rule_predictions("nyc", task_mode="at_time")
-    retriever = study.city("nyc").retriever()
+    retriever = study.city("nyc").retriever
 
     def lonlat(xy):
         return np.stack(mercator_to_lonlat(*np.asarray(xy, dtype=np.float64).reshape(-1, 2).T), axis=1)

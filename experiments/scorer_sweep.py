@@ -45,7 +45,7 @@ def candidate_tables(data_dir: Path, work_dir: Path, task_mode: str) -> dict[str
         with open(cache, "rb") as stored:
             return pickle.load(stored)
     nyc = Study(data_dir, HERE.parent / "runs" / "study").city("nyc")
-    tables = {split: GBDTRanker(task_mode).table(nyc.splits[split], nyc.retriever()) for split in SPLITS}
+    tables = {split: GBDTRanker(task_mode).table(nyc.splits[split], nyc.retriever) for split in SPLITS}
     work_dir.mkdir(parents=True, exist_ok=True)
     with open(cache, "wb") as stored:
         pickle.dump(tables, stored)

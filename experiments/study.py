@@ -96,6 +96,8 @@ class Study:
     data_dir: Path
     work_dir: Path
     seeds: Sequence[int] = (0, 1, 2)
+    budget: Mapping[str, object] = field(default_factory=lambda: dict(BUDGET))  # train.py flags of every run
+    id_classifier_epochs: int = ID_CLASSIFIER_EPOCHS
     _cities: dict = field(default_factory=dict)
     _rankers: dict = field(default_factory=dict)  # fitted feature rankers, shared by the cities they rank
 
@@ -154,7 +156,7 @@ class Study:
         nyc = self.city("nyc", split_seed)
         command = [
             sys.executable, str(REPO_ROOT / "train.py"), "--dataset", nyc.path, "--output_dir", str(run_dir),
-            "--seed", str(seed), *[f"--{k}={v}" for k, v in BUDGET.items()], *{**VARIANTS, **HEADS, **MODES}[variant],
+            "--seed", str(seed), *[f"--{k}={v}" for k, v in self.budget.items()], *{**VARIANTS, **HEADS, **MODES}[variant],
             "--resume_from_checkpoint", "latest",  # an interrupted attempt continues; a fresh folder starts at 0
         ]
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -196,8 +198,8 @@ class Study:
             model = AutoModel.from_pretrained(self.train(variant, seed, split_seed) / "model")
             city = self.city(city_name, split_seed)
             if city.name not in model.cities:
-                model.add_city(city.retriever())  # zero-shot: the new city's cells and statistics
-            samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.metadata},
+                model.add_city(city.retriever)  # zero-shot: the new city's cells and statistics
+            samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.retriever},
                                   task_mode=model.config.task_mode)
             _, raw = evaluate_model(model, samples, batch_size=128, description=f"{variant} seed {seed} {city_name}")
             return Predictions(raw["ranked"], raw["coordinates"])  # ranked by the model's own head
@@ -212,7 +214,7 @@ class Study:
         city = self.city(city_name, split_seed)
         zero_shot = city_name == "calgary"
         names = [n for n in RULE_BASELINES if not (zero_shot and n == "markov_train_users")]
-        retriever = city.retriever()
+        retriever = city.retriever
         out = {}
         for name in names:
             def compute(name=name) -> Predictions:
@@ -237,9 +239,9 @@ class Study:
             if key not in self._rankers:
                 nyc = self.city("nyc", split_seed)
                 self._rankers[key] = FEATURE_RANKERS[name](task_mode, seed=seed, **settings).fit(
-                    nyc.splits["train"], nyc.splits["validation"], nyc.retriever())
+                    nyc.splits["train"], nyc.splits["validation"], nyc.retriever)
             ranker = self._rankers[key]
-            retriever = self.city(city_name, split_seed).retriever()
+            retriever = self.city(city_name, split_seed).retriever
             ranked = ranker.rank(self.rows(city_name, split_seed), retriever, MAX_RANK)
             return Predictions(ranked, top1_centroid_xy(ranked, retriever))
 
@@ -255,7 +257,7 @@ class Study:
             arrays = rows_to_arrays(self.rows(city_name, split_seed), ("history_coordinates", "current_coordinates"))
             points = np.concatenate([arrays["history_coordinates"], arrays["current_coordinates"]], axis=1)
             median = geometric_median(points)
-            ranked, _ = self.city(city_name, split_seed).retriever().query(median, MAX_RANK)
+            ranked, _ = self.city(city_name, split_seed).retriever.query(median, MAX_RANK)
             return Predictions(ranked, median)
 
         return self._cached(f"geometric_median_split{split_seed}_{city_name}", compute)
@@ -266,10 +268,10 @@ class Study:
 
         def compute() -> Predictions:
             city = self.city("nyc", split_seed)
-            retriever = city.retriever()
+            retriever = city.retriever
             classifier, _ = train_id_classifier(
                 city.splits["train"], city.splits["validation"], retriever.num_cells,
-                epochs=ID_CLASSIFIER_EPOCHS, seed=seed,
+                epochs=self.id_classifier_epochs, seed=seed,
             )
             ranked = rank_with_id_classifier(classifier, city.splits["test"], MAX_RANK, num_cells=retriever.num_cells)
             return Predictions(ranked, top1_centroid_xy(ranked, retriever))

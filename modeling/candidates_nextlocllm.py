@@ -51,6 +51,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+from transformers import initialization as init
 
 from .configuration_nextlocllm import TASK_MODES
 from .retrieval_nextlocllm import CityRetriever
@@ -109,7 +110,7 @@ class CandidateSet:
     num_unknown_records: np.ndarray
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def to_numpy(value: Any) -> np.ndarray:
     """Arrays or tensors on any device; bfloat16 (which numpy lacks) becomes float32."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
@@ -119,8 +120,8 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _integer_ids(value: Any, name: str) -> np.ndarray:
-    ids = _to_numpy(value)
+def integer_ids(value: Any, name: str) -> np.ndarray:
+    ids = to_numpy(value)
     if ids.ndim != 2:
         raise ValueError(f"{name} has shape {ids.shape}, expected (batch, length)")
     if not np.issubdtype(ids.dtype, np.integer):
@@ -128,7 +129,7 @@ def _integer_ids(value: Any, name: str) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
-def _first_occurrences(values: np.ndarray) -> np.ndarray:
+def first_occurrences(values: np.ndarray) -> np.ndarray:
     """`(B, L)` bool: non-negative entries whose value does not appear earlier in the same row (negatives = padding)."""
     valid = values >= 0
     # Padding shares one value below every valid one, so it never counts as an earlier duplicate.
@@ -142,7 +143,7 @@ def _first_occurrences(values: np.ndarray) -> np.ndarray:
     return first & valid
 
 
-def _compact(values: np.ndarray, keep: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def compact(values: np.ndarray, keep: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Kept entries of each row moved to the front in order, cut or padded (-1) to `width` columns."""
     order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
     out = np.full((len(values), width), -1, dtype=np.int64)
@@ -164,14 +165,14 @@ def reference_time(batch: Mapping[str, Any], task_mode: str) -> tuple[np.ndarray
     day and hour in `next` mode (gap None: the time of the next visit is what is not known)."""
     _check_mode(task_mode)
     if task_mode == "next":
-        return (_to_numpy(batch["current_day"])[:, -1].astype(np.int64),
-                _to_numpy(batch["current_hour"])[:, -1].astype(np.int64), None)
+        return (to_numpy(batch["current_day"])[:, -1].astype(np.int64),
+                to_numpy(batch["current_hour"])[:, -1].astype(np.int64), None)
     missing = [name for name in QUERY_COLUMNS if batch.get(name) is None]
     if missing:
         raise ValueError(f"task_mode='at_time' needs the query time: {missing} missing")
-    day = _to_numpy(batch["target_day"]).reshape(-1).astype(np.int64)
-    hour = _to_numpy(batch["target_hour"]).reshape(-1).astype(np.int64)
-    gap = _to_numpy(batch["target_time_gap"]).reshape(-1).astype(np.float64)
+    day = to_numpy(batch["target_day"]).reshape(-1).astype(np.int64)
+    hour = to_numpy(batch["target_hour"]).reshape(-1).astype(np.int64)
+    gap = to_numpy(batch["target_time_gap"]).reshape(-1).astype(np.float64)
     if not (np.isfinite(gap).all() and (gap >= 0).all()):
         bad = gap[~(np.isfinite(gap) & (gap >= 0))][0]
         raise ValueError(f"target_time_gap holds {bad}, expected finite hours >= 0")
@@ -200,21 +201,21 @@ def build_candidates(
     missing = [name for name in RECORD_COLUMNS if batch.get(name) is None]
     if missing:
         raise ValueError(f"candidate features need the records' {missing}")
-    history = _integer_ids(batch["history_cell"], "history_cell")
-    current = _integer_ids(batch["current_cell"], "current_cell")
+    history = integer_ids(batch["history_cell"], "history_cell")
+    current = integer_ids(batch["current_cell"], "current_cell")
     batch_size = len(history)
     if len(current) != batch_size:
         raise ValueError(f"history_cell has {batch_size} rows but current_cell {len(current)}")
     if current.shape[1] == 0:
         raise ValueError("current_cell has no records: the last record's cell is a feature")
-    xy = np.concatenate([_to_numpy(batch["history_coordinates"]), _to_numpy(batch["current_coordinates"])], axis=1)
+    xy = np.concatenate([to_numpy(batch["history_coordinates"]), to_numpy(batch["current_coordinates"])], axis=1)
     xy = xy.astype(np.float64, copy=False)
     records = np.concatenate([history, current], axis=1)
     num_records = records.shape[1]
     if xy.shape != (batch_size, num_records, 2) or not np.isfinite(xy).all():
         raise ValueError(f"record coordinates have shape {xy.shape}, expected ({batch_size}, {num_records}, 2) finite")
-    day = np.concatenate([_to_numpy(batch["history_day"]), _to_numpy(batch["current_day"])], axis=1)
-    hour = np.concatenate([_to_numpy(batch["history_hour"]), _to_numpy(batch["current_hour"])], axis=1)
+    day = np.concatenate([to_numpy(batch["history_day"]), to_numpy(batch["current_day"])], axis=1)
+    hour = np.concatenate([to_numpy(batch["history_hour"]), to_numpy(batch["current_hour"])], axis=1)
     if day.shape != records.shape or hour.shape != records.shape:
         raise ValueError(f"record day {day.shape} / hour {hour.shape} must match the cell ids {records.shape}")
     query_day, query_hour, gap = reference_time(batch, task_mode)
@@ -234,7 +235,7 @@ def build_candidates(
     else:
         neighbor_rows = np.zeros((batch_size, 0), dtype=np.int64)
     pool = np.concatenate([record_rows[:, ::-1], neighbor_rows], axis=1)
-    rows, mask = _compact(pool, _first_occurrences(pool), int(max_candidates))
+    rows, mask = compact(pool, first_occurrences(pool), int(max_candidates))
 
     safe_rows = np.where(mask, rows, 0)
     std = retriever.coordinate_std
@@ -375,6 +376,12 @@ class CandidateScorer(nn.Module):
     @property
     def feature_bins(self) -> int:
         return self.bin_edges.shape[1] - 1
+
+    def init_head_weights(self) -> None:
+        """The model's initialization, after its layers' (children come first): the context path starts at zero."""
+        if hasattr(self, "context_projection"):
+            init.zeros_(self.context_projection.weight)
+            init.zeros_(self.record_projection.weight)
 
     @torch.no_grad()
     def reset_context_path(self) -> None:

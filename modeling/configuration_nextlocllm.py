@@ -244,29 +244,6 @@ class NextLocLLMConfig(PreTrainedConfig):
         )
         return width if self.use_llm_poi else width + self.poi_embedding_dim
 
-    @property
-    def position_head_type(self) -> str:
-        """The head that predicts a position: `point` or `mixture` (the candidate ranker re-ranks on top of it)."""
-        return self.head_type.removesuffix("_ranker")
-
-    @property
-    def has_candidate_ranker(self) -> bool:
-        return self.head_type.endswith("_ranker")
-
-    @property
-    def head_description(self) -> str:
-        """Which prediction head a checkpoint uses, in words (model cards, logs)."""
-        if self.position_head_type == "mixture":
-            head = f"{self.num_mixture_components}-component Gaussian mixture, cells ranked by mixture density"
-        elif self.regression_target == "offset_from_last":
-            head = "single point as an offset from the last input point, cells ranked by distance to it (KD-tree)"
-        else:
-            head = "single point (paper), cells ranked by distance to it (KD-tree)"
-        if self.has_candidate_ranker:
-            head += "; candidate ranker re-ranks the input-record cells and the cells near the last point"
-        head += f" (task: {self.task_mode})"
-        return head
-
     def format_prompt(self) -> str:
         return self.prompt_template.format(
             history_length=self.history_length,

@@ -1,27 +1,33 @@
-"""The prediction heads on the backbone's readout state, each with its loss.
+"""The prediction heads on the backbone's readout state, and the registry of head types that own them.
 
-The config's `head_type` picks them: its position head from `POSITION_HEADS` (`config.position_head_type`), and with
-a `_ranker` type the candidate ranker on top.
+A head type (`config.head_type`, an entry of `HEAD_TYPES`) owns everything that differs between heads: the layers it
+adds to the model (under the attribute names of the published checkpoints), its loss, how its output ranks a city's
+cells (`rank`), the extra features it gives the candidate ranker, and its fields of `NextLocLLMOutput`. Nothing
+outside this file asks which head is in use.
 - `point` (the paper): one point, the normalized position or, with `regression_target="offset_from_last"`, the offset
-  from the last input point; loss: mean distance in metres.
+  from the last input point; loss: mean distance in metres; cells ranked by distance (KD-tree).
 - `mixture`: `num_mixture_components` weighted 2-D Gaussians in normalized coordinates; loss: negative log-likelihood,
-  plus optionally the closest mode's distance (`mixture_distance_loss_weight`).
+  plus optionally the closest mode's distance (`mixture_distance_loss_weight`); cells ranked by density.
 - `point_ranker` / `mixture_ranker`: that position head, and a scorer that re-ranks a per-sample candidate set
-  (`score_candidates`, listwise loss).
-`use_duration_head` adds the stay-duration head. The heads are `nn.Linear` subclasses under the attribute names of the
-published checkpoints (`regression_head`, `mixture_head`, `duration_head`): calling one gives its raw output, as a
-linear layer does; `predict`/`loss` turn that into positions and losses.
+  (listwise loss); cells ranked by score, then by the position head for the remaining places.
+`use_duration_head` adds the stay-duration head to any of them. The heads are `nn.Linear` subclasses: calling one
+gives its raw output, as a linear layer does; `predict`/`loss` turn that into positions and losses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Mapping, Sequence
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from transformers import initialization as init
 
 from .candidates_nextlocllm import (
+    QUERY_COLUMNS,
+    RECORD_COLUMNS,
     CandidateScorer,
     CandidateSet,
     build_candidates,
@@ -29,12 +35,27 @@ from .candidates_nextlocllm import (
     candidate_listwise_loss,
     merge_candidate_sets,
 )
+from .configuration_nextlocllm import HEAD_TYPES as HEAD_TYPE_NAMES
 from .configuration_nextlocllm import NextLocLLMConfig
-from .mixture_nextlocllm import mixture_negative_log_likelihood, split_mixture_parameters
-from .ranking_nextlocllm import city_groups, mixture_density_feature
-from .retrieval_nextlocllm import CityRetriever
+from .mixture_nextlocllm import (
+    mixture_log_density_np,
+    mixture_negative_log_likelihood,
+    rank_cells_by_mixture_density,
+    split_mixture_parameters,
+)
+from .ranking_nextlocllm import merge_rankings
+from .retrieval_nextlocllm import CityRows
 
 Mixture = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # means (B, K, 2), log-scales or scales (B, K, 2), log-weights
+
+
+def init_linear(module: nn.Linear) -> None:
+    """PyTorch's default initialization of a linear layer (the authors' code keeps it; transformers' N(0, 0.02)
+    would start the record embeddings' signal ~30x smaller)."""
+    init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    if module.bias is not None:
+        bound = 1 / math.sqrt(module.in_features) if module.in_features else 0.0
+        init.uniform_(module.bias, -bound, bound)
 
 
 @dataclass
@@ -49,14 +70,40 @@ class PositionPrediction:
     mixture_metres: Mixture | None = None
 
 
+@dataclass
+class HeadResult:
+    """What a head type computed for a batch: the position and its loss (None without labels), and with a ranker the
+    candidates, their `(B, M)` scores and the weighted ranking loss (None without labels and target cells)."""
+
+    position: PositionPrediction
+    loss: torch.Tensor | None
+    candidates: CandidateSet | None = None
+    scores: torch.Tensor | None = None
+    ranking_loss: torch.Tensor | None = None
+
+
 class PointHead(nn.Linear):
     """The paper's head: a linear map of the readout state to a normalized point (no bias)."""
 
     attribute_name: ClassVar[str] = "regression_head"
+    extra_candidate_features: ClassVar[int] = 0
 
     def __init__(self, config: NextLocLLMConfig):
         super().__init__(config.hidden_size, 2, bias=False)
-        self.regresses_offset = config.regression_target == "offset_from_last"  # zero-initialized then: "stay"
+        self.regresses_offset = config.regression_target == "offset_from_last"
+
+    @staticmethod
+    def description(config: NextLocLLMConfig) -> str:
+        if config.regression_target == "offset_from_last":
+            return "single point as an offset from the last input point, cells ranked by distance to it (KD-tree)"
+        return "single point (paper), cells ranked by distance to it (KD-tree)"
+
+    def init_head_weights(self) -> None:
+        """The offset head starts at zero, i.e. at "stay at the last point"."""
+        if self.regresses_offset:
+            init.zeros_(self.weight)
+        else:
+            init_linear(self)
 
     def predict(self, last_state: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                 last_point: torch.Tensor) -> PositionPrediction:
@@ -71,17 +118,38 @@ class PointHead(nn.Linear):
         distance = torch.linalg.vector_norm(prediction.coordinates - labels.double(), dim=-1)
         return distance.mean().to(prediction.normalized.dtype)
 
+    def rank(self, prediction: PositionPrediction, city: CityRows, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """The city's `depth` cells nearest to each of its samples' points, and minus their distance (higher first)."""
+        points = prediction.coordinates.detach().cpu().numpy()[city.rows]
+        cells, distances = city.retriever.query(points, depth)
+        return cells, -distances
+
+    def candidate_features(self, prediction: PositionPrediction, candidates: CandidateSet,
+                           city: CityRows) -> np.ndarray:
+        return candidates.features
+
+    def output_fields(self, prediction: PositionPrediction) -> dict[str, torch.Tensor]:
+        return {}
+
 
 class MixtureHead(nn.Linear):
     """K diagonal Gaussians: `[means (2K) | log-scales (2K) | weight logits (K)]` in normalized coordinates (see
     `mixture_nextlocllm.py`); the reported point is the heaviest mode."""
 
     attribute_name: ClassVar[str] = "mixture_head"
+    extra_candidate_features: ClassVar[int] = 1  # the mixture's log-density at the candidate
 
     def __init__(self, config: NextLocLLMConfig):
         super().__init__(config.hidden_size, 5 * config.num_mixture_components)
         self.num_components = config.num_mixture_components
         self.distance_loss_weight = config.mixture_distance_loss_weight
+
+    @staticmethod
+    def description(config: NextLocLLMConfig) -> str:
+        return f"{config.num_mixture_components}-component Gaussian mixture, cells ranked by mixture density"
+
+    def init_head_weights(self) -> None:
+        init_linear(self)
 
     def predict(self, last_state: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                 last_point: torch.Tensor) -> PositionPrediction:
@@ -106,8 +174,27 @@ class MixtureHead(nn.Linear):
             loss = loss + self.distance_loss_weight * closest
         return loss.to(means.dtype)
 
+    def rank(self, prediction: PositionPrediction, city: CityRows, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """The city's `depth` cells of highest density at their centres, and that log-density (per square metre)."""
+        means, scales, log_weights = (t.detach().cpu().numpy()[city.rows] for t in prediction.mixture_metres)
+        return rank_cells_by_mixture_density(city.retriever, means, scales, log_weights, depth)
 
-POSITION_HEADS: dict[str, type[PointHead] | type[MixtureHead]] = {"point": PointHead, "mixture": MixtureHead}
+    def candidate_features(self, prediction: PositionPrediction, candidates: CandidateSet,
+                           city: CityRows) -> np.ndarray:
+        """The candidate features plus the mixture's log-density at each cell centre, in normalized units
+        (city-agnostic), clipped to [-30, 10] and divided by 10; 0 at padding. A light mode then lifts its cells less
+        than a heavy one."""
+        retriever = city.retriever
+        means, log_scales, log_weights = (t.detach().double().cpu().numpy()[city.rows] for t in prediction.mixture)
+        centres = retriever.xy[retriever.rows_of(np.maximum(candidates.cell_ids, 0)).clip(min=0)]
+        normalized = (centres - retriever.coordinate_mean) / retriever.coordinate_std
+        density = mixture_log_density_np(normalized, means, np.exp(log_scales), log_weights)
+        feature = np.where(candidates.mask, np.clip(density, -30.0, 10.0) / 10.0, 0.0).astype(np.float32)
+        return np.concatenate([candidates.features, feature[..., None]], axis=-1)
+
+    def output_fields(self, prediction: PositionPrediction) -> dict[str, torch.Tensor]:
+        means, scales, log_weights = prediction.mixture_metres
+        return {"mixture_means": means, "mixture_scales": scales, "mixture_weights": log_weights.exp()}
 
 
 class DurationHead(nn.Linear):
@@ -129,57 +216,120 @@ class DurationHead(nn.Linear):
         return self.loss_weight * mse
 
 
-def build_candidate_scorer(config: NextLocLLMConfig) -> CandidateScorer:
-    """The ranker's scorer: the shared candidate features, and with a mixture its log-density at the cell."""
-    num_features = candidate_feature_size(config.num_poi_classes, config.task_mode, config.candidate_time_features)
-    num_features += config.position_head_type == "mixture"
-    return CandidateScorer(num_features, config.hidden_size, config.candidate_ranker_width,
-                           config.candidate_feature_bins)
+class PositionHeadType:
+    """`point` / `mixture`: a position head alone; it ranks the cells itself."""
+
+    ranks_candidates = False  # whether the head type has a candidate scorer (train.py warm-starts it)
+
+    def __init__(self, position_head: type[PointHead] | type[MixtureHead]):
+        self.position_head = position_head
+
+    def description(self, config: NextLocLLMConfig) -> str:
+        """Which prediction head a checkpoint uses, in words (model cards, logs)."""
+        return f"{self.position_head.description(config)} (task: {config.task_mode})"
+
+    def layers(self, config: NextLocLLMConfig) -> dict[str, nn.Module]:
+        """The modules this head type adds to the model, under their checkpoint names, in construction order."""
+        return {self.position_head.attribute_name: self.position_head(config)}
+
+    def run(self, model: nn.Module, inputs: Mapping[str, torch.Tensor | None], cities: Sequence[CityRows] | None,
+            mean: torch.Tensor, std: torch.Tensor, last_state: torch.Tensor,
+            record_states: torch.Tensor) -> HeadResult:
+        head = getattr(model, self.position_head.attribute_name)
+        position = head.predict(last_state, mean, std, inputs["current_coordinates"][:, -1])
+        labels = inputs["labels"]
+        return HeadResult(position, None if labels is None else head.loss(position, labels, mean, std))
+
+    def rank(self, model: nn.Module, result: HeadResult, city: CityRows,
+             depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(n, depth)` the city's best cells for its samples and what they were ranked by (higher first)."""
+        return getattr(model, self.position_head.attribute_name).rank(result.position, city, depth)
+
+    def output_fields(self, model: nn.Module, result: HeadResult) -> dict[str, torch.Tensor]:
+        return getattr(model, self.position_head.attribute_name).output_fields(result.position)
 
 
-def score_candidates(
-    scorer: CandidateScorer,
-    config: NextLocLLMConfig,
-    batch: Mapping[str, torch.Tensor | None],
-    city: str | Sequence[str],
-    retriever_of: Callable[[str], CityRetriever],
-    position: PositionPrediction,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    last_state: torch.Tensor,
-    record_states: torch.Tensor,
-) -> tuple[CandidateSet, torch.Tensor]:
-    """Each sample's candidate set (built per city, see `build_candidates`) and the scorer's `(B, M)` scores."""
-    arrays = {name: value.detach().cpu().numpy() for name, value in batch.items()
-              if value is not None and value.dim() > 0}
-    total = len(arrays["history_cell"])
-    groups = city_groups(city, total)
-    parts = {
-        name: build_candidates(retriever_of(name), {key: value[rows] for key, value in arrays.items()},
-                               config.task_mode, neighbors=config.candidate_neighbors,
-                               max_candidates=config.max_candidates, time_features=config.candidate_time_features)
-        for name, rows in groups.items()
-    }
-    candidates = merge_candidate_sets(parts, groups, total)
-    features = candidates.features
-    if position.mixture is not None:
-        features = mixture_density_feature(candidates, position.mixture, mean, std, city, retriever_of)
-    device = last_state.device
-    weights = torch.from_numpy(candidates.record_weights).to(device=device, dtype=record_states.dtype)
-    scores = scorer(
-        torch.from_numpy(features).to(device),
-        torch.from_numpy(candidates.mask).to(device),
-        last_state,
-        weights @ record_states,  # (B, M, T) x (B, T, H): each candidate's mean state over its visits
-    )
-    return candidates, scores
+class CandidateRankerType(PositionHeadType):
+    """`point_ranker` / `mixture_ranker`: the position head, and a scorer that re-ranks each sample's candidate set
+    (its records' cells and the cells around its last point) from query-time-aware features, the position head's own
+    feature and the backbone's states; cells ranked by score, then by the position head for the remaining places."""
+
+    scorer_name = "candidate_scorer"
+    ranks_candidates = True
+
+    def description(self, config: NextLocLLMConfig) -> str:
+        return (f"{self.position_head.description(config)}; candidate ranker re-ranks the input-record cells and the "
+                f"cells near the last point (task: {config.task_mode})")
+
+    def layers(self, config: NextLocLLMConfig) -> dict[str, nn.Module]:
+        num_features = candidate_feature_size(config.num_poi_classes, config.task_mode, config.candidate_time_features)
+        num_features += self.position_head.extra_candidate_features
+        scorer = CandidateScorer(num_features, config.hidden_size, config.candidate_ranker_width,
+                                 config.candidate_feature_bins)
+        return {**super().layers(config), self.scorer_name: scorer}
+
+    def run(self, model: nn.Module, inputs: Mapping[str, torch.Tensor | None], cities: Sequence[CityRows] | None,
+            mean: torch.Tensor, std: torch.Tensor, last_state: torch.Tensor,
+            record_states: torch.Tensor) -> HeadResult:
+        result = super().run(model, inputs, cities, mean, std, last_state, record_states)
+        if cities is None or inputs["history_cell"] is None or inputs["current_cell"] is None:
+            raise ValueError(f"head_type={model.config.head_type!r} (the candidate ranker) needs city=, history_cell "
+                             f"and current_cell")
+        candidates = self.candidates(model, inputs, cities, result.position)
+        device = last_state.device
+        weights = torch.from_numpy(candidates.record_weights).to(device=device, dtype=record_states.dtype)
+        scores = getattr(model, self.scorer_name)(
+            torch.from_numpy(candidates.features).to(device),
+            torch.from_numpy(candidates.mask).to(device),
+            last_state,
+            weights @ record_states,  # (B, M, T) x (B, T, H): each candidate's mean state over its visits
+        )
+        ranking_loss = None
+        if inputs["target_cell"] is not None and result.loss is not None:
+            listwise, _ = candidate_listwise_loss(scores, candidates.cell_ids, inputs["target_cell"])
+            ranking_loss = model.config.candidate_loss_weight * listwise.to(result.loss.dtype)
+        return HeadResult(result.position, result.loss, candidates, scores, ranking_loss)
+
+    def candidates(self, model: nn.Module, inputs: Mapping[str, torch.Tensor | None], cities: Sequence[CityRows],
+                   position: PositionPrediction) -> CandidateSet:
+        """Each sample's candidate set, built with its city's cells and statistics (`build_candidates`), with the
+        position head's feature appended."""
+        config, head = model.config, getattr(model, self.position_head.attribute_name)
+        arrays = {name: inputs[name].detach().cpu().numpy() for name in (*RECORD_COLUMNS, *QUERY_COLUMNS)
+                  if inputs[name] is not None and inputs[name].dim() > 0}
+        parts, rows = {}, {}
+        for city in cities:
+            part = build_candidates(city.retriever, {key: value[city.rows] for key, value in arrays.items()},
+                                    config.task_mode, neighbors=config.candidate_neighbors,
+                                    max_candidates=config.max_candidates, time_features=config.candidate_time_features)
+            parts[city.retriever.name] = replace(part, features=head.candidate_features(position, part, city))
+            rows[city.retriever.name] = city.rows
+        return merge_candidate_sets(parts, rows, len(arrays["history_cell"]))
+
+    def rank(self, model: nn.Module, result: HeadResult, city: CityRows,
+             depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scored candidates first, then the position head's ranking; a cell's score is its candidate score (NaN for
+        a cell only the position head listed)."""
+        fallback, _ = super().rank(model, result, city, depth)
+        candidate_cells = result.candidates.cell_ids[city.rows]
+        candidate_scores = result.scores.detach()[city.rows].float().cpu().numpy()
+        ranked = merge_rankings(candidate_cells, candidate_scores, fallback, depth)
+        matches = (ranked[:, :, None] == candidate_cells[:, None, :]) & (candidate_cells[:, None, :] >= 0)
+        scores = np.where(matches.any(-1), np.take_along_axis(candidate_scores, matches.argmax(-1), axis=1), np.nan)
+        return ranked, scores
+
+    def output_fields(self, model: nn.Module, result: HeadResult) -> dict[str, torch.Tensor]:
+        cells = torch.from_numpy(result.candidates.cell_ids).to(result.scores.device)
+        return {**super().output_fields(model, result), "candidate_cells": cells, "candidate_scores": result.scores}
 
 
-def candidate_loss(scores: torch.Tensor, candidates: CandidateSet, target_cell: torch.Tensor) -> torch.Tensor:
-    """The listwise loss of the true cell among the candidates (weighted by `candidate_loss_weight` in the total)."""
-    ranking_loss, _ = candidate_listwise_loss(scores, candidates.cell_ids, target_cell)
-    return ranking_loss
+HEAD_TYPES: dict[str, PositionHeadType] = {
+    "point": PositionHeadType(PointHead),
+    "mixture": PositionHeadType(MixtureHead),
+    "point_ranker": CandidateRankerType(PointHead),
+    "mixture_ranker": CandidateRankerType(MixtureHead),
+}
+assert tuple(HEAD_TYPES) == HEAD_TYPE_NAMES, "the registry and the config's head types must agree"
 
-
-__all__ = ["PositionPrediction", "PointHead", "MixtureHead", "POSITION_HEADS", "DurationHead",
-           "build_candidate_scorer", "score_candidates", "candidate_loss"]
+__all__ = ["PositionPrediction", "HeadResult", "PointHead", "MixtureHead", "DurationHead", "PositionHeadType",
+           "CandidateRankerType", "HEAD_TYPES", "init_linear"]

@@ -139,8 +139,7 @@ def hit_rate_at_k(ranked_cells, target_cells, k: int) -> float:
     """
     ranked = _as_ranked(ranked_cells)
     k = _check_k(k, ranked.shape[1])
-    ranks = target_ranks(ranked, target_cells)
-    return float(np.mean((ranks >= 1) & (ranks <= k)))
+    return _hit_rate(target_ranks(ranked, target_cells), k)
 
 
 def mrr(ranked_cells, target_cells) -> float:
@@ -150,11 +149,7 @@ def mrr(ranked_cells, target_cells) -> float:
     the result is the mean over samples. Since a target beyond position K counts 0 instead of ``1 / rank``, the value
     depends on K: compare methods at the same K (:func:`compute_metrics` truncates every method to ``max(ks)``).
     """
-    ranks = target_ranks(ranked_cells, target_cells)
-    rr = np.zeros(len(ranks), dtype=np.float64)
-    hit = ranks > 0
-    rr[hit] = 1.0 / ranks[hit]
-    return float(rr.mean())
+    return _mrr(target_ranks(ranked_cells, target_cells))
 
 
 def ndcg_at_k(ranked_cells, target_cells, k: int) -> float:
@@ -165,7 +160,25 @@ def ndcg_at_k(ranked_cells, target_cells, k: int) -> float:
     """
     ranked = _as_ranked(ranked_cells)
     k = _check_k(k, ranked.shape[1])
-    ranks = target_ranks(ranked, target_cells)
+    return _ndcg(target_ranks(ranked, target_cells), k)
+
+
+# The arithmetic of each score from the targets' ranks (`target_ranks`): the single functions above and
+# `compute_metrics` (which finds the ranks once for all of them) both score through these.
+
+
+def _hit_rate(ranks: np.ndarray, k: int) -> float:
+    return float(np.mean((ranks >= 1) & (ranks <= k)))
+
+
+def _mrr(ranks: np.ndarray) -> float:
+    rr = np.zeros(len(ranks), dtype=np.float64)
+    hit = ranks > 0
+    rr[hit] = 1.0 / ranks[hit]
+    return float(rr.mean())
+
+
+def _ndcg(ranks: np.ndarray, k: int) -> float:
     gain = np.zeros(len(ranks), dtype=np.float64)
     hit = (ranks >= 1) & (ranks <= k)
     gain[hit] = 1.0 / np.log2(ranks[hit] + 1.0)
@@ -225,18 +238,9 @@ def compute_metrics(
     true = _as_xy(target_xy, n, "target_xy")
 
     ranks = target_ranks(ranked, targets)
-    found = ranks > 0
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"hit@{int(k)}"] = float(np.mean(found & (ranks <= k)))
-    rr = np.zeros(n)
-    rr[found] = 1.0 / ranks[found]
-    out["mrr"] = float(rr.mean())
-    for k in ndcg_ks:
-        gain = np.zeros(n)
-        hit = found & (ranks <= k)
-        gain[hit] = 1.0 / np.log2(ranks[hit] + 1.0)
-        out[f"ndcg@{int(k)}"] = float(gain.mean())
+    out = {f"hit@{int(k)}": _hit_rate(ranks, k) for k in ks}
+    out["mrr"] = _mrr(ranks)
+    out.update({f"ndcg@{int(k)}": _ndcg(ranks, k) for k in ndcg_ks})
     pred_lon, pred_lat = mercator_to_lonlat(pred[:, 0], pred[:, 1])
     true_lon, true_lat = mercator_to_lonlat(true[:, 0], true[:, 1])
     errors = np.asarray(haversine_m(pred_lat, pred_lon, true_lat, true_lon)).reshape(n)

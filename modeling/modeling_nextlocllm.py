@@ -22,7 +22,6 @@ them: construction, the city registry, `forward`, chunked `predict`, save/load. 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -35,21 +34,13 @@ from transformers.utils import ModelOutput
 
 from .adaptation_nextlocllm import apply_adaptation, load_backbone_weights
 from .backbone_nextlocllm import load_backbone, local_or_hub
-from .candidates_nextlocllm import QUERY_COLUMNS, RECORD_COLUMNS, CandidateScorer
+from .candidates_nextlocllm import CandidateScorer
 from .configuration_nextlocllm import NextLocLLMConfig
 from .encoder_nextlocllm import NextLocLLMEncoderMixin, text_lengths
-from .heads_nextlocllm import (
-    POSITION_HEADS,
-    DurationHead,
-    MixtureHead,
-    PointHead,
-    build_candidate_scorer,
-    candidate_loss,
-    score_candidates,
-)
+from .heads_nextlocllm import HEAD_TYPES, DurationHead, MixtureHead, PointHead, init_linear
 from .loading_nextlocllm import check_model_type, load_retrievers_beside, resolve_revision
-from .ranking_nextlocllm import city_groups, rank_cells
-from .retrieval_nextlocllm import CityRetriever, save_retrievers
+from .ranking_nextlocllm import rank_batch
+from .retrieval_nextlocllm import CityRetriever, CityRows, city_groups, save_retrievers
 from .validation_nextlocllm import (
     check_positive_int,
     check_shapes,
@@ -94,9 +85,11 @@ class NextLocLLMOutput(ModelOutput):
             z-scored with the city's statistics, or with `regression_target="offset_from_last"` the offset from the
             last input point.
         duration: `(batch,)` predicted stay duration in hours, when the duration head is on.
-        top_k_cells / top_k_distances: `(batch, k)` the city's best-ranked cells and their distances (m) from the
-            predicted point (by distance for the paper's head, by density for the mixture, by score for candidates);
-            past the last cell of a city with fewer than k cells, `NO_CELL` (-1) at an infinite distance.
+        top_k_cells / top_k_distances / top_k_scores: `(batch, k)` the city's best-ranked cells, their distances (m)
+            from the predicted point, and what the head ranked them by, higher first (minus the distance for the
+            paper's head, the log-density per square metre for the mixture, the candidate score for a ranker: NaN for a
+            cell only its position head listed); past the last cell of a city with fewer than k cells, `NO_CELL` (-1)
+            at an infinite distance and a NaN score.
         mixture_means / mixture_scales: `(batch, K, 2)` the modes' centres and standard deviations, projected metres;
             mixture_weights: `(batch, K)`; with a mixture head of K components. `coordinates` is then the heaviest
             mode.
@@ -104,6 +97,8 @@ class NextLocLLMOutput(ModelOutput):
             their scores, with a `_ranker` head type.
         hidden_states: the backbone's hidden states at the record tokens (the shared prompt's are not repeated per
             sample), when requested.
+        coordinate_mean / coordinate_std: `(batch, 2)` float64, the statistics each sample was normalized with (its
+            city's, or the given ones), as PatchTST returns its `loc` and `scale`.
     """
 
     loss: torch.Tensor | None = None
@@ -112,12 +107,15 @@ class NextLocLLMOutput(ModelOutput):
     duration: torch.Tensor | None = None
     top_k_cells: torch.Tensor | None = None
     top_k_distances: torch.Tensor | None = None
+    top_k_scores: torch.Tensor | None = None
     mixture_means: torch.Tensor | None = None
     mixture_scales: torch.Tensor | None = None
     mixture_weights: torch.Tensor | None = None
     candidate_cells: torch.Tensor | None = None
     candidate_scores: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    coordinate_mean: torch.Tensor | None = None
+    coordinate_std: torch.Tensor | None = None
 
 
 class NextLocLLMPreTrainedModel(PreTrainedModel):
@@ -129,24 +127,16 @@ class NextLocLLMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """PyTorch's default initialization for NextLocLLM's own layers, as in the authors' code: the library's
-        N(0, 0.02) would start the record embeddings' signal ~30x smaller. The offset head starts at zero, i.e. at
-        "stay at the last point", and so does the candidate scorer's context path. The backbone (a PreTrainedModel)
-        initializes itself."""
-        if isinstance(module, nn.Linear):
-            if isinstance(module, PointHead) and module.regresses_offset:
-                init.zeros_(module.weight)
-                return
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            if module.bias is not None:
-                bound = 1 / math.sqrt(module.in_features) if module.in_features else 0.0
-                init.uniform_(module.bias, -bound, bound)
+        """PyTorch's default initialization for NextLocLLM's own layers, as in the authors' code (`init_linear`); the
+        heads and the candidate scorer initialize themselves (`init_head_weights`: the offset head and the scorer's
+        context path start at zero; the scorer after its layers, children come first). The backbone (a
+        PreTrainedModel) initializes itself."""
+        if isinstance(module, (PointHead, MixtureHead, CandidateScorer)):
+            module.init_head_weights()
+        elif isinstance(module, nn.Linear):
+            init_linear(module)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=1.0)
-        elif isinstance(module, CandidateScorer) and hasattr(module, "context_projection"):
-            # After its layers (children first): the context path starts at zero (see CandidateScorer).
-            init.zeros_(module.context_projection.weight)
-            init.zeros_(module.record_projection.weight)
         else:
             super()._init_weights(module)
 
@@ -163,13 +153,11 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
     def __init__(self, config: NextLocLLMConfig):
         super().__init__(config)
         self._build_encoder(config)  # record embedding, text buffers, query token, backbone
-        # The heads, under their checkpoint names (`regression_head` / `mixture_head`, `candidate_scorer`,
-        # `duration_head`), built in that order.
-        head = POSITION_HEADS[config.position_head_type]
-        self.add_module(head.attribute_name, head(config))
-        self.position_head_name = head.attribute_name
-        if config.has_candidate_ranker:
-            self.candidate_scorer = build_candidate_scorer(config)
+        # The head type's layers under their checkpoint names (`regression_head` / `mixture_head`, `candidate_scorer`),
+        # then `duration_head`, built in that order.
+        self.head_type = HEAD_TYPES[config.head_type]
+        for name, layer in self.head_type.layers(config).items():
+            self.add_module(name, layer)
         if config.use_duration_head:
             self.duration_head = DurationHead(config)
         self.retrievers: dict[str, CityRetriever] = {}
@@ -177,8 +165,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         apply_adaptation(self.backbone, config.adaptation)
 
     @property
-    def position_head(self) -> PointHead | MixtureHead:
-        return getattr(self, self.position_head_name)
+    def head_description(self) -> str:
+        """Which prediction head this model uses, in words (model cards, logs)."""
+        return self.head_type.description(self.config)
 
     # -------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -216,6 +205,10 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
                 f"city {retriever.name!r} has {retriever.poi_frequency.shape[1]} POI classes, "
                 f"the model {self.config.num_poi_classes}"
             )
+        expected = list(self.config.poi_class_names)
+        if retriever.poi_classes is not None and retriever.poi_classes != expected:
+            raise ValueError(f"city {retriever.name!r} has poi_classes={retriever.poi_classes!r}, the model "
+                             f"{expected!r}")
         self.retrievers[retriever.name] = retriever
 
     @property
@@ -227,16 +220,20 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
             raise ValueError(f"city={city!r} is unknown to this model; known cities: {self.cities} (use add_city)")
         return self.retrievers[city]
 
-    def _statistics(self, mean, std, city, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(B, 2)` float64 mean and std: the given ones (checked with the batch), else each sample's city's."""
-        if mean is not None and std is not None:
-            return (torch.as_tensor(mean, dtype=torch.float64).expand(batch_size, 2),
-                    torch.as_tensor(std, dtype=torch.float64).expand(batch_size, 2))
-        if city is None:
-            raise ValueError("coordinate_mean/coordinate_std or city= is required to normalize coordinates")
+    @staticmethod
+    def _statistics(mean: torch.Tensor | None, std: torch.Tensor | None, cities: list[CityRows] | None,
+                    batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(B, 2)` float64 mean and std: each sample's city's (its retriever's), or the given ones without a city."""
+        if cities is None:
+            if mean is None or std is None:
+                raise ValueError("coordinate_mean/coordinate_std or city= is required to normalize coordinates")
+            return mean.expand(batch_size, 2), std.expand(batch_size, 2)
+        if mean is not None or std is not None:
+            raise ValueError("give city= or coordinate_mean/coordinate_std, not both: with city= the model normalizes "
+                             "with that city's statistics")
         mean, std = np.empty((batch_size, 2)), np.empty((batch_size, 2))
-        for name, rows in city_groups(city, batch_size).items():
-            mean[rows], std[rows] = self.retriever(name).coordinate_mean, self.retriever(name).coordinate_std
+        for city in cities:
+            mean[city.rows], std[city.rows] = city.retriever.coordinate_mean, city.retriever.coordinate_std
         return torch.from_numpy(mean), torch.from_numpy(std)
 
     # -------------------------------------------------------------------------------------------------- forward
@@ -304,61 +301,49 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         batch_size = check_shapes(self.config, inputs)
         if top_k is not None:
             check_positive_int("top_k", top_k)
-        explicit = coordinate_mean is not None and coordinate_std is not None
-        mean, std = (torch.as_tensor(coordinate_mean, dtype=torch.float64),
-                     torch.as_tensor(coordinate_std, dtype=torch.float64)) if explicit else (None, None)
+        mean, std = (None if value is None else torch.as_tensor(value, dtype=torch.float64)
+                     for value in (coordinate_mean, coordinate_std))
         check_values(self.config, inputs, mean, std)
         if (self.config.use_prompt or self.config.use_llm_poi) and not bool(self.text_features_encoded):
             raise ValueError(
                 "the prompt / POI description buffers were never encoded: build the model with "
                 "NextLocLLMForCoordinateRegression.from_backbone(...) or call encode_text_features(tokenizer)"
             )
-        mean, std = self._statistics(mean, std, city, batch_size)
+        # The batch's cities, grouped once: the statistics, the candidate features and the ranking read them.
+        cities = None if city is None else city_groups(city, batch_size, self.retriever)
+        mean, std = self._statistics(mean, std, cities, batch_size)
         mean, std = mean.to(history_coordinates.device), std.to(history_coordinates.device)
 
         encoded = self.encode(inputs, mean, std, output_hidden_states)
-        position = self.position_head.predict(encoded.last_state, mean, std, current_coordinates[:, -1])
-        loss = None if labels is None else self.position_head.loss(position, labels, mean, std)
-        duration = None
+        head = self.head_type.run(self, inputs, cities, mean, std, encoded.last_state, encoded.record_states)
+        loss, duration = head.loss, None
         if self.config.use_duration_head:
             log_duration = self.duration_head.predict(encoded.last_state)
             duration = torch.expm1(log_duration)
             if duration_labels is not None and labels is not None:
                 loss = loss + self.duration_head.loss(log_duration, duration_labels)
-        candidates = scores = None
-        if self.config.has_candidate_ranker:
-            if city is None or history_cell is None or current_cell is None:
-                raise ValueError(f"head_type={self.config.head_type!r} (the candidate ranker) needs city=, "
-                                 f"history_cell and current_cell")
-            candidates, scores = score_candidates(
-                self.candidate_scorer, self.config, {name: inputs[name] for name in (*RECORD_COLUMNS, *QUERY_COLUMNS)},
-                city, self.retriever, position, mean, std, encoded.last_state, encoded.record_states,
-            )
-            if target_cell is not None and labels is not None:
-                ranking_loss = candidate_loss(scores, candidates, target_cell)
-                loss = loss + self.config.candidate_loss_weight * ranking_loss.to(loss.dtype)
-        top_k_cells = top_k_distances = None
+        if head.ranking_loss is not None:
+            loss = loss + head.ranking_loss
+        top_k_cells = top_k_distances = top_k_scores = None
         if top_k is not None:
-            if city is None:
+            if cities is None:
                 raise ValueError("top_k needs city= (the city whose candidate cells to rank)")
-            top_k_cells, top_k_distances = rank_cells(position.coordinates, city, self.retriever, top_k,
-                                                      position.mixture_metres, candidates, scores)
+            top_k_cells, top_k_distances, top_k_scores = rank_batch(
+                head.position.coordinates, cities, top_k,
+                lambda one_city, depth: self.head_type.rank(self, head, one_city, depth))
 
-        metres = position.mixture_metres
         output = NextLocLLMOutput(
             loss=loss,
-            coordinates=position.coordinates,
-            normalized_coordinates=position.normalized,
+            coordinates=head.position.coordinates,
+            normalized_coordinates=head.position.normalized,
             duration=duration,
             top_k_cells=top_k_cells,
             top_k_distances=top_k_distances,
-            mixture_means=None if metres is None else metres[0],
-            mixture_scales=None if metres is None else metres[1],
-            mixture_weights=None if metres is None else metres[2].exp(),
-            candidate_cells=None if candidates is None else torch.from_numpy(candidates.cell_ids).to(
-                encoded.last_state.device),
-            candidate_scores=scores,
+            top_k_scores=top_k_scores,
             hidden_states=encoded.hidden_states,
+            coordinate_mean=mean,
+            coordinate_std=std,
+            **self.head_type.output_fields(self, head),
         )
         return output if return_dict else output.to_tuple()
 
@@ -372,11 +357,11 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         Runs in eval mode without gradients, so the prompt's keys and values are computed once and shared by every
         chunk. Extra columns (user ids, labels, cell ids) are ignored.
         """
-        check_positive_int("k", k)
         check_positive_int("batch_size", batch_size)
         for name in [city] if isinstance(city, str) else dict.fromkeys(city):
-            if k > self.retriever(name).num_cells:
-                raise ValueError(f"k={k} is larger than the {self.retriever(name).num_cells} candidate cells of city "
+            num_cells = self.retriever(name).num_cells
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_cells:
+                raise ValueError(f"k={k!r}: expected an integer from 1 to the {num_cells} candidate cells of city "
                                  f"{name!r}")
         inputs = {name: _as_tensor(batch[name], self.device) for name in self.input_names if name in batch}
         for label in ("labels", "duration_labels"):
@@ -399,7 +384,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         return NextLocLLMOutput(
             **{field: torch.cat([getattr(c, field) for c in chunks])
                for field in ("coordinates", "normalized_coordinates", "duration", "top_k_cells", "top_k_distances",
-                             "mixture_means", "mixture_scales", "mixture_weights", "candidate_cells", "candidate_scores")
+                             "top_k_scores", "mixture_means", "mixture_scales", "mixture_weights", "candidate_cells",
+                             "candidate_scores", "coordinate_mean", "coordinate_std")
                if getattr(chunks[0], field) is not None}
         )
 

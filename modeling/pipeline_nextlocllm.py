@@ -32,19 +32,15 @@ every saved folder and Hub repo, without this package.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 from transformers import AutoModel, Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .geometry_nextlocllm import haversine_m, mercator_to_lonlat
-from .mixture_nextlocllm import mixture_log_density_np
 from .records_nextlocllm import (
     DEFAULT_ENCODING,
     model_inputs_from_records,
@@ -56,16 +52,6 @@ from .records_nextlocllm import (
 from .retrieval_nextlocllm import CityRetriever
 
 TASK = "next-location"
-
-
-def read_city_folder(path: str | os.PathLike) -> tuple[CityRetriever, dict]:
-    """The retriever and `city.json` of a city folder built by `dataset_scripts/build_city.py`."""
-    folder = Path(path)
-    missing = [name for name in ("city.json", "cells.parquet") if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"cells={str(path)!r}: not a built city folder (missing {missing})")
-    city = json.loads((folder / "city.json").read_text(encoding="utf-8"))
-    return CityRetriever.from_city(city, pd.read_parquet(folder / "cells.parquet")), city
 
 
 DEFAULT_K = 10  # cells listed when k is not given (fewer in a city with fewer cells)
@@ -95,14 +81,7 @@ class NextLocationPipeline(Pipeline):
     def resolve_city(self, city: str | None = None, cells: Any = None) -> str:
         """The city to predict in, adding `cells` (a built city folder or a retriever) to the model first."""
         if cells is not None:
-            if isinstance(cells, (str, os.PathLike)):
-                retriever, built = read_city_folder(cells)
-                expected = list(self.model.config.poi_class_names)
-                if list(built["poi_classes"]) != expected:
-                    raise ValueError(f"cells={str(cells)!r}: poi_classes={built['poi_classes']!r} in the city but "
-                                     f"{expected!r} in the model")
-            else:
-                retriever = cells
+            retriever = CityRetriever.from_folder(cells) if isinstance(cells, (str, os.PathLike)) else cells
             if city is not None and city != retriever.name:
                 raise ValueError(f"cells holds city {retriever.name!r}, not city={city!r}")
             self.model.add_city(retriever)
@@ -135,12 +114,8 @@ class NextLocationPipeline(Pipeline):
                    encoding=DEFAULT_ENCODING) -> dict:
         city = self.resolve_city(city, cells)
         retriever = self.model.retriever(city)
-        if k is None:  # not given: 10, or every cell of a smaller city
+        if k is None:  # not given: 10, or every cell of a smaller city (the model checks a given k)
             k = min(DEFAULT_K, retriever.num_cells)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= retriever.num_cells:
-            raise ValueError(
-                f"k={k!r}: expected an integer from 1 to the {retriever.num_cells} candidate cells of city {city!r}"
-            )
         if max_duration_hours is not None and not max_duration_hours >= 0:
             raise ValueError(f"max_duration_hours={max_duration_hours!r}: expected hours >= 0 (0: no cap)")
         # the cap the city was built with, unless overridden (0: no cap)
@@ -153,7 +128,7 @@ class NextLocationPipeline(Pipeline):
                 raise ValueError(f"at= gives no time for user {unknown[0]!r}; give one per user")
             at = [at[user] for user in users]
         batch = model_inputs_from_records([frame for _, frame in prepared], self.model.config, at)
-        return {"batch": batch, "city": city, "k": int(k), "users": users,
+        return {"batch": batch, "city": city, "k": k, "users": users,
                 "records": [frame for _, frame in prepared], "single": users == [None]}
 
     def _forward(self, model_inputs: dict) -> dict:
@@ -172,7 +147,7 @@ class NextLocationPipeline(Pipeline):
             rows = retriever.rows_of(cells)
             latlon = retriever.latlon[rows]
             distances = haversine_m(lat, lon, latlon[:, 0], latlon[:, 1])
-            scores = _scores(output, index, cells, retriever.xy[rows])
+            scores = output["top_k_scores"][index]  # what the head ranked by, higher first
             result = {"user": user, "city": city, "predicted_lat": float(lat), "predicted_lon": float(lon)}
             if "duration" in output:
                 result["predicted_duration_hours"] = float(output["duration"][index])
@@ -184,18 +159,6 @@ class NextLocationPipeline(Pipeline):
             result["records"] = records
             results.append(result)
         return results[0] if model_outputs["single"] else results
-
-
-def _scores(output: Mapping[str, np.ndarray], index: int, cells: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """What the head ranked the top-k cells by (higher first): candidate score, mixture log density, or -distance."""
-    if "candidate_scores" in output:
-        candidates, scores = output["candidate_cells"][index], output["candidate_scores"][index]
-        by_cell = {int(cell): float(score) for cell, score in zip(candidates, scores) if cell >= 0}
-        return np.array([by_cell.get(int(cell), np.nan) for cell in cells])
-    if "mixture_means" in output:
-        return mixture_log_density_np(centres, output["mixture_means"][index], output["mixture_scales"][index],
-                                      np.log(output["mixture_weights"][index]))
-    return -output["top_k_distances"][index]
 
 
 def add_pipeline_to_save(config, save_directory: str | os.PathLike) -> None:
@@ -211,4 +174,4 @@ def add_pipeline_to_save(config, save_directory: str | os.PathLike) -> None:
 if TASK not in PIPELINE_REGISTRY.supported_tasks:
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=NextLocationPipeline, pt_model=AutoModel)
 
-__all__ = ["NextLocationPipeline", "TASK", "add_pipeline_to_save", "read_city_folder"]
+__all__ = ["NextLocationPipeline", "TASK", "add_pipeline_to_save"]

@@ -1,13 +1,12 @@
 """From a head's output to a city's top-k cells: the one home of ranking, shared by the model and the baselines.
 
-Three rankings exist, and each is a plain numpy function of the head's output and the city's retriever:
-- a point (the paper's head): the cells nearest to it (KD-tree);
-- a Gaussian mixture: the cells of highest density at their centres (`rank_cells_by_mixture_density`);
-- scored candidates (the candidate ranker, the feature rankers): candidates by score, then the point's or the
-  mixture's ranking for the remaining places (`merge_rankings`); a list of cells padded with the nearest cells
-  (`pad_with_nearest`) is the same merge with the list's order as the score.
-
-The model's ranking (`rank_cells`) stops at a small city's last cell and pads with `NO_CELL`, which never hits.
+Each head type ranks one city's samples its own way (`heads_nextlocllm.HEAD_TYPES`: by distance, by mixture density,
+or scored candidates first); what they share lives here:
+- `merge_rankings`: candidates by score, then a fallback ranking for the remaining places (the candidate ranker, the
+  feature rankers); a list of cells padded with the nearest cells (`pad_with_nearest`) is the same merge with the
+  list's order as the score;
+- `rank_batch`: a batch that mixes cities, ranked city by city at one width; a small city's ranking stops at its
+  last cell and pads with `NO_CELL`, which never hits.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .candidates_nextlocllm import CandidateSet, _compact, _first_occurrences, _integer_ids, _to_numpy
+from .candidates_nextlocllm import compact, first_occurrences, integer_ids, to_numpy
 from .metrics_nextlocllm import NO_CELL
-from .mixture_nextlocllm import mixture_log_density_np, rank_cells_by_mixture_density
-from .retrieval_nextlocllm import CityRetriever
+from .retrieval_nextlocllm import CityRetriever, CityRows
 
 
 def merge_rankings(candidate_ids: Any, scores: Any, fallback_ranked: Any, k: int) -> np.ndarray:
@@ -30,29 +28,29 @@ def merge_rankings(candidate_ids: Any, scores: Any, fallback_ranked: Any, k: int
     KD-tree's top-k) guarantees k cells where the candidate set is small; `ValueError` if even both fall short.
     Accepts numpy arrays or tensors; returns a `(B, k)` int64 numpy array.
     """
-    candidate_ids = _integer_ids(candidate_ids, "candidate_ids")
-    fallback = _integer_ids(fallback_ranked, "fallback_ranked")
-    scores = _to_numpy(scores).astype(np.float64, copy=False)
+    candidate_ids = integer_ids(candidate_ids, "candidate_ids")
+    fallback = integer_ids(fallback_ranked, "fallback_ranked")
+    scores = to_numpy(scores).astype(np.float64, copy=False)
     if scores.shape != candidate_ids.shape:
         raise ValueError(f"scores has shape {scores.shape}, expected {candidate_ids.shape} like candidate_ids")
     if len(fallback) != len(candidate_ids):
         raise ValueError(f"fallback_ranked has {len(fallback)} rows, candidate_ids {len(candidate_ids)}")
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k={k!r}: expected a positive integer")
     order = np.argsort(-scores, axis=1, kind="stable")
     pool = np.concatenate([np.take_along_axis(candidate_ids, order, axis=1), fallback], axis=1)
-    keep = _first_occurrences(pool)
+    keep = first_occurrences(pool)
     short = np.flatnonzero(keep.sum(axis=1) < k)
     if len(short):
         row = short[0]
         raise ValueError(f"sample {row} has only {keep[row].sum()} distinct cells among candidates and fallback, k={k}")
-    return _compact(pool, keep, int(k))[0]
+    return compact(pool, keep, int(k))[0]
 
 
 def pad_with_nearest(ranked: Any, points: Any, retriever: CityRetriever, k: int) -> np.ndarray:
     """`(N, k)` cell ids: the cells of `ranked` `(N, m)` in order (negative ids = empty places, repeats dropped), then
     the cells nearest to `points` `(N, 2)` (projected metres) that are not listed yet."""
-    ranked = _integer_ids(ranked, "ranked")
+    ranked = integer_ids(ranked, "ranked")
     if len(ranked) == 0:
         return np.zeros((0, k), dtype=np.int64)
     nearest, _ = retriever.query(np.asarray(points, dtype=np.float64), k)
@@ -60,71 +58,31 @@ def pad_with_nearest(ranked: Any, points: Any, retriever: CityRetriever, k: int)
     return merge_rankings(ranked, order_as_score, nearest, k)
 
 
-def city_groups(city: str | Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
-    """Sample rows of each city in a batch (a batch may mix cities), in order of first appearance."""
-    names = [city] * batch_size if isinstance(city, str) else list(city)
-    if len(names) != batch_size:
-        raise ValueError(f"city holds {len(names)} names for a batch of {batch_size}")
-    return {name: np.array([i for i, n in enumerate(names) if n == name]) for name in dict.fromkeys(names)}
-
-
-def mixture_density_feature(
-    candidates: CandidateSet,
-    mixture: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    city: str | Sequence[str],
-    retriever_of: Callable[[str], CityRetriever],
-) -> np.ndarray:
-    """Candidate features plus the mixture's log-density at each cell centre, in normalized units (city-agnostic),
-    clipped to [-30, 10] and divided by 10; 0 at padding. A light mode then lifts its cells less than a heavy one."""
-    means, log_scales, log_weights = (t.detach().double().cpu().numpy() for t in mixture)
-    mean, std = mean.cpu().numpy(), std.cpu().numpy()
-    centres = np.zeros((*candidates.cell_ids.shape, 2))
-    for name, rows in city_groups(city, len(centres)).items():
-        retriever = retriever_of(name)
-        centres[rows] = retriever.xy[retriever.rows_of(np.maximum(candidates.cell_ids[rows], 0)).clip(min=0)]
-    normalized = (centres - mean[:, None]) / std[:, None]
-    density = mixture_log_density_np(normalized, means, np.exp(log_scales), log_weights)
-    feature = np.where(candidates.mask, np.clip(density, -30.0, 10.0) / 10.0, 0.0).astype(np.float32)
-    return np.concatenate([candidates.features, feature[..., None]], axis=-1)
-
-
-def rank_cells(
+def rank_batch(
     coordinates: torch.Tensor,
-    city: str | Sequence[str],
-    retriever_of: Callable[[str], CityRetriever],
+    cities: Sequence[CityRows],
     k: int,
-    mixture_metres: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    candidates: CandidateSet | None = None,
-    scores: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sample's top-k cells of its city and their distances (m) from the predicted point, on its device.
+    rank_city: Callable[[CityRows, int], tuple[np.ndarray, np.ndarray]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sample's top-k cells of its city, their distances (m) from the predicted point `coordinates` `(B, 2)`, and
+    what the head ranked them by (higher first), on the coordinates' device.
 
-    Cells are ranked by distance to `coordinates` `(B, 2)`, or with `mixture_metres` (means, scales `(B, K, 2)` and
-    log-weights `(B, K)`, projected metres) by mixture density; with `candidates` and their `scores` the scored
-    candidates come first and that ranking fills the remaining places. The depth follows each city: one with fewer
-    than k cells ranks all of them, and its remaining places hold `NO_CELL` at an infinite distance (a batch may mix
-    cities, and gathering across processes needs one width).
+    `rank_city(city, depth)` is the head's ranking of one city's samples. The depth follows each city: one with fewer
+    than k cells ranks all of them, and its remaining places hold `NO_CELL` at an infinite distance and a NaN score (a
+    batch may mix cities, and gathering across processes needs one width).
     """
     points = coordinates.detach().cpu().numpy()
     cells = np.full((len(points), k), NO_CELL, dtype=np.int64)
     distances = np.full((len(points), k), np.inf, dtype=np.float64)
-    for name, rows in city_groups(city, len(points)).items():
-        retriever = retriever_of(name)
+    scores = np.full((len(points), k), np.nan, dtype=np.float64)
+    for city in cities:
+        retriever, rows = city.retriever, city.rows
         depth = min(k, retriever.num_cells)
-        if mixture_metres is None:
-            ranked, _ = retriever.query(points[rows], depth)
-        else:
-            means, scales, log_weights = (t.detach().cpu().numpy()[rows] for t in mixture_metres)
-            ranked, _ = rank_cells_by_mixture_density(retriever, means, scales, log_weights, depth)
-        if candidates is not None:
-            ranked = merge_rankings(candidates.cell_ids[rows], scores.detach()[rows].float().cpu().numpy(), ranked,
-                                    depth)
-        cells[rows, :depth] = ranked
-        distances[rows, :depth] = np.linalg.norm(retriever.xy[retriever.rows_of(ranked)] - points[rows, None], axis=-1)
+        cells[rows, :depth], scores[rows, :depth] = rank_city(city, depth)
+        distances[rows, :depth] = np.linalg.norm(retriever.xy[retriever.rows_of(cells[rows, :depth])]
+                                                 - points[rows, None], axis=-1)
     device = coordinates.device
-    return torch.from_numpy(cells).to(device), torch.from_numpy(distances).to(device)
+    return tuple(torch.from_numpy(array).to(device) for array in (cells, distances, scores))
 
 
-__all__ = ["merge_rankings", "pad_with_nearest", "city_groups", "mixture_density_feature", "rank_cells"]
+__all__ = ["merge_rankings", "pad_with_nearest", "rank_batch"]

@@ -19,6 +19,12 @@ Raw input to `read_table` / `read_records`: a CSV/TSV/Parquet path, a DataFrame 
 record, in any order, with the columns of `RECORD_COLUMNS_TABLE` (matched case-insensitively). Text files are read as
 UTF-8 (a byte-order mark allowed) unless another encoding is given; a file that does not decode is refused with its
 line (`decoding`), never read with replacement characters.
+
+One record, two vocabularies, mapped here and nowhere else: what a person hands to inference is named for people
+(`parse_records` returns `latitude`, `longitude`, `local_time`, `local_s`, `time_s`, `duration_hours`); the builder's
+tables and the stored records (`data/windows.py` `RECORDS_SCHEMA`, persisted in every built city) keep the compact names
+of the source formats: `lat`, `lon`, `ts` (absolute seconds, = `time_s`), and `x`, `y`, `day`, `hour`, `duration`,
+`cell` for the features. `BUILDER_NAMES` is that mapping.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ import numpy as np
 import pandas as pd
 
 from .geometry_nextlocllm import MAX_MERCATOR_LAT, lonlat_to_mercator
+
+# The builder's name of each field `parse_records` returns (see the module docstring).
+BUILDER_NAMES = {"latitude": "lat", "longitude": "lon", "time_s": "ts", "duration_hours": "duration"}
 
 LATITUDE_ALIASES = ("latitude", "lat")
 LONGITUDE_ALIASES = ("longitude", "lon", "lng", "long")
@@ -232,11 +241,11 @@ def split_users(frame: pd.DataFrame) -> list[tuple[Any, pd.DataFrame]]:
     return [(user, rows) for user, rows in frame.groupby(column, sort=False)]
 
 
-def read_records(source: str | os.PathLike | pd.DataFrame | Sequence[dict],
-                 encoding: str = DEFAULT_ENCODING) -> pd.DataFrame:
+def read_records(source: str | os.PathLike | pd.DataFrame | Sequence[dict], encoding: str = DEFAULT_ENCODING,
+                 where: str | None = None) -> pd.DataFrame:
     """One user's records (see `parse_records`) from a file (text in `encoding`), DataFrame or list of dicts; several
-    users are an error."""
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "records"
+    users are an error. `where` names the source in messages (default: the file's path, else "records")."""
+    where = where or (str(source) if isinstance(source, (str, os.PathLike)) else "records")
     frame = read_table(source, encoding)
     column = user_column(frame)
     if column is not None:
@@ -492,6 +501,7 @@ __all__ = [
     "RECORD_COLUMNS_TABLE",
     "DEFAULT_MAX_DURATION_HOURS",
     "DEFAULT_ENCODING",
+    "BUILDER_NAMES",
     "LATITUDE_ALIASES",
     "LONGITUDE_ALIASES",
     "USER_ALIASES",

@@ -1,6 +1,9 @@
 """A city as the model needs it at inference: candidate cells, their POI frequencies, the coordinate statistics the
 model normalizes with, the grid, and a KD-tree over the cells. `CityRetriever` is the single owner of these.
 
+`from_folder` reads a built city folder (`city.json` + `cells.parquet`); `city_groups` splits a batch that mixes cities
+into each city's rows, once per forward pass.
+
 A regressed point becomes a ranked list of cells by nearest-neighbour search in projected metres; a raw record's
 position becomes its cell by the builder's grid (`locate`). Retrievers are saved as safetensors (arrays) + JSON
 (names, statistics, grid) beside the model weights; a KD-tree is never pickled but rebuilt from the saved coordinates
@@ -14,7 +17,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -32,7 +36,8 @@ class CityRetriever:
     """Candidate cells of one city plus the per-city coordinate statistics the model normalizes with, its grid
     (None for a retriever saved before the grid was stored) and the cap its record durations were built with
     (`max_duration_hours`, None: no cap; the builder's default for a retriever saved before the cap was stored), so
-    inference turns raw records into the durations training saw."""
+    inference turns raw records into the durations training saw, and the names of its POI classes (`poi_classes`, None
+    for a retriever saved before they were stored), so a model refuses a city whose frequencies mean other classes."""
 
     name: str
     cell_ids: np.ndarray  # (N,) int64
@@ -44,6 +49,7 @@ class CityRetriever:
     metadata: dict[str, Any] = field(default_factory=dict)
     grid: Grid | None = None
     max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS
+    poi_classes: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.cell_ids = np.asarray(self.cell_ids, dtype=np.int64).reshape(-1)
@@ -72,6 +78,11 @@ class CityRetriever:
         cap = self.max_duration_hours
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < np.inf):
             raise ValueError(f"{where}: max_duration_hours={cap!r} must be positive hours or None (no cap)")
+        if self.poi_classes is not None:
+            self.poi_classes = [str(name) for name in self.poi_classes]
+            if len(self.poi_classes) != self.poi_frequency.shape[1]:
+                raise ValueError(f"{where}: {len(self.poi_classes)} poi_classes for {self.poi_frequency.shape[1]} POI "
+                                 f"frequency columns")
         if isinstance(self.grid, Mapping):
             self.grid = Grid.from_dict(self.grid)
         if self.grid is not None and not self._grid_keys_inside.all():
@@ -87,9 +98,10 @@ class CityRetriever:
         metadata: Mapping[str, Any] | None = None,
         grid: Grid | Mapping[str, Any] | None = None,
         max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS,
+        poi_classes: Sequence[str] | None = None,
     ) -> "CityRetriever":
         """Build from a candidate-cell table with columns `cell_id, lat, lon, x, y, poi_frequency`, the city's
-        grid (`Grid` or its dict, as in city.json) and its duration cap."""
+        grid (`Grid` or its dict, as in city.json), its duration cap and its POI class names."""
         missing = [c for c in ("cell_id", "lat", "lon", "x", "y", "poi_frequency") if c not in cells.columns]
         if missing:
             raise ValueError(f"city {name!r}: candidate cells lack columns {missing}")
@@ -104,15 +116,30 @@ class CityRetriever:
             metadata=dict(metadata or {}),
             grid=grid,
             max_duration_hours=max_duration_hours,
+            poi_classes=None if poi_classes is None else list(poi_classes),
         )
 
     @classmethod
     def from_city(cls, city: Mapping[str, Any], cells: Any) -> "CityRetriever":
-        """From a built city: its `city.json` (name, coordinate statistics, grid, duration cap) and its
+        """From a built city: its `city.json` (name, coordinate statistics, grid, duration cap, POI classes) and its
         `cells.parquet` table."""
         return cls.from_cells(city["city"], cells, city["coordinate_mean"], city["coordinate_std"],
                               grid=city.get("grid"),
-                              max_duration_hours=city.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS))
+                              max_duration_hours=city.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS),
+                              poi_classes=city.get("poi_classes"))
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike) -> "CityRetriever":
+        """From a city folder built by `dataset_scripts/build_city.py`: the one reader of its `city.json` and
+        `cells.parquet` (the records and splits are the dataset loader's)."""
+        import pandas as pd
+
+        folder = Path(path)
+        missing = [name for name in ("city.json", "cells.parquet") if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{str(path)!r}: not a built city folder (missing {missing})")
+        city = json.loads((folder / "city.json").read_text(encoding="utf-8"))
+        return cls.from_city(city, pd.read_parquet(folder / "cells.parquet"))
 
     @property
     def num_cells(self) -> int:
@@ -121,6 +148,14 @@ class CityRetriever:
     @cached_property
     def tree(self) -> cKDTree:
         return cKDTree(self.xy)
+
+    @cached_property
+    def poi_table(self) -> np.ndarray:
+        """`(max cell id + 1, C)` float32: the POI frequencies indexed by cell id (0 for ids that are no cell), which
+        is how records, which carry cell ids, read them."""
+        table = np.zeros((int(self.cell_ids.max()) + 1, self.poi_frequency.shape[1]), dtype=np.float32)
+        table[self.cell_ids] = self.poi_frequency
+        return table
 
     @cached_property
     def _id_order(self) -> np.ndarray:
@@ -187,10 +222,9 @@ class CityRetriever:
 
     def query(self, points: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k cells nearest to each projected point: `(cell_ids (M, k), distances in metres (M, k))`."""
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k={k!r}: expected a positive integer")
-        if k > self.num_cells:
-            raise ValueError(f"k={k} is larger than the {self.num_cells} candidate cells of city {self.name!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.num_cells:
+            raise ValueError(f"k={k!r}: expected an integer from 1 to the {self.num_cells} candidate cells of city "
+                             f"{self.name!r}")
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         if not np.isfinite(points).all():
             raise ValueError(f"points for city {self.name!r} hold NaN or inf coordinates")
@@ -216,7 +250,29 @@ class CityRetriever:
             "metadata": self.metadata,
             **({"grid": self.grid.to_dict()} if self.grid is not None else {}),
             "max_duration_hours": self.max_duration_hours,
+            **({"poi_classes": self.poi_classes} if self.poi_classes is not None else {}),
         }
+
+
+@dataclass(frozen=True)
+class CityRows:
+    """The samples of one city in a batch: their row numbers and the city's retriever."""
+
+    retriever: CityRetriever
+    rows: np.ndarray  # (n,) int64, in batch order
+
+
+def city_groups(city: str | Sequence[str], batch_size: int,
+                retriever_of: Callable[[str], CityRetriever]) -> list[CityRows]:
+    """Each city's rows in a batch (a batch may mix cities), in order of first appearance: `city` is one name for the
+    whole batch or one per sample; `retriever_of` names an unknown city."""
+    names = [city] * batch_size if isinstance(city, str) else list(city)
+    if len(names) != batch_size:
+        raise ValueError(f"city holds {len(names)} names for a batch of {batch_size}")
+    rows: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        rows.setdefault(name, []).append(index)
+    return [CityRows(retriever_of(name), np.array(indices, dtype=np.int64)) for name, indices in rows.items()]
 
 
 def save_retrievers(retrievers: Mapping[str, CityRetriever], save_directory: str | os.PathLike) -> None:
@@ -270,10 +326,11 @@ def load_retrievers(config_file: str, weights_file: str | None) -> dict[str, Cit
                 metadata=city.get("metadata", {}),
                 grid=city.get("grid"),  # absent in files written before the grid was stored
                 max_duration_hours=city.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS),  # likewise
+                poi_classes=city.get("poi_classes"),  # likewise
             )
         except KeyError as error:
             raise ValueError(f"{weights_file}: missing array {error} of city {city.get('name')!r}") from error
     return retrievers
 
 
-__all__ = ["CityRetriever", "save_retrievers", "load_retrievers", "RETRIEVERS_CONFIG_NAME", "RETRIEVERS_WEIGHTS_NAME"]
+__all__ = ["CityRetriever", "CityRows", "city_groups", "save_retrievers", "load_retrievers", "RETRIEVERS_CONFIG_NAME", "RETRIEVERS_WEIGHTS_NAME"]

@@ -22,7 +22,9 @@ NextLocLLMForCoordinateRegression.register_for_auto_class("AutoModel")
 
 
 def _push_to_hub_with_card(model, repo_id: str, **kwargs):
-    from .hub import push_to_hub_with_card  # huggingface_hub's upload machinery loads only when pushing
+    """`model.push_to_hub`: `hub.push_to_hub_with_card`, where every push lives. Imported on the first push, not with
+    the package: `python -m nextlocllm_hf.hub` must find the module not yet imported (runpy warns otherwise)."""
+    from .hub import push_to_hub_with_card
 
     return push_to_hub_with_card(model, repo_id, **kwargs)
 

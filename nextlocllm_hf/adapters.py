@@ -15,19 +15,16 @@ LoRA weights). `export_lora_adapter` splits it in two:
   training changed and the base does not have.
 
 `PeftModel.from_pretrained(AutoModel.from_pretrained(base), adapter)` then predicts exactly as the whole export.
+`nextlocllm_hf.hub.push_adapter` (`nextlocllm-hub push-adapter`) pushes an adapter folder, as every push is made there.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
-from typing import Sequence
 
 import torch
-
-from .hub import _api, _refuse_token_in, _resolve_token, check_repo_id, refuse_occupied_repo
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -140,7 +137,7 @@ prediction = model.predict(batch, city=model.cities[0], k=10)
 def export_lora_adapter(model, adapter_dir: str | os.PathLike, base_dir: str | os.PathLike,
                         base_model_name_or_path: str | None = None) -> dict[str, int]:
     """Write `model`'s adapter to `adapter_dir` and its base model to `base_dir`; `adapter_config.json` names the
-    base as `base_model_name_or_path` (default: `base_dir`; `push_adapter` names its Hub id). Returns the bytes of
+    base as `base_model_name_or_path` (default: `base_dir`; `hub.push_adapter` names its Hub id). Returns the bytes of
     each one's weights."""
     adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
     base_name = base_model_name_or_path or str(base_dir.resolve())
@@ -154,47 +151,5 @@ def export_lora_adapter(model, adapter_dir: str | os.PathLike, base_dir: str | o
             "base": (base_dir / "model.safetensors").stat().st_size}
 
 
-def push_adapter(folder: str | os.PathLike, repo_id: str, base_model: str, *, token: str | None = None,
-                 private: bool | None = None, overwrite: bool = False,
-                 commit_message: str = "Upload NextLocLLM LoRA adapter", tags: Sequence[str] = ()):
-    """Push an adapter folder to `repo_id` with `adapter_config.json` pointing at `base_model` (a model repo that
-    must exist) and a validated card; returns the `CommitInfo`. `overwrite` as in `push_model`."""
-    from huggingface_hub import CommitOperationAdd
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    check_repo_id(repo_id)
-    check_repo_id(base_model)
-    folder = Path(folder)
-    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder} is not an adapter folder (export_lora_adapter writes one): no "
-                                f"{', '.join(missing)}")
-    token = _resolve_token(token)
-    api = _api(token)
-    try:
-        api.model_info(base_model)
-    except RepositoryNotFoundError as error:
-        raise ValueError(f"base_model {base_model!r} is not on the Hub: push the base folder first "
-                         f"(nextlocllm-hub push-model BASE_FOLDER --repo_id {base_model})") from error
-    config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = base_model
-    card = adapter_card(base_model, repo_id)
-    if tags:
-        card.data.tags = list(dict.fromkeys([*card.data.tags, *tags]))
-    uploads: dict[str, bytes | Path] = {
-        ADAPTER_CONFIG_NAME: json.dumps(config, indent=2, sort_keys=True).encode("utf-8"),
-        ADAPTER_WEIGHTS_NAME: folder / ADAPTER_WEIGHTS_NAME,
-        ADAPTER_CARD_NAME: str(card).encode("utf-8"),
-    }
-    _refuse_token_in(uploads, token)
-    refuse_occupied_repo(repo_id, repo_type="model", revision=None, overwrite=overwrite, what="an adapter",
-                         token=token)
-    card.validate(repo_type="model")
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
-                                     else str(content)) for name, content in uploads.items()]
-    return api.create_commit(repo_id, operations, commit_message=commit_message, repo_type="model")
-
-
 __all__ = ["own_module_names", "lora_config_for", "base_model_for", "to_peft_model", "adapter_card",
-           "export_lora_adapter", "push_adapter"]
+           "export_lora_adapter"]

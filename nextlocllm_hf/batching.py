@@ -2,9 +2,11 @@
 
 A split is its windows (`data/windows.py`): only their cities and starts are read up front; a batch's fields are
 gathered from the memory-mapped records, so a split never has to fit in memory and row-by-row access through
-`datasets` (slower than the model on small backbones) is avoided. Each batch also carries the per-sample city
-statistics the model normalizes with, so batches may mix cities. The task mode decides whether the query (the target's day, hour and the gap since
-the last record) is part of the inputs: in `next` mode it is not, so nothing about the target reaches the model.
+`datasets` (slower than the model on small backbones) is avoided. Each batch carries each sample's city
+(`city_index` into `city_names`), so batches may mix cities; the model reads a city's statistics and cells from its
+retriever, the one in-memory form of a city. The task mode decides whether the query (the target's day, hour and the
+gap since the last record) is part of the inputs: in `next` mode it is not, so nothing about the target reaches the
+model.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .data.windows import window_view_of
 from .modeling.candidates_nextlocllm import QUERY_COLUMNS
 from .modeling.configuration_nextlocllm import TASK_MODES
 from .modeling.modeling_nextlocllm import MODEL_INPUT_NAMES
+from .modeling.retrieval_nextlocllm import CityRetriever
 
 RECORD_FIELDS = ("coordinates", "day", "hour", "duration", "poi", "cell")
 
@@ -27,34 +30,24 @@ RECORD_FIELDS = ("coordinates", "day", "hour", "duration", "poi", "cell")
 class CitySamples(Dataset):
     """A city split (or several cities' splits) as a torch dataset; `__getitems__` gathers a whole batch as tensors."""
 
-    def __init__(
-        self,
-        split,
-        city_metadata: Mapping[str, Mapping],
-        city_names: Sequence[str] | None = None,
-        task_mode: str = "next",
-    ):
-        """`split`: a city split of windows (`load_city_splits` / `load_cities`); `city_metadata`: name -> city.json.
-
-        `city_names` fixes the order behind `city_index` (default: the order of `city_metadata`); `task_mode`
-        (`next` or `at_time`) whether batches carry the query fields.
-        """
+    def __init__(self, split, retrievers: Mapping[str, CityRetriever], task_mode: str = "next"):
+        """`split`: a city split of windows (`load_city_splits` / `load_cities`); `retrievers`: name -> the city's
+        `CityRetriever` (`CityDataset.retriever`), whose order fixes `city_index`; `task_mode` (`next` or `at_time`):
+        whether batches carry the query fields."""
         if task_mode not in TASK_MODES:
             raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
         self.task_mode = task_mode
-        self.city_names = list(city_names or city_metadata)
+        self.city_names = list(retrievers)
         self.view = window_view_of(split)
         if self.view is None:
             raise ValueError("CitySamples takes a city split of windows (from load_city_splits / load_cities)")
         columns = rows_to_arrays(split, ["city", "start"])
         unknown = sorted(set(np.unique(columns["city"]).tolist()) - set(self.city_names))
         if unknown:
-            raise ValueError(f"split holds cities {unknown} without statistics; known: {self.city_names}")
+            raise ValueError(f"split holds cities {unknown} without a retriever; known: {self.city_names}")
         index_of = {name: i for i, name in enumerate(self.city_names)}
         self.city_index = np.array([index_of[name] for name in columns["city"]], dtype=np.int64)
         self.starts = columns["start"]
-        self.mean = np.array([city_metadata[n]["coordinate_mean"] for n in self.city_names], dtype=np.float64)
-        self.std = np.array([city_metadata[n]["coordinate_std"] for n in self.city_names], dtype=np.float64)
         self.fields = [*(f"{part}_{field}" for part in ("history", "current") for field in RECORD_FIELDS),
                        "target_coordinates", "target_duration", "target_cell",
                        *(QUERY_COLUMNS if task_mode == "at_time" else ())]
@@ -71,8 +64,6 @@ class CitySamples(Dataset):
         city_index = self.city_index[rows]
         gathered = self.view.arrays(np.asarray(self.city_names)[city_index], self.starts[rows], self.fields)
         batch = {
-            "coordinate_mean": self.mean[city_index],
-            "coordinate_std": self.std[city_index],
             "labels": gathered.pop("target_coordinates"),
             "duration_labels": gathered.pop("target_duration"),
             "city_index": city_index,
@@ -86,13 +77,10 @@ def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def model_inputs(batch: Mapping[str, torch.Tensor], city_names: Sequence[str] | None = None) -> dict:
-    """The entries of a batch that `NextLocLLMForCoordinateRegression.forward` takes.
-
-    With `city_names` (the `CitySamples.city_names` behind `city_index`), each sample's city name is added as `city`:
-    the candidate ranker and top-k ranking need the city's cells, not only its statistics.
-    """
+def model_inputs(batch: Mapping[str, torch.Tensor], city_names: Sequence[str]) -> dict:
+    """The entries of a batch that `NextLocLLMForCoordinateRegression.forward` takes, with each sample's city name
+    (`city_names`: the `CitySamples.city_names` behind `city_index`) as `city`: the model normalizes with that city's
+    statistics and ranks its cells."""
     inputs: dict = {name: batch[name] for name in MODEL_INPUT_NAMES if name in batch}
-    if city_names is not None:
-        inputs["city"] = [city_names[i] for i in batch["city_index"].tolist()]
+    inputs["city"] = [city_names[i] for i in batch["city_index"].tolist()]
     return inputs

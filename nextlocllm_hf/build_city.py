@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     config = config_from_args(a)
     config.validate()
     if a.push_to_hub:  # before the build: an occupied target must not cost a build
-        from nextlocllm_hf.hub import refuse_occupied_city
+        from nextlocllm_hf.hub_access import refuse_occupied_city
 
         refuse_occupied_city(a.push_to_hub, a.city, revision=a.hub_revision, overwrite=a.overwrite)
     res = build_and_save(config)

@@ -2,7 +2,8 @@
 
 The authors' code kept the checkpoint whose validation Hit@10 was *lower* than the best so far (inverted); here the
 direction is explicit per metric and tested. The tracker is checkpointable (`state_dict` / `load_state_dict`), so a
-resumed run keeps its best score, best step, patience counter and the histories its results report.
+resumed run keeps its best score, best step, patience counter and the histories its results report. Writing and
+reading the checkpoints themselves (resumable state, the best model) is `checkpoints.py`'s.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Resumable training state: what `train.py --checkpointing_steps` writes and `--resume_from_checkpoint` reads, with
-nothing in the folder ever unpickled beyond tensors, containers and numbers.
+"""The files training writes and reads back: resumable checkpoints (what `train.py --checkpointing_steps` writes and
+`--resume_from_checkpoint` reads) and the best model (`best/`, a `save_pretrained` folder), with nothing in either ever
+unpickled beyond tensors, containers and numbers. Which checkpoint is the best is decided in
+`checkpoint_selection.py`.
 
 Checkpoint folders get copied between machines and shared, so reading one must not run code. Accelerate's
 `save_state` writes the model as safetensors and the optimizer and random states with `torch.save`; its `load_state`
@@ -11,6 +13,8 @@ state it cannot read without a word. Hence:
 - before `load_state`, every file in the folder is read the safe way (safetensors headers, JSON, torch files through
   the restricted unpickler), so a crafted or damaged file is refused with its name, and any other file (an older
   run's `custom_checkpoint_0.pkl`, a sharded checkpoint's pickled `.metadata`) is refused unread.
+The best model is safetensors alone, gathered from every rank to be written and placed back into each rank's shard
+when read (FSDP).
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from accelerate.utils import load as restricted_torch_load  # torch.load(weights_only=True) + numpy's array types
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from .outputs import remove_folder, replacing_folder
 
@@ -123,3 +130,46 @@ def first_line(error: BaseException) -> str:
     """The line of an error that says what went wrong (torch's refusal of a pickle says it in its middle)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
     return next((line for line in lines if "Unsupported global" in line), lines[0])[:300]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the best model
+
+
+def save_model(accelerator: Accelerator, model, folder: Path) -> None:
+    """On every rank: `get_state_dict` gathers FSDP shards (or DeepSpeed's partitions), the main process writes, into
+    a hidden sibling renamed into place once complete."""
+    weights = accelerator.get_state_dict(model)
+    with replacing_folder(folder, is_main=accelerator.is_main_process, wait=accelerator.wait_for_everyone) as partial:
+        accelerator.unwrap_model(model).save_pretrained(partial, is_main_process=accelerator.is_main_process,
+                                                        state_dict=weights)
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The full state dict saved by `save_pretrained` in `folder`: one safetensors file, or the shards of its index."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        names = ["model.safetensors"]
+    weights = {}
+    for name in names:
+        weights.update(load_file(str(folder / name)))
+    return weights
+
+
+def load_best(accelerator: Accelerator, model, folder: Path) -> dict[str, torch.Tensor]:
+    """Load the best weights into the prepared model on every rank; returns them (on the main process under FSDP,
+    which reads them once and places each rank's shard; DDP and DeepSpeed ZeRO-2 ranks hold full copies)."""
+    accelerator.wait_for_everyone()
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        weights = read_weights(folder) if accelerator.is_main_process else {}
+        # A copy: torch replaces the dict's values by the distributed tensors it places (the export needs full ones).
+        set_model_state_dict(model, dict(weights),
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        return weights
+    weights = read_weights(folder)
+    accelerator.unwrap_model(model).load_state_dict(weights, strict=True)
+    return weights

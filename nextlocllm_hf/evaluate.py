@@ -21,9 +21,17 @@ from tqdm.auto import tqdm
 from .batching import CitySamples, collate_batch, model_inputs
 from .cli import entry_point, positive_int, program_name
 from .data.city_dataset import SPLITS
-from .metrics import compute_metrics, format_table
+from .metrics import MAX_RANK, compute_metrics, format_table
+from .modeling.retrieval_nextlocllm import CityRetriever
 
-MAX_RANK = 20  # deepest cut-off any reported metric needs (Hit@20); a smaller city is ranked to its last cell
+ALL_CITIES = "all"  # the key of the scores over every sample of a split
+
+
+def model_samples(model, split, retrievers: Mapping[str, CityRetriever]) -> CitySamples:
+    """`split` as `model` reads it, in the task mode of the model's config: every split a model trains on or is scored
+    on is made here, so the task mode is read in one place, and what follows (the baselines, the results) takes it from
+    the samples (`CitySamples.task_mode`)."""
+    return CitySamples(split, retrievers, task_mode=model.config.task_mode)
 
 
 @torch.no_grad()
@@ -51,9 +59,6 @@ def predict(
         for name, value in values.items():
             chunks[name].append(value.detach().cpu().numpy())
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
-
-
-ALL_CITIES = "all"
 
 
 def score_predictions(predictions: Mapping[str, np.ndarray], city_names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -85,6 +90,11 @@ def evaluate_model(model, samples: CitySamples, batch_size: int = 64, accelerato
     return score_predictions(predictions, samples.city_names), predictions
 
 
+def single_city_view(scores: Mapping[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per-city scores; the "all" entry only when several cities share the split (with one, it repeats the city's)."""
+    return {k: v for k, v in scores.items() if k != ALL_CITIES or len(scores) > 2}
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     from .baselines import evaluate_rule_baselines
@@ -104,14 +114,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_compatible(model.config, city.metadata, args.dataset)
     if city.name not in model.cities:
         print(f"city {city.name!r} is new to this model: evaluating zero-shot with its own cells and statistics")
-        model.add_city(city.retriever())
-    samples = CitySamples(city.splits[args.split], {city.name: city.metadata}, task_mode=model.config.task_mode)
+        model.add_city(city.retriever)
+    samples = model_samples(model, city.splits[args.split], {city.name: city.retriever})
     scores, _ = evaluate_model(model, samples, args.batch_size)
     rows = {"NextLocLLM": scores[city.name]}
     if args.baselines:
-        rows.update(evaluate_rule_baselines(city.splits["train"], city.splits[args.split], city.retriever(),
-                                            task_mode=model.config.task_mode))
-    print(f"{city.name} / {args.split} ({len(samples)} samples), task {model.config.task_mode}")
+        rows.update(evaluate_rule_baselines(city.splits["train"], city.splits[args.split], city.retriever,
+                                            task_mode=samples.task_mode))
+    print(f"{city.name} / {args.split} ({len(samples)} samples), task {samples.task_mode}")
     print(format_table(rows))
 
 

@@ -13,9 +13,9 @@ A model repo gets exactly what `load` needs: `config.json` (with `auto_map` and 
 huggingface_hub's card tools and validated by the Hub before the upload. Files of an earlier push that the new export
 no longer has are deleted in the same commit, so the repo mirrors the export. A model configured with
 `adaptation="lora"` is already self-contained (its LoRA weights sit in `model.safetensors` and `from_pretrained`
-rebuilds the adapter layers from the config); a `peft.PeftModel` wrapper is merged first. `push-adapter`
-(`nextlocllm_hf.adapters`) pushes the PEFT adapter of such a model for a base pushed with `push-model`, and
-`push-metric` (`nextlocllm_hf.evaluate_metric`) the `evaluate` metric as a Space.
+rebuilds the adapter layers from the config); a `peft.PeftModel` wrapper is merged first. `push-adapter` pushes the
+PEFT adapter of such a model (`nextlocllm_hf.adapters` exports it) for a base pushed with `push-model`, and
+`push-metric` the `evaluate` metric (`nextlocllm_hf.evaluate_metric` exports it) as a Space.
 
 A dataset repo gets one config per city, laid out as `DatasetDict.push_to_hub(repo_id, config_name=city)` lays it out
 (`<city>/<split>-*.parquet`, the windows, written by `datasets`, plus the card's `configs` / `dataset_info`), and the
@@ -24,8 +24,9 @@ city's records shards, `cells.parquet` and `city.json` under `<city>/`, which is
 All of it, the card rewritten for every city the repo holds, and the deletion of a replaced city's files that the push
 does not rewrite go in one commit, as for a model: a push stopped midway leaves the repo as it was.
 
-One module for every push (over ~450 lines): models and datasets share the token guard, the repo-id, revision and
-occupied-repo checks, card validation and one CLI, and splitting them would split those.
+Every push is here (about 600 lines), and the model's `push_to_hub` comes here too (`push_to_hub_with_card`): they
+share card validation, the commit's operations and one CLI. The checks they share with the commands that run them
+before any work (token, repo id, occupied repo) are in `hub_access.py`; the folders pushed are made elsewhere.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .adapters import ADAPTER_CARD_NAME, ADAPTER_CONFIG_NAME, ADAPTER_FILES, ADAPTER_WEIGHTS_NAME, adapter_card
 from .cli import entry_point, program_name
+from .evaluate_metric import check_metric_name, export_metric
+from .hub_access import (check_repo_id, hub_api, refuse_occupied_city, refuse_occupied_repo, refuse_token_in,
+                         resolve_token)
 from .modeling.retrieval_nextlocllm import RETRIEVERS_CONFIG_NAME, RETRIEVERS_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -53,72 +58,21 @@ _USAGE_REPO = re.compile(r'(pipeline\(\s*"next-location",\s*model=")([^"]*)(")')
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _resolve_token(token: str | None) -> str | None:
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
-def check_repo_id(repo_id: str) -> str:
-    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise ValueError(f"repo_id must look like ORG/NAME, got {repo_id!r}")
-    return repo_id
-
-
-def _refuse_token_in(files: Mapping[str, bytes | Path], token: str | None) -> None:
-    """Refuse to upload any file holding the token (only its name is reported, never the token).
-
-    Text files are read whole; of a safetensors file only the JSON header (metadata) is read, weights are numbers.
-    """
-    if not token:
-        return
-    needle = token.encode()
-    for path_in_repo, content in files.items():
-        if isinstance(content, bytes):
-            data = content
-        elif content.suffix == ".safetensors":
-            with open(content, "rb") as f:
-                header_size = int.from_bytes(f.read(8), "little")
-                data = f.read(min(header_size, 100 * 1024 * 1024))
-        else:
-            data = content.read_bytes()
-        if needle in data:
-            raise ValueError(f"refusing to push: {path_in_repo} contains the Hub access token")
-
-
-def _api(token: str | None):
-    from huggingface_hub import HfApi
-
-    return HfApi(token=token)
-
-
-def refuse_occupied_repo(repo_id: str, *, repo_type: str, revision: str | None, overwrite: bool, what: str,
-                         prefix: str = "", token: str | None = None) -> None:
-    """Refuse, before any upload, to push where a result already is (files under `prefix` at `revision`), unless
-    `overwrite`. A repo or branch that does not exist yet is free; `.gitattributes` (made with every repo) is not a
-    result."""
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    from nextlocllm_hf.outputs import name_list
-
-    if overwrite:
-        return
-    try:
-        files = _api(_resolve_token(token)).list_repo_files(repo_id, repo_type=repo_type, revision=revision)
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        return
-    taken = sorted(f for f in files if f != ".gitattributes" and f.startswith(prefix))
-    if taken:
-        raise FileExistsError(f"{repo_type} repo {repo_id} (revision {revision or 'main'}) already holds {what} "
-                              f"({name_list(taken)}): pass --overwrite to replace it")
-
-
 def _ensure_repo_and_branch(api, repo_id: str, repo_type: str, revision: str | None, private: bool | None) -> None:
+    """Create the repo and the branch `revision` (from main) if missing: a commit needs both to exist."""
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     if revision and revision != "main":
         api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+
+
+def _commit_operations(uploads: Mapping[str, bytes | Path], stale: Sequence[str] = ()) -> list:
+    """One commit's operations: every upload (bytes, or a file) added and every `stale` path deleted, so that a push
+    lands whole or not at all."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
+                                     else str(content)) for name, content in uploads.items()]
+    return operations + [CommitOperationDelete(path_in_repo=name) for name in stale]
 
 
 # -------------------------------------------------------------------------------------------------------- model
@@ -217,7 +171,7 @@ def check_model_folder(folder: str | os.PathLike) -> list[str]:
 
 
 def _load_model(folder: Path):
-    from nextlocllm_hf import NextLocLLMForCoordinateRegression
+    from .modeling.modeling_nextlocllm import NextLocLLMForCoordinateRegression
 
     return NextLocLLMForCoordinateRegression.from_pretrained(folder)
 
@@ -284,10 +238,8 @@ def push_model(
     to the card's. `validate_card`: have the Hub validate the card's metadata first (`/api/validate-yaml`).
     `overwrite`: replace a model already at `revision` (otherwise `FileExistsError` before any upload).
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
     check_repo_id(repo_id)
-    token = _resolve_token(token)
+    token = resolve_token(token)
     with tempfile.TemporaryDirectory(prefix="nextlocllm-push-") as tmp:
         if isinstance(folder_or_model, (str, os.PathLike)):
             folder = Path(folder_or_model)
@@ -310,20 +262,17 @@ def push_model(
             card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
         uploads: dict[str, bytes | Path] = {name: folder / name for name in files}
         uploads[CARD_NAME] = str(card).encode("utf-8")
-        _refuse_token_in(uploads, token)  # before anything goes over the network
+        refuse_token_in(uploads, token)  # before anything goes over the network
         refuse_occupied_repo(repo_id, repo_type="model", revision=revision, overwrite=overwrite, what="a model",
                              token=token)
         if validate_card:
             card.validate(repo_type="model")
 
-        api = _api(token)
+        api = hub_api(token)
         _ensure_repo_and_branch(api, repo_id, "model", revision, private)
         remote = set(api.list_repo_files(repo_id, repo_type="model", revision=revision))
         stale = sorted(remote - set(uploads) - {".gitattributes"})
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
-                                         else str(content)) for name, content in uploads.items()]
-        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
-        info = api.create_commit(repo_id, operations, commit_message=commit_message,
+        info = api.create_commit(repo_id, _commit_operations(uploads, stale), commit_message=commit_message,
                                  commit_description=commit_description, repo_type="model", revision=revision,
                                  create_pr=create_pr)
     logger.info("pushed %s to %s (%d files, %d deleted): %s", folder, repo_id, len(uploads), len(stale),
@@ -364,16 +313,16 @@ def push_to_hub_with_card(model, repo_id: str, *, commit_message: str | None = N
 
 # ------------------------------------------------------------------------------------------------------ dataset
 def _city_dirs(city_dir_or_dirs) -> list[Path]:
-    from nextlocllm_hf.data.city_dataset import _is_city_dir
+    from .data.city_dataset import is_city_folder
 
     items = [city_dir_or_dirs] if isinstance(city_dir_or_dirs, (str, os.PathLike)) else list(city_dir_or_dirs)
     dirs: list[Path] = []
     for item in items:
         path = Path(item)
-        if _is_city_dir(path):
+        if is_city_folder(path):
             dirs.append(path)
-        elif path.is_dir() and any(_is_city_dir(d) for d in path.iterdir()):
-            dirs += sorted(d for d in path.iterdir() if _is_city_dir(d))
+        elif path.is_dir() and any(is_city_folder(d) for d in path.iterdir()):
+            dirs += sorted(d for d in path.iterdir() if is_city_folder(d))
         else:
             raise FileNotFoundError(f"{path} is not a city folder (no city.json) and holds none")
     if not dirs:
@@ -383,13 +332,6 @@ def _city_dirs(city_dir_or_dirs) -> list[Path]:
 
 def _city_name(directory: Path) -> str:
     return json.loads((directory / "city.json").read_text(encoding="utf-8"))["city"]
-
-
-def refuse_occupied_city(repo_id: str, city: str, *, revision: str | None, overwrite: bool,
-                         token: str | None = None) -> None:
-    """`refuse_occupied_repo` for one city (config) of a dataset repo."""
-    refuse_occupied_repo(repo_id, repo_type="dataset", revision=revision, overwrite=overwrite,
-                         what=f"city {city!r}", prefix=f"{city}/", token=token)
 
 
 def push_city_dataset(
@@ -410,19 +352,17 @@ def push_city_dataset(
     holds (otherwise `FileExistsError` before any upload; other cities of the repo are never touched). The commit is
     made on the revision read for the card (`parent_commit`): a commit that lands in between fails the push (412).
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
-    from nextlocllm_hf.data.city_dataset import load_city_splits
-    from nextlocllm_hf.data.windows import RECORDS_PATTERN
+    from .data.city_dataset import load_city_splits
+    from .data.windows import RECORDS_PATTERN
 
     check_repo_id(repo_id)
-    token = _resolve_token(token)
+    token = resolve_token(token)
     dirs = _city_dirs(city_dir_or_dirs)
     names = [_city_name(directory) for directory in dirs]
     for directory, name in zip(dirs, names):  # every check before the first upload
         if not re.fullmatch(r"[\w.-]+", name) or names.count(name) > 1:
             raise ValueError(f"{directory}: city name {name!r} is not a usable, unique config name")
-        _refuse_token_in({f"{name}/{file}": directory / file for file in ("cells.parquet", "city.json")}, token)
+        refuse_token_in({f"{name}/{file}": directory / file for file in ("cells.parquet", "city.json")}, token)
     for name in names:
         refuse_occupied_city(repo_id, name, revision=revision, overwrite=overwrite, token=token)
     with tempfile.TemporaryDirectory(prefix="nextlocllm-push-") as tmp:
@@ -436,20 +376,17 @@ def push_city_dataset(
             uploads.update({f"{city.name}/{path.name}": path for path in sorted(directory.glob(RECORDS_PATTERN))})
             metadata[city.name] = city.metadata
 
-        api = _api(token)
+        api = hub_api(token)
         _ensure_repo_and_branch(api, repo_id, "dataset", revision, private)
         parent = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
         remote = set(api.list_repo_files(repo_id, repo_type="dataset", revision=parent))
         uploads[CARD_NAME] = str(_dataset_card(api, repo_id, parent, remote, configs, infos, metadata)).encode()
-        _refuse_token_in({CARD_NAME: uploads[CARD_NAME]}, token)
+        refuse_token_in({CARD_NAME: uploads[CARD_NAME]}, token)
         stale = sorted(path for path in remote - set(uploads) if any(path.startswith(f"{name}/") for name in names))
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
-                                         else str(content)) for name, content in uploads.items()]
-        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
         message = commit_message or f"Upload {'city' if len(names) == 1 else 'cities'} {', '.join(names)}"
         # create_commit has the Hub validate the card before it uploads anything
-        info = api.create_commit(repo_id, operations, commit_message=message, repo_type="dataset", revision=revision,
-                                 parent_commit=parent)
+        info = api.create_commit(repo_id, _commit_operations(uploads, stale), commit_message=message,
+                                 repo_type="dataset", revision=revision, parent_commit=parent)
     logger.info("pushed cities %s to dataset %s (%d files, %d deleted): %s", ", ".join(names), repo_id, len(uploads),
                 len(stale), info.commit_url)
     return info
@@ -507,6 +444,72 @@ def _dataset_card(api, repo_id: str, parent: str, remote: set[str], configs: Map
               for name in (config["config_name"] for config in data.configs)
               if name in metadata or f"{name}/city.json" in remote]
     return dataset_card(cities, configs=data.configs, dataset_info=data.dataset_info)
+
+
+# ------------------------------------------------------------------------------------------------------ adapter
+def push_adapter(folder: str | os.PathLike, repo_id: str, base_model: str, *, token: str | None = None,
+                 private: bool | None = None, overwrite: bool = False,
+                 commit_message: str = "Upload NextLocLLM LoRA adapter", tags: Sequence[str] = ()):
+    """Push an adapter folder (`adapters.export_lora_adapter` writes one) to `repo_id` with `adapter_config.json`
+    pointing at `base_model` (a model repo that must exist) and a validated card; returns the `CommitInfo`.
+    `overwrite` as in `push_model`."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    check_repo_id(repo_id)
+    check_repo_id(base_model)
+    folder = Path(folder)
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not an adapter folder (export_lora_adapter writes one): no "
+                                f"{', '.join(missing)}")
+    token = resolve_token(token)
+    api = hub_api(token)
+    try:
+        api.model_info(base_model)
+    except RepositoryNotFoundError as error:
+        raise ValueError(f"base_model {base_model!r} is not on the Hub: push the base folder first "
+                         f"(nextlocllm-hub push-model BASE_FOLDER --repo_id {base_model})") from error
+    config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_model
+    card = adapter_card(base_model, repo_id)
+    if tags:
+        card.data.tags = list(dict.fromkeys([*card.data.tags, *tags]))
+    uploads: dict[str, bytes | Path] = {
+        ADAPTER_CONFIG_NAME: json.dumps(config, indent=2, sort_keys=True).encode("utf-8"),
+        ADAPTER_WEIGHTS_NAME: folder / ADAPTER_WEIGHTS_NAME,
+        ADAPTER_CARD_NAME: str(card).encode("utf-8"),
+    }
+    refuse_token_in(uploads, token)
+    refuse_occupied_repo(repo_id, repo_type="model", revision=None, overwrite=overwrite, what="an adapter",
+                         token=token)
+    card.validate(repo_type="model")
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    return api.create_commit(repo_id, _commit_operations(uploads), commit_message=commit_message, repo_type="model")
+
+
+# ------------------------------------------------------------------------------------------------------- metric
+def push_metric(repo_id: str, *, token: str | None = None, private: bool | None = None,
+                commit_message: str = "Upload the NextLoc metric", validate_card: bool = True):
+    """Push the exported `evaluate` metric (`evaluate_metric.export_metric`) as a Gradio Space `repo_id` (its name
+    is the script's); returns the `CommitInfo`.
+
+    The card's metadata is validated by the Hub first, and no file holding the token is uploaded.
+    """
+    from huggingface_hub import SpaceCard
+
+    check_repo_id(repo_id)
+    name = check_metric_name(repo_id.split("/")[1])
+    token = resolve_token(token)
+    with tempfile.TemporaryDirectory(prefix="nextloc-metric-") as tmp:
+        folder = Path(tmp) / name
+        export_metric(folder, name)
+        refuse_token_in({path.name: path for path in folder.iterdir()}, token)
+        if validate_card:
+            SpaceCard.load(folder / "README.md").validate(repo_type="space")
+        api = hub_api(token)
+        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(folder),
+                                 commit_message=commit_message)
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -573,14 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                           commit_message=args.commit_message, overwrite=args.overwrite)
         print(f"pushed {args.folder} -> {args.repo_id}: {info.commit_url}")
     elif args.command == "push-adapter":
-        from .adapters import push_adapter
-
         info = push_adapter(args.folder, args.repo_id, args.base_model, private=args.private or None,
                             overwrite=args.overwrite)
         print(f"pushed {args.folder} -> {args.repo_id} (base {args.base_model}): {info.commit_url}")
     elif args.command == "push-metric":
-        from .evaluate_metric import push_metric
-
         info = push_metric(args.repo_id, private=args.private or None)
         print(f"pushed the metric -> space {args.repo_id}: {info.commit_url}")
     else:
@@ -594,5 +593,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["push_model", "push_city_dataset", "check_model_folder", "model_card_for", "refuse_occupied_repo",
-           "refuse_occupied_city", "main"]
+__all__ = ["push_model", "push_city_dataset", "push_adapter", "push_metric", "push_to_hub_with_card",
+           "check_model_folder", "model_card_for", "main"]

@@ -20,6 +20,9 @@ from .modeling.metrics_nextlocllm import (
     target_ranks,
 )
 
+# The deepest cut-off any reported metric needs (Hit@20): rankings go this deep, a smaller city's to its last cell.
+MAX_RANK = max(DEFAULT_KS + DEFAULT_NDCG_KS)
+
 DEFAULT_TABLE_COLUMNS = (
     "hit@1",
     "hit@5",
@@ -111,4 +114,5 @@ __all__ = [
     "DEFAULT_KS",
     "DEFAULT_NDCG_KS",
     "DEFAULT_TABLE_COLUMNS",
+    "MAX_RANK",
 ]

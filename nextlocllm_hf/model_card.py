@@ -72,7 +72,7 @@ def build_model_card(
         use_llm_poi=config.use_llm_poi,
         use_duration_head=config.use_duration_head,
         task_mode=config.task_mode,
-        head=config.head_description,
+        head=model.head_description,
         poi_classes=", ".join(config.poi_class_names),
         cities=", ".join(model.cities) or "none",
         first_city=model.cities[0] if model.cities else "CITY",

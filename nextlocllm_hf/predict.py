@@ -53,7 +53,9 @@ from .modeling.records_nextlocllm import (
     model_inputs_from_records,
     prepare_records,
     read_records,
+    read_table,
 )
+from .modeling.retrieval_nextlocllm import CityRetriever
 from .outputs import refuse_occupied, replacing_file
 
 __all__ = ["main", "predict_next", "format_prediction", "plot_prediction", "table_of", "model_inputs_from_records",
@@ -81,10 +83,10 @@ def predict_next(
 ) -> pd.DataFrame:
     """Top-k next cells of one user in `city` (see `table_of`; k: 10, or every cell of a smaller city) from a records
     file (text in `encoding`) or DataFrame."""
-    read_records(records, encoding)  # one user's records: several users are an error here
+    frame = read_table(records, encoding)  # read once
+    read_records(frame, where=str(records) if isinstance(records, (str, os.PathLike)) else None)  # one user's, checked
     pipe = NextLocationPipeline(model=model, device=model.device)
-    return table_of(_one_user(pipe(records, city=city, k=k, at=at, max_duration_hours=max_duration_hours,
-                                  encoding=encoding)))
+    return table_of(_one_user(pipe(frame, city=city, k=k, at=at, max_duration_hours=max_duration_hours)))
 
 
 def _one_user(result: dict | list) -> dict:
@@ -175,29 +177,26 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     """The command past its options, under the --plot file's lock."""
-    from .data import load_city_splits
-    from .evaluate import check_compatible
     from .modeling.modeling_nextlocllm import NextLocLLMForCoordinateRegression
 
     if args.plot:  # checked before any work, since the figure is written last
         refuse_occupied(args.plot, overwrite=args.overwrite, option="--plot", what="file")
-    read_records(args.input, args.encoding)  # one user's records, checked before loading the model: fails fast
+    records = read_table(args.input, args.encoding)  # read once
+    read_records(records, where=args.input)  # one user's records, checked before loading the model: fails fast
     model = NextLocLLMForCoordinateRegression.from_pretrained(args.model)
     pipe = NextLocationPipeline(model=model, device=model.device)
     cells = None
     if args.cells:
-        city = load_city_splits(args.cells)
-        check_compatible(model.config, city.metadata, args.cells)
-        if city.name != args.city:
-            raise ValueError(f"--cells {args.cells} holds city {city.name!r}, not --city {args.city!r}")
-        cells = city.retriever()  # read once here, checked above
+        cells = CityRetriever.from_folder(args.cells)  # the cells only: the city's records and splits stay unread
+        if cells.name != args.city:
+            raise ValueError(f"--cells {args.cells} holds city {cells.name!r}, not --city {args.city!r}")
     elif args.city not in model.cities:
         raise ValueError(
             f"--city {args.city!r} is not a city of this model; its cities: {model.cities}. For a new city, add "
             f"its cells with --cells CITY_DIR (a folder built by dataset_scripts/build_city.py)"
         )
-    result = pipe(args.input, city=args.city, cells=cells, k=args.k, at=args.at,
-                  max_duration_hours=args.max_duration_hours, encoding=args.encoding)
+    result = pipe(records, city=args.city, cells=cells, k=args.k, at=args.at,
+                  max_duration_hours=args.max_duration_hours)
     result = _one_user(result)
     table, prepared = table_of(result), result["records"]
     print(format_prediction(table, prepared))

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite's offline environment, set once, before anything reads it (`datasets` and `evaluate` read theirs when first
+# imported). Commands the tests start inherit it through `processes.BASE_ENV`; a test that needs the network (the
+# loopback Hub) builds its own environment.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+for _name, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 import numpy as np
 import pandas as pd
@@ -159,6 +163,15 @@ def build_model(backbone_path: str, **overrides):
 
     settings = {"num_backbone_layers": 2, "history_length": 8, "current_length": 3, **overrides}
     return NextLocLLMForCoordinateRegression.from_backbone(backbone_path, **settings)
+
+
+@pytest.fixture(scope="session")
+def city_dir(tmp_path_factory) -> str:
+    """The small synthetic city of the inference tests (test_predict, test_records): `helpers.INFERENCE_CITY`, with
+    build_model's sample lengths. Built once; tests only read it."""
+    from helpers import build_inference_city
+
+    return build_inference_city(tmp_path_factory.mktemp("city"))
 
 
 def build_synthetic_city(folder, name: str, seed: int, n_users: int = 20, records_per_user: int = 60, **params) -> str:

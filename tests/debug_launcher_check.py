@@ -32,7 +32,7 @@ def check_loader_shards(accelerator, city: str) -> None:
     """The windowed train split through `accelerator.prepare(DataLoader)`: each rank gets its own batches, together
     every sample once (plus the few Accelerate repeats to even out the last batches)."""
     split = load_city_splits(city).splits["train"]
-    samples = CitySamples(split, {Path(city).name: load_city_splits(city).metadata})
+    samples = CitySamples(split, {Path(city).name: load_city_splits(city).retriever})
     index_of = {key: i for i, key in enumerate(sample_keys(samples[:]))}
     assert len(index_of) == len(samples), "sample keys are not unique"
     batch_size = 5

@@ -1,5 +1,5 @@
 """FSDP on CPU, as far as torch allows it (Accelerate chooses FSDP only on GPUs): two gloo ranks shard a saved model
-with torch's `fully_shard` (FSDP2), and `train.load_best` puts the best weights into the shards. Run as
+with torch's `fully_shard` (FSDP2), and `checkpoints.load_best` puts the best weights into the shards. Run as
 `torchrun --nproc_per_node 2 tests/fsdp_cpu_check.py MODEL_DIR BEST_DIR`; prints FSDP CPU CHECK PASSED."""
 
 import sys
@@ -13,10 +13,8 @@ from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import train as train_script  # noqa: E402
-from nextlocllm_hf import NextLocLLMForCoordinateRegression  # noqa: E402
+from nextlocllm_hf import NextLocLLMForCoordinateRegression
+from nextlocllm_hf.checkpoints import load_best
 
 
 def main(model_dir: str, best_dir: str) -> None:
@@ -31,7 +29,7 @@ def main(model_dir: str, best_dir: str) -> None:
     fully_shard(model)
     accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, is_main_process=rank == 0,
                                   wait_for_everyone=dist.barrier, unwrap_model=lambda module: module)
-    returned = train_script.load_best(accelerator, model, Path(best_dir))
+    returned = load_best(accelerator, model, Path(best_dir))
     placed = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         best = load_file(str(Path(best_dir) / "model.safetensors"))

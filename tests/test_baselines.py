@@ -3,22 +3,17 @@ ID-classification baseline on a learnable toy mapping."""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from conftest import make_retriever
 
 from nextlocllm_hf import CityRetriever
 from nextlocllm_hf.baselines import (
-    MIXTURE_ALPHA,
     RULE_BASELINES,
     IDClassifier,
     HourFrequency,
+    MarkovFrequencyMixture,
     MarkovTrainUsers,
     evaluate_rule_baselines,
     metrics_for_rankings,
@@ -27,6 +22,8 @@ from nextlocllm_hf.baselines import (
     top1_centroid_xy,
     train_id_classifier,
 )
+from nextlocllm_hf.metrics import compute_metrics, pad_ranking
+from nextlocllm_hf.modeling.candidates_nextlocllm import RULE_ALPHA
 
 # ---------------------------------------------------------------------------------------------------------------
 # A 3 x 3 grid of 500 m cells, id = 3 * row + col, centroid (250 + 500 col, 250 + 500 row):
@@ -162,7 +159,7 @@ def test_registry_lists_the_seven_rules():
         "last_location", "most_frequent", "markov_within_sample", "markov_train_users",
         "markov_frequency_mixture", "hour_frequency", "nearest_cells",
     ]
-    assert MIXTURE_ALPHA == 0.5
+    assert MarkovFrequencyMixture().alpha == RULE_ALPHA == 0.5  # the weight of the model's rule feature too
 
 
 def test_nearest_order_of_the_toy_grid(retriever):
@@ -200,12 +197,14 @@ def test_rules_accept_datasets(fixed_length, retriever, train_rows):
     assert {name: r.tolist() for name, r in got.items()} == EXPECTED
 
 
-def test_rules_accept_a_cell_table(train_rows):
-    r = toy_retriever()
-    cells = pd.DataFrame({"cell_id": r.cell_ids, "lat": r.latlon[:, 0], "lon": r.latlon[:, 1], "x": r.xy[:, 0],
-                          "y": r.xy[:, 1], "poi_frequency": list(r.poi_frequency)})
-    got = rank_rule_baselines(train_rows, toy_rows(TEST_SEQUENCES), cells, k=5, names=["markov_train_users"])
-    assert got["markov_train_users"].tolist() == EXPECTED["markov_train_users"]
+def test_rules_rank_the_same_whatever_the_order_of_the_cells(retriever, train_rows):
+    """Ties go to the smaller cell id, not to the cell listed first by the retriever."""
+    order = np.array([8, 3, 5, 0, 7, 1, 6, 2, 4])
+    shuffled = CityRetriever(name="toy", cell_ids=retriever.cell_ids[order], xy=retriever.xy[order],
+                             latlon=retriever.latlon[order], poi_frequency=retriever.poi_frequency[order],
+                             coordinate_mean=retriever.coordinate_mean, coordinate_std=retriever.coordinate_std)
+    got = rank_rule_baselines(train_rows, toy_rows(TEST_SEQUENCES), shuffled, k=5)
+    assert {name: r.tolist() for name, r in got.items()} == EXPECTED
 
 
 def test_padding_fills_every_cell_and_k_one(retriever, train_rows):
@@ -262,6 +261,28 @@ def test_metrics_for_rankings_uses_the_top1_centroid(retriever):
     table = evaluate_rule_baselines(toy_rows(TRAIN_SEQUENCES, TRAIN_TARGETS), rows, retriever, k=9, ks=(1, 5),
                                     ndcg_ks=(5,))
     assert list(table) == list(RULE_BASELINES) and table["last_location"] == out
+
+
+def test_rule_baselines_rank_a_small_city_whole_and_score_it_padded():
+    """A city of 3 cells: every rule ranks all 3 (not 20, which would fail), scored as if padded to 20."""
+    retriever = make_retriever("three", num_cells=3)
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 3, (6, 9))
+    rows = {
+        "city": ["three"] * 6,
+        "history_cell": cells[:, :6], "current_cell": cells[:, 6:8], "target_cell": cells[:, 8],
+        "history_hour": rng.integers(0, 24, (6, 6)), "current_hour": rng.integers(0, 24, (6, 2)),
+        "current_coordinates": retriever.xy[cells[:, 6:8]], "target_coordinates": retriever.xy[cells[:, 8]],
+    }
+    scores = evaluate_rule_baselines(rows, rows, retriever, names=["most_frequent", "nearest_cells"])
+    for name, out in scores.items():
+        assert out["hit@5"] == out["hit@20"] == 1.0 and out["ndcg@5"] == out["ndcg@10"], name
+    ranked = np.array([[0, 1, 2]] * 6)
+    padded = metrics_for_rankings({"fixed": ranked}, rows, retriever)["fixed"]
+    assert padded == compute_metrics(pad_ranking(ranked, 20), rows["target_cell"], retriever.xy[ranked[:, 0]],
+                                     rows["target_coordinates"])
+    with pytest.raises(ValueError, match="fewer than the largest cut-off"):  # 2 of 3 cells is not a whole ranking
+        metrics_for_rankings({"short": ranked[:, :2]}, rows, retriever)
 
 
 def test_rules_rank_thousands_of_samples(retriever):

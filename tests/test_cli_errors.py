@@ -268,19 +268,6 @@ def test_bad_input_is_one_clear_error(outcomes, files, case):
     assert not (files["root"] / "new-run").exists() and not (files["root"] / "new-city").exists()
 
 
-def test_predict_k_must_be_positive(files):
-    from nextlocllm_hf import NextLocLLMForCoordinateRegression
-    from nextlocllm_hf.batching import CitySamples
-    from nextlocllm_hf.data import load_city_splits
-
-    model = NextLocLLMForCoordinateRegression.from_pretrained(files["model"])
-    city = load_city_splits(files["city"])
-    batch = CitySamples(city.splits["test"], {city.name: city.metadata})[:2]
-    for k in (-3, 0, 2.5):
-        with pytest.raises(ValueError, match=rf"k={k!r}: expected a positive integer"):
-            model.predict(batch, city=city.name, k=k)
-
-
 def test_overwrite_replaces_only_what_it_was_asked_to(files, tmp_path):
     """--overwrite replaces a city folder whole (a reader never sees a mix); a run folder's earlier run is removed."""
     city = shutil.copytree(files["city"], tmp_path / "city")

@@ -1,10 +1,6 @@
 """End-to-end build on tiny hand-made check-ins: splits, statistics, Features, leakage, loading."""
 
 import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import numpy as np
 import pandas as pd
@@ -200,11 +196,23 @@ def test_load_cities_concatenates(tmp_path):
 
 
 def test_retriever_uses_model_class(tmp_path):
-    pytest.importorskip("nextlocllm_hf.modeling.retrieval_nextlocllm")
+    """A loaded city's retriever is the class the model ships and saves beside its weights, holding the city's cells
+    and the statistics of city.json."""
+    from nextlocllm_hf.modeling.retrieval_nextlocllm import CityRetriever
+
     ci, pi, *_ = write_fixture(tmp_path)
     build_and_save(cfg(ci, pi, tmp_path / "city"))
     city = load_city_splits(tmp_path / "city")
-    assert city.retriever() is not None
+    retriever = city.retriever
+    assert type(retriever) is CityRetriever and retriever.name == "tiny"
+    cells = city.cells
+    np.testing.assert_array_equal(retriever.cell_ids, cells["cell_id"].to_numpy())
+    np.testing.assert_array_equal(retriever.xy, cells[["x", "y"]].to_numpy())
+    np.testing.assert_array_equal(retriever.latlon, cells[["lat", "lon"]].to_numpy())
+    np.testing.assert_array_equal(retriever.poi_frequency, np.stack(cells["poi_frequency"].to_list()))
+    assert retriever.coordinate_mean.tolist() == city.metadata["coordinate_mean"]
+    assert retriever.coordinate_std.tolist() == city.metadata["coordinate_std"]
+    assert retriever.grid.to_dict() == city.metadata["grid"]
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

@@ -1,10 +1,5 @@
 """POI counts and frequency vectors on a hand-computed example; candidate-cell rules."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
 import numpy as np
 import pandas as pd
 import pytest

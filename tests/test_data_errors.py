@@ -1,11 +1,7 @@
 """Bad input: clear errors naming the field/value, or counted drops -- never silent loss."""
 
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import numpy as np
 import pandas as pd

@@ -1,10 +1,5 @@
 """One tiny fixture per input format, written in tmp_path."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
 import numpy as np
 import pandas as pd
 import pytest

@@ -1,10 +1,6 @@
 """Synthetic EPR cities: seeded, fast, different across cities, with learnable regularity."""
 
-import os
 import time
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import numpy as np
 import pandas as pd

@@ -1,10 +1,5 @@
 """Synthetic daily routines: anchors by hour and day type, on top of EPR free time."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa

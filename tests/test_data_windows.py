@@ -4,11 +4,8 @@ format 1 stored, field by field."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pyarrow as pa
@@ -103,7 +100,7 @@ def test_shards_cut_between_users_and_a_window_never_crosses_one():
 def test_city_samples_gather_batches_and_pickle_for_workers(built):
     folder, result = built
     city = load_city_splits(folder)
-    samples = CitySamples(city.splits["train"], {city.name: city.metadata}, task_mode="at_time")
+    samples = CitySamples(city.splits["train"], {city.name: city.retriever}, task_mode="at_time")
     rows = [5, 0, len(samples) - 1, 5]
     batch = samples.__getitems__(rows)
     arrays = rows_to_arrays(city.splits["train"].select(rows), SAMPLE_FIELDS)
@@ -112,7 +109,8 @@ def test_city_samples_gather_batches_and_pickle_for_workers(built):
             assert torch.equal(batch[f"{part}_{field}"], torch.from_numpy(arrays[f"{part}_{field}"]))
     assert torch.equal(batch["labels"], torch.from_numpy(arrays["target_coordinates"]))
     assert torch.equal(batch["target_time_gap"], torch.from_numpy(arrays["target_time_gap"]))
-    assert batch["coordinate_mean"].tolist() == [city.metadata["coordinate_mean"]] * 4
+    assert batch["city_index"].tolist() == [0] * 4 and samples.city_names == [city.name]
+    assert "coordinate_mean" not in batch  # the model reads the statistics from the city's retriever
     clone = pickle.loads(pickle.dumps(samples))  # what a DataLoader worker gets: the records reopened, not copied
     assert "_shards" not in pickle.loads(pickle.dumps(city.records)).__getstate__()
     for name, value in clone.__getitems__(rows).items():

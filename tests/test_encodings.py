@@ -3,12 +3,8 @@ is not valid UTF-8 is refused with its line and the way out (`--encoding`), neve
 characters (which gave 'Caf\ufffd' another class than 'Café'); with `--encoding latin-1` a Latin-1 file builds the city
 its UTF-8 copy builds."""
 
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import numpy as np
 import pandas as pd
@@ -146,7 +142,7 @@ def test_predict_reads_its_records_in_the_given_encoding(tmp_path, capsys):
     TINY_BACKBONES["gpt2"](len(tokenizer)).save_pretrained(tmp_path / "backbone")
     tokenizer.save_pretrained(tmp_path / "backbone")
     model = build_model(str(tmp_path / "backbone"))
-    model.add_city(load_city_splits(city).retriever())
+    model.add_city(load_city_splits(city).retriever)
     model.save_pretrained(tmp_path / "model")
     cells = pd.read_parquet(Path(city) / "cells.parquet")
     rows = np.random.default_rng(0).integers(0, len(cells), 14)

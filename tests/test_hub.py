@@ -69,7 +69,7 @@ push_model(spec["v2"], spec["model_repo"], commit_message="v2: retrained, calgar
 out["v2"] = sha(spec["model_repo"])
 push_model(spec["v1"], spec["model_repo"], revision="v1-branch", results=spec["results"])
 push_model(spec["lora"], spec["lora_repo"])
-from nextlocllm_hf.adapters import push_adapter
+from nextlocllm_hf.hub import push_adapter
 try:  # an adapter whose base is not on the Hub yet is refused
     push_adapter(spec["lora_adapter"], spec["adapter_repo"], "org/no-such-base")
 except ValueError as error:
@@ -122,7 +122,7 @@ def city(*args, **kwargs):
     c = load_city_splits(*args, **kwargs)
     return {"name": c.name, "rows": {s: d.to_list() for s, d in c.splits.items()},
             "features": {s: d.features for s, d in c.splits.items()}, "cells": c.cells, "metadata": c.metadata,
-            "retriever": (c.retriever().cell_ids, c.retriever().coordinate_mean, c.retriever().coordinate_std)}
+            "retriever": (c.retriever.cell_ids, c.retriever.coordinate_mean, c.retriever.coordinate_std)}
 """
 
 LOAD_SCRIPT = """
@@ -809,7 +809,7 @@ def assert_same_city(got: dict, local) -> None:
         assert got["rows"][split] == dataset.to_list()
     pd.testing.assert_frame_equal(got["cells"], local.cells)
     assert got["metadata"] == local.metadata
-    retriever = local.retriever()
+    retriever = local.retriever
     assert (got["retriever"][0] == retriever.cell_ids).all()
     assert (got["retriever"][1] == retriever.coordinate_mean).all()
     assert (got["retriever"][2] == retriever.coordinate_std).all()

@@ -8,39 +8,25 @@ import os
 import sys
 import textwrap
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import numpy as np
 import pytest
-from conftest import make_retriever
+from helpers import R_MEAN, forward_mercator
 from processes import run as run_bounded
 
 from nextlocllm_hf.metrics import (
     NO_CELL,
     compute_metrics,
     format_table,
-    haversine_m,
     hit_rate_at_k,
-    mercator_to_lonlat,
     mrr,
     ndcg_at_k,
     pad_ranking,
     target_ranks,
 )
 
-R_MERCATOR = 6378137.0
-R_MEAN = 6371008.8
-
 # Four samples whose targets sit at ranks 1, 3, absent and 2.
 RANKED = np.array([[3, 1, 2], [5, 4, 6], [7, 8, 9], [1, 2, 3]])
 TARGETS = np.array([3, 6, 0, 2])
-
-
-def forward_mercator(lon_deg, lat_deg):
-    """The forward Web Mercator formula, written out independently of the package."""
-    return R_MERCATOR * math.radians(lon_deg), R_MERCATOR * math.log(math.tan(math.pi / 4 + math.radians(lat_deg) / 2))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,30 +74,6 @@ def test_ranking_metric_validation():
         mrr(np.zeros((0, 3), dtype=int), np.zeros(0, dtype=int))
     # integral floats are accepted as ids
     assert mrr(RANKED.astype(float), TARGETS) == pytest.approx(mrr(RANKED, TARGETS))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# geometry
-
-
-def test_haversine_known_distances():
-    one_degree = R_MEAN * math.pi / 180  # 111 195.08 m
-    assert one_degree == pytest.approx(111195.08, abs=0.01)
-    assert haversine_m(0.0, 0.0, 1.0, 0.0) == pytest.approx(one_degree, rel=1e-12)
-    assert haversine_m(10.0, 20.0, 11.0, 20.0) == pytest.approx(one_degree, rel=1e-12)  # along a meridian
-    assert haversine_m(0.0, 0.0, 0.0, 90.0) == pytest.approx(R_MEAN * math.pi / 2, rel=1e-12)
-    assert haversine_m(40.0, -74.0, 40.0, -74.0) == 0.0
-    assert isinstance(haversine_m(0.0, 0.0, 1.0, 0.0), float)
-    d = haversine_m(np.array([0.0, 0.0]), np.array([0.0, 0.0]), np.array([1.0, 0.0]), np.array([0.0, 1.0]))
-    assert d.shape == (2,) and np.allclose(d, one_degree)
-
-
-def test_inverse_mercator_of_known_forward_values():
-    # EPSG:3857 reference values: lon 180 -> x = 20 037 508.342789244, lat 45 -> y = 5 621 521.486192066
-    lon, lat = mercator_to_lonlat(np.array([20037508.342789244, 0.0]), np.array([5621521.486192066, 0.0]))
-    assert np.stack([lon, lat], axis=1) == pytest.approx(np.array([[180.0, 45.0], [0.0, 0.0]]), abs=1e-9)
-    x, y = forward_mercator(108.88, 34.166)  # Xi'an, about (1.2120e7, 4.0508e6)
-    assert mercator_to_lonlat(x, y) == pytest.approx((108.88, 34.166), abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,30 +133,6 @@ def test_a_ranking_padded_past_a_small_citys_cells_counts_what_it_ranks():
         target_ranks(np.array([[1, 1, NO_CELL]]), np.array([1]))
     with pytest.raises(ValueError, match="fewer than the largest cut-off 20"):
         compute_metrics(ranked, targets, xy, xy)  # unpadded, it is refused rather than scored short
-
-
-def test_rule_baselines_rank_a_small_city_whole_and_score_it_padded():
-    """A city of 3 cells: every rule ranks all 3 (not 20, which would fail), scored as if padded to 20."""
-    from nextlocllm_hf.baselines import evaluate_rule_baselines, metrics_for_rankings
-
-    retriever = make_retriever("three", num_cells=3)
-    rng = np.random.default_rng(0)
-    cells = rng.integers(0, 3, (6, 9))
-    rows = {
-        "city": ["three"] * 6,
-        "history_cell": cells[:, :6], "current_cell": cells[:, 6:8], "target_cell": cells[:, 8],
-        "history_hour": rng.integers(0, 24, (6, 6)), "current_hour": rng.integers(0, 24, (6, 2)),
-        "current_coordinates": retriever.xy[cells[:, 6:8]], "target_coordinates": retriever.xy[cells[:, 8]],
-    }
-    scores = evaluate_rule_baselines(rows, rows, retriever, names=["most_frequent", "nearest_cells"])
-    for name, out in scores.items():
-        assert out["hit@5"] == out["hit@20"] == 1.0 and out["ndcg@5"] == out["ndcg@10"], name
-    ranked = np.array([[0, 1, 2]] * 6)
-    padded = metrics_for_rankings({"fixed": ranked}, rows, retriever)["fixed"]
-    assert padded == compute_metrics(pad_ranking(ranked, 20), rows["target_cell"], retriever.xy[ranked[:, 0]],
-                                     rows["target_coordinates"])
-    with pytest.raises(ValueError, match="fewer than the largest cut-off"):  # 2 of 3 cells is not a whole ranking
-        metrics_for_rankings({"short": ranked[:, :2]}, rows, retriever)
 
 
 def test_compute_metrics_matches_the_single_functions_and_truncates_mrr():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import build_model, make_batch, make_retriever
 
-from nextlocllm_hf import NextLocLLMConfig, NextLocLLMForCoordinateRegression
+from nextlocllm_hf import NextLocLLMForCoordinateRegression
 
 
 def differs(first: torch.Tensor, second: torch.Tensor) -> bool:
@@ -57,6 +57,38 @@ def test_explicit_statistics_equal_city_statistics(tiny_backbone, city):
         **batch, coordinate_mean=torch.tensor(city.coordinate_mean), coordinate_std=torch.tensor(city.coordinate_std)
     )
     torch.testing.assert_close(by_city.coordinates, by_tensors.coordinates, rtol=0, atol=0)
+
+
+def test_the_statistics_come_from_each_samples_city_and_are_returned(tiny_backbone, city):
+    """A batch mixing cities is normalized with each sample's city's retriever statistics, which the output returns
+    (as PatchTST returns loc/scale); the same sample normalized alone gives the same point. Statistics given beside a
+    city are refused: one object holds a city's statistics."""
+    model = build_model(tiny_backbone).eval()
+    other = make_retriever("calgary", num_cells=30, seed=3, centre=(-12_690_000.0, 6_630_000.0))
+    model.add_city(city)
+    model.add_city(other)
+    batch = make_batch(model.config, city, batch_size=4)
+    names = ["nyc", "calgary", "calgary", "nyc"]
+    mixed = model(**batch, city=names, top_k=5)
+    for row, name in enumerate(names):
+        retriever = model.retriever(name)
+        assert mixed.coordinate_mean[row].tolist() == retriever.coordinate_mean.tolist()
+        assert mixed.coordinate_std[row].tolist() == retriever.coordinate_std.tolist()
+        assert set(mixed.top_k_cells[row].tolist()) <= set(retriever.cell_ids.tolist())
+    alone = model(**{key: value[1:2] for key, value in batch.items()}, city="calgary")
+    torch.testing.assert_close(alone.normalized_coordinates[0], mixed.normalized_coordinates[1], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="give city= or coordinate_mean/coordinate_std, not both"):
+        model(**batch, city="nyc", coordinate_mean=torch.tensor(city.coordinate_mean),
+              coordinate_std=torch.tensor(city.coordinate_std))
+
+
+def test_top_k_scores_are_what_the_head_ranked_by(tiny_backbone, city):
+    """The paper's head ranks by distance: its scores are minus the distances, in descending order."""
+    model = build_model(tiny_backbone).eval()
+    model.add_city(city)
+    out = model(**make_batch(model.config, city, batch_size=3), city="nyc", top_k=6)
+    torch.testing.assert_close(out.top_k_scores, -out.top_k_distances, rtol=0, atol=1e-6)
+    assert torch.all(out.top_k_scores[:, 1:] <= out.top_k_scores[:, :-1])
 
 
 def test_duration_head_adds_weighted_log_duration_mse(tiny_backbone, city):
@@ -178,13 +210,3 @@ def test_predict_returns_top_k_of_the_named_city(tiny_backbone, city):
     mixed = model.predict(batch, city=["nyc", "calgary", "nyc"], k=4)
     assert set(mixed.top_k_cells[1].tolist()) <= set(other.cell_ids.tolist())
     assert set(mixed.top_k_cells[0].tolist()) <= set(city.cell_ids.tolist())
-
-
-def test_config_rejects_bad_fields():
-    with pytest.raises(ValueError, match="adaptation='partial'"):
-        NextLocLLMConfig(adaptation="partial")
-    with pytest.raises(ValueError, match="poi_class_descriptions"):
-        NextLocLLMConfig(poi_class_names=["A", "B"], poi_class_descriptions=["only one"])
-    with pytest.raises(ValueError, match="history_length=0"):
-        NextLocLLMConfig(history_length=0)
-    assert NextLocLLMConfig(num_backbone_layers=3).llm_config.num_hidden_layers == 3

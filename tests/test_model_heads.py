@@ -126,37 +126,3 @@ def test_candidate_ranker_needs_cells_and_city(tiny_backbone, city):
     batch["current_cell"] = batch["current_cell"][:, :1]
     with pytest.raises(ValueError, match="current_cell has shape"):
         model(**batch, city="nyc")
-
-
-@pytest.mark.parametrize("field, value", [("head_type", "ranker"), ("num_mixture_components", 0),
-                                          ("max_candidates", 0), ("candidate_loss_weight", -1.0)])
-def test_config_rejects_bad_head_fields(field, value):
-    from nextlocllm_hf import NextLocLLMConfig
-
-    with pytest.raises(ValueError, match=field):
-        NextLocLLMConfig(**{field: value})
-
-
-def test_model_card_names_the_head(tiny_backbone, city):
-    from nextlocllm_hf.model_card import build_model_card
-
-    for overrides, expected in (({}, "single point (paper)"),
-                                ({"head_type": "mixture_ranker", "num_mixture_components": 4},
-                                 "4-component Gaussian mixture")):
-        model = build_model(tiny_backbone, **overrides)
-        model.add_city(city)
-        card = build_model_card(model, {"best_step": 1}, repo_id="org/x", train_cities=["nyc"])
-        assert f"| prediction head | {model.config.head_description} |" in str(card)
-        assert expected in str(card)
-
-
-def test_model_card_names_the_backbone_not_the_folder_a_model_was_loaded_from(tiny_backbone, city, tmp_path):
-    from nextlocllm_hf.model_card import build_model_card
-
-    model = build_model(tiny_backbone)
-    model.add_city(city)
-    model.save_pretrained(tmp_path / "export")
-    loaded = AutoModel.from_pretrained(tmp_path / "export")
-    assert loaded.config.backbone_name_or_path == model.config.backbone_name_or_path == str(tiny_backbone)
-    card = str(build_model_card(loaded, {"best_step": 1}, repo_id="org/x", train_cities=["nyc"]))
-    assert f"`{tiny_backbone}`" in card and str(tmp_path / "export") not in card

@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import build_model, make_batch, make_retriever
 
+from nextlocllm_hf import NextLocLLMConfig
+
 
 @pytest.fixture(scope="module")
 def model_and_batch(request, tmp_path_factory):
@@ -67,13 +69,20 @@ def test_unknown_city_and_oversized_k(model_and_batch):
     model, batch = model_and_batch
     with pytest.raises(ValueError, match=r"city='paris' is unknown to this model; known cities: \['nyc'\]"):
         model(**batch, city="paris")
-    with pytest.raises(ValueError, match=r"k=21 is larger than the 20 candidate cells of city 'nyc'"):
+    with pytest.raises(ValueError, match=r"k=21: expected an integer from 1 to the 20 candidate cells of city 'nyc'"):
         model.predict(batch, city="nyc", k=21)
     with torch.no_grad():
         output = model(**batch, city="nyc", top_k=21)
     assert output.top_k_cells.shape == (3, 21) and (output.top_k_cells[:, 20] == NO_CELL).all()
     assert sorted(output.top_k_cells[0, :20].tolist()) == list(range(20))
     assert torch.isinf(output.top_k_distances[:, 20]).all()
+
+
+def test_predict_k_must_be_positive(model_and_batch):
+    model, batch = model_and_batch
+    for k in (-3, 0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"k={k!r}: expected an integer from 1 to the \d+ candidate cells"):
+            model.predict(batch, city="nyc", k=k)
 
 
 def test_missing_statistics_and_bad_std(model_and_batch):
@@ -209,3 +218,21 @@ def test_pickled_weights_alone_are_refused_unread(saved, tmp_path):
     (folder / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(folder))} has no model.safetensors"):
         NextLocLLMForCoordinateRegression.from_pretrained(folder)
+
+
+# ------------------------------------------------------------------------------------------------------ the config
+def test_config_rejects_bad_fields():
+    with pytest.raises(ValueError, match="adaptation='partial'"):
+        NextLocLLMConfig(adaptation="partial")
+    with pytest.raises(ValueError, match="poi_class_descriptions"):
+        NextLocLLMConfig(poi_class_names=["A", "B"], poi_class_descriptions=["only one"])
+    with pytest.raises(ValueError, match="history_length=0"):
+        NextLocLLMConfig(history_length=0)
+    assert NextLocLLMConfig(num_backbone_layers=3).llm_config.num_hidden_layers == 3
+
+
+@pytest.mark.parametrize("field, value", [("head_type", "ranker"), ("num_mixture_components", 0),
+                                          ("max_candidates", 0), ("candidate_loss_weight", -1.0)])
+def test_config_rejects_bad_head_fields(field, value):
+    with pytest.raises(ValueError, match=field):
+        NextLocLLMConfig(**{field: value})

@@ -23,16 +23,16 @@ HOW = {"in process": [], "partitioned": ["--partitions", "2", "--scheduler", "sy
 PAUSED_BUILD = """
 import sys
 from nextlocllm_hf import build_city
-from nextlocllm_hf.data import build, partitioned
+from nextlocllm_hf.data import build_config, partitioned
 
-write = build.write_city_tables
+write = build_config.write_city_tables
 
 def write_when_told(*args, **kwargs):
     print("writing", flush=True)
     sys.stdin.readline()
     write(*args, **kwargs)
 
-build.write_city_tables = partitioned.write_city_tables = write_when_told
+build_config.write_city_tables = partitioned.write_city_tables = write_when_told
 sys.exit(build_city.main(sys.argv[1:]))
 """
 HOLD = ("import sys; from nextlocllm_hf.locks import exclusive_output\n"

@@ -1,5 +1,6 @@
 """The `next-location` pipeline shipped with the model: raw records -> top-k cells where `nextlocllm_hf` cannot be
-imported (local folder and loopback Hub), equal to the package's CLI on the same records."""
+imported (local folder and loopback Hub), equal to the package's CLI on the same records; in process, the model's own
+`predict` on the sample the training batches hold."""
 
 from __future__ import annotations
 
@@ -9,16 +10,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import TINY_BACKBONES, build_model, build_tokenizer
+from helpers import R_MEAN, printed_table, sample_and_records, write_csv
 from hub_server import LoopbackHub
 from processes import run as run_bounded
-from test_predict import printed_table
 
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
 from nextlocllm_hf.data.synthetic import SyntheticCityParams, generate_synthetic_city
@@ -100,7 +99,7 @@ def exported(root):
     torch.manual_seed(0)
     TINY_BACKBONES["gpt2"](len(tokenizer)).save_pretrained(root / "backbone")
     tokenizer.save_pretrained(root / "backbone")
-    retriever = load_city_splits(city_dir).retriever()
+    retriever = load_city_splits(city_dir).retriever
     torch.manual_seed(1)
     model = build_model(str(root / "backbone"))
     model.save_pretrained(root / "bare")
@@ -243,8 +242,11 @@ def test_hub_repo_serves_the_pipeline_without_the_package(root, exported, remote
     assert got["many"] == remote["known_many"]
 
 
-def test_a_model_object_in_process_equals_the_cli(exported, capsys):
-    """With the package imported, the task is registered: `pipeline(TASK, model=<model object>)` needs no folder."""
+def test_a_model_object_in_process_ranks_like_model_predict(exported, tmp_path):
+    """With the package imported, the task is registered: `pipeline(TASK, model=<model object>)` needs no folder. On
+    the raw records of a test sample it gives what the model's own `predict` gives on that sample as the training
+    batches hold it (`CitySamples`): the same cells and point, each cell's centre from the city's cells table and its
+    great-circle distance from the point, written out here."""
     from transformers import AutoModel, pipeline
 
     registered = run_bounded(  # a fresh process: this module's own imports registered it here already
@@ -253,15 +255,28 @@ def test_a_model_object_in_process_equals_the_cli(exported, capsys):
     assert registered.stdout.strip() == "True", registered.stderr[-2000:]
 
     from nextlocllm_hf import NextLocationPipeline
+    from nextlocllm_hf.data.projection import mercator_to_lonlat
 
     model = AutoModel.from_pretrained(exported["models"]["next"])
     pipe = pipeline(TASK, model=model)
     assert isinstance(pipe, NextLocationPipeline)
-    result = pipe(exported["files"][0], k=K)
-    printed, table = cli(capsys, "--model", exported["models"]["next"], "--city", CITY, "--input",
-                         exported["files"][0], "--k", str(K))
-    assert_same_as_cli(result, printed, table)
+    sample, raw = sample_and_records(exported["city"])
+    result = pipe(write_csv(raw, tmp_path / "user.csv"), k=K)
 
+    expected = model.predict(sample, city=CITY, k=K)
+    cells = pd.DataFrame(result["cells"])
+    assert result["city"] == CITY and cells["rank"].tolist() == list(range(1, K + 1))
+    assert cells["cell_id"].tolist() == expected.top_k_cells[0].tolist()
+    lon, lat = mercator_to_lonlat(*expected.coordinates[0].numpy())
+    assert (result["predicted_lat"], result["predicted_lon"]) == pytest.approx((lat, lon), abs=1e-9)
+    centres = load_city_splits(exported["city"]).cells.set_index("cell_id").loc[cells["cell_id"]]
+    np.testing.assert_allclose(cells[["lat", "lon"]].to_numpy(), centres[["lat", "lon"]].to_numpy(), rtol=0,
+                               atol=1e-9)
+    phi, cell_phi = np.radians(lat), np.radians(cells["lat"].to_numpy())
+    half_chord = (np.sin((cell_phi - phi) / 2) ** 2
+                  + np.cos(phi) * np.cos(cell_phi) * np.sin(np.radians(cells["lon"].to_numpy() - lon) / 2) ** 2)
+    np.testing.assert_allclose(cells["distance_m"], 2 * R_MEAN * np.arcsin(np.sqrt(half_chord)), rtol=1e-9)
+    assert (np.diff(cells["distance_m"]) >= -0.1).all()  # the paper head ranks by distance; ground and Mercator agree
 
 
 def test_durations_follow_the_cap_the_city_was_built_with(exported):

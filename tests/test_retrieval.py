@@ -38,7 +38,7 @@ def test_top_k_equals_brute_force_on_random_cells(k):
 
 def test_query_rejects_k_larger_than_city_and_bad_points():
     retriever = make_retriever("tiny", num_cells=7)
-    with pytest.raises(ValueError, match=r"k=8 .*7 candidate cells.*'tiny'"):
+    with pytest.raises(ValueError, match=r"k=8: .*7 candidate cells.*'tiny'"):
         retriever.query(np.zeros((1, 2)), 8)
     with pytest.raises(ValueError, match="k=0"):
         retriever.query(np.zeros((1, 2)), 0)
@@ -100,7 +100,7 @@ def built_city(tmp_path_factory):
 def test_the_grid_travels_with_the_retriever_and_places_points_like_the_builder(built_city, tmp_path):
     from nextlocllm_hf.columns import rows_to_arrays
 
-    retriever = built_city.retriever()
+    retriever = built_city.retriever
     assert retriever.grid is not None and retriever.grid.to_dict() == built_city.metadata["grid"]
     save_retrievers({retriever.name: retriever}, tmp_path)
     loaded = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
@@ -114,7 +114,7 @@ def test_the_grid_travels_with_the_retriever_and_places_points_like_the_builder(
 
 def test_a_retriever_file_without_the_grid_reads_the_cell_size_from_the_centroids(built_city, tmp_path):
     """Files saved before the grid was stored: the centroids' spacing gives the same cells inside the city."""
-    retriever = built_city.retriever()
+    retriever = built_city.retriever
     save_retrievers({retriever.name: retriever}, tmp_path)
     index = json.loads((tmp_path / RETRIEVERS_CONFIG_NAME).read_text())
     for city in index["cities"]:
@@ -141,7 +141,7 @@ def test_a_retriever_file_without_the_grid_reads_the_cell_size_from_the_centroid
 def test_the_duration_cap_travels_with_the_retriever(built_city, tmp_path):
     """The cap the city was built with (city.json) reaches inference; no cap stays None; older files get the
     builder's default; a bad cap names the field."""
-    retriever = built_city.retriever()
+    retriever = built_city.retriever
     assert retriever.max_duration_hours == built_city.metadata["max_duration_hours"] == 24.0
     uncapped = CityRetriever.from_city({**built_city.metadata, "city": "uncapped", "max_duration_hours": None},
                                        built_city.cells)
@@ -159,39 +159,3 @@ def test_the_duration_cap_travels_with_the_retriever(built_city, tmp_path):
     assert {r.max_duration_hours for r in older.values()} == {24.0}
     with pytest.raises(ValueError, match=r"city 'bad': max_duration_hours=-1.0 must be positive hours or None"):
         CityRetriever.from_city({**built_city.metadata, "city": "bad", "max_duration_hours": -1.0}, built_city.cells)
-
-
-def test_the_models_ranking_stops_at_a_small_citys_last_cell():
-    """`rank_cells` at k=20 over a batch mixing a 3-cell and a 50-cell city (by distance and by mixture density): the
-    small city's rows hold its 3 cells as ranked at k=3, then NO_CELL at an infinite distance; the large city's rows
-    are its top 20. One width, so batches gather across processes."""
-    import torch
-
-    from nextlocllm_hf.metrics import NO_CELL
-    from nextlocllm_hf.modeling.mixture_nextlocllm import rank_cells_by_mixture_density
-    from nextlocllm_hf.modeling.ranking_nextlocllm import rank_cells
-
-    retrievers = {"small": make_retriever("small", num_cells=3), "large": make_retriever("large", num_cells=50, seed=1)}
-    small, large = retrievers["small"], retrievers["large"]
-    points = np.concatenate([small.xy + 30.0, large.xy[:3] - 40.0])
-    city = ["small", "large", "small", "large", "small", "large"]
-    order = np.array([0, 3, 1, 4, 2, 5])  # rows of `points` in batch order
-    points = points[order]
-    rng = np.random.default_rng(0)
-    means = points[:, None, :] + rng.normal(0, 300, (6, 2, 2))
-    scales, log_weights = np.full((6, 2, 2), 400.0), np.log(np.full((6, 2), 0.5))
-    mixture = tuple(torch.tensor(a) for a in (means, scales, log_weights))
-    for ranking in ("distance", "mixture"):
-        cells, distances = rank_cells(torch.tensor(points), city, retrievers.__getitem__, 20,
-                                      mixture if ranking == "mixture" else None)
-        assert cells.shape == distances.shape == (6, 20)
-        for name, rows, depth in (("small", [0, 2, 4], 3), ("large", [1, 3, 5], 20)):
-            retriever = retrievers[name]
-            if ranking == "distance":
-                expected, _ = retriever.query(points[rows], depth)
-            else:
-                expected, _ = rank_cells_by_mixture_density(retriever, means[rows], scales[rows], log_weights[rows],
-                                                            depth)
-            np.testing.assert_array_equal(cells[rows, :depth].numpy(), expected)
-            assert (cells[rows, depth:] == NO_CELL).all() and torch.isinf(distances[rows, depth:]).all()
-            assert torch.isfinite(distances[rows, :depth]).all()

@@ -137,7 +137,7 @@ def test_a_lora_run_exports_a_peft_adapter_that_predicts_as_the_whole_model(work
     assert config["base_model_name_or_path"] == str((output / "adapter_base").resolve())
     adapted = PeftModel.from_pretrained(AutoModel.from_pretrained(output / "adapter_base"), output / "adapter")
     city = load_city_splits(workspace["city"])
-    batch = CitySamples(city.splits["test"], {city.name: city.metadata})[:16]
+    batch = CitySamples(city.splits["test"], {city.name: city.retriever})[:16]
     expected, got = whole.predict(batch, city=city.name, k=5), adapted.predict(batch, city=city.name, k=5)
     assert torch.equal(got.coordinates, expected.coordinates) and torch.equal(got.top_k_cells, expected.top_k_cells)
     # The adapter holds the backbone's LoRA weights and the model's own layers, none of the frozen backbone's.

@@ -3,20 +3,24 @@
 Rules (``rules.py``, no learning except ``markov_train_users``)::
 
     from nextlocllm_hf.baselines import RULE_BASELINES, rank_rule_baselines, metrics_for_rankings
-    rankings = rank_rule_baselines(city.splits["train"], city.splits["test"], city.retriever(), k=20)
-    table = metrics_for_rankings(rankings, city.splits["test"], city.retriever())   # {name: compute_metrics(...)}
-    table = evaluate_rule_baselines(city.splits["train"], city.splits["test"], city.retriever())  # both steps
+    rankings = rank_rule_baselines(city.splits["train"], city.splits["test"], city.retriever, k=20)
+    table = metrics_for_rankings(rankings, city.splits["test"], city.retriever)   # {name: compute_metrics(...)}
+    table = evaluate_rule_baselines(city.splits["train"], city.splits["test"], city.retriever)  # both steps
 
 Learned rankers over the model's candidate features, without a language model (``feature_rankers.py``)::
 
-    ranker = GBDTRanker("at_time").fit(city.splits["train"], city.splits["validation"], city.retriever())
-    ranked = ranker.rank(other_city.splits["test"], other_city.retriever(), k=20)   # zero-shot works the same way
+    ranker = GBDTRanker("at_time").fit(city.splits["train"], city.splits["validation"], city.retriever)
+    ranked = ranker.rank(other_city.splits["test"], other_city.retriever, k=20)   # zero-shot works the same way
 
 ID classification (``id_classifier.py``, LSTM over cell ids + hour + day, softmax over the city's cells)::
 
     model, history = train_id_classifier(train, validation, retriever.num_cells, epochs=10, batch_size=256,
                                          learning_rate=1e-3, seed=0)
     ranked = rank_with_id_classifier(model, test, k=20, num_cells=retriever.num_cells)
+
+All of them on a training run's test samples, as `train.py` reports them (``scoring.py``)::
+
+    rows = score_baselines(cities, zero_shot, "next", seed=0, gbdt=True, id_classifier_epochs=10)
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 from .feature_rankers import FEATURE_RANKERS, FeatureMLPRanker, GBDTRanker
 from .id_classifier import IDClassifier, rank_with_id_classifier, train_id_classifier
 from .rules import (
-    MIXTURE_ALPHA,
     RULE_BASELINES,
     LastLocation,
     MarkovFrequencyMixture,
@@ -43,6 +46,7 @@ from .rules import (
     rows_to_arrays,
     top1_centroid_xy,
 )
+from .scoring import score_baselines
 
 __all__ = [
     "FEATURE_RANKERS",
@@ -51,7 +55,6 @@ __all__ = [
     "HourFrequency",
     "TIME_AWARE_RULES",
     "make_rule",
-    "MIXTURE_ALPHA",
     "RULE_BASELINES",
     "RuleBaseline",
     "LastLocation",
@@ -69,4 +72,5 @@ __all__ = [
     "IDClassifier",
     "train_id_classifier",
     "rank_with_id_classifier",
+    "score_baselines",
 ]

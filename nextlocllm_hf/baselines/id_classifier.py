@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .rules import _cities, _num_rows, record_cells, rows_to_arrays
+from ..columns import rows_to_arrays
+from .rules import num_rows, record_cells, row_cities
 
 CONFIG_NAME = "id_classifier_config.json"
 WEIGHTS_NAME = "id_classifier.safetensors"
@@ -120,7 +121,7 @@ class IDClassifier(nn.Module):
 
 
 def _single_city(rows: Any, what: str) -> str | None:
-    cities = _cities(rows)
+    cities = row_cities(rows)
     if len(cities) > 1:
         raise ValueError(f"{what} mix cities {sorted(cities)}: an ID classifier is trained and applied per city")
     return next(iter(cities)) if cities else None
@@ -221,9 +222,9 @@ def train_id_classifier(
         raise ValueError(f"epochs={epochs!r}: expected a positive integer")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
-    if _num_rows(train_rows) == 0:
+    if num_rows(train_rows) == 0:
         raise ValueError("train_rows is empty")
-    if validation_rows is None or _num_rows(validation_rows) == 0:
+    if validation_rows is None or num_rows(validation_rows) == 0:
         raise ValueError("validation_rows is empty: the best epoch is chosen on validation Hit@1")
     city = _single_city(train_rows, "train_rows")
     validation_city = _single_city(validation_rows, "validation_rows")

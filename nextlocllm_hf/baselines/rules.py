@@ -29,8 +29,8 @@ The rules (``RULE_BASELINES`` maps these names to classes):
 ``markov_frequency_mixture``
     every cell visited in ``s`` scored ``alpha * P(c | last) + (1 - alpha) * visits(c) / T`` where ``P(c | last)`` is
     the within-sample transition share (count of ``last -> c`` over all transitions out of the last cell; 0 when there
-    are none) and ``alpha = MIXTURE_ALPHA = 0.5``, fixed a priori (not tuned on any split). Scores equal to 12 decimals
-    tie; ties: most recent visit, then cell id.
+    are none) and ``alpha = RULE_ALPHA = 0.5``, the weight of the same rule among the model's candidate features,
+    fixed a priori (not tuned on any split). Scores equal to 12 decimals tie; ties: most recent visit, then cell id.
 ``hour_frequency``
     every cell visited in ``s``, scored first by its visits within ±2 h (``TIME_WINDOW_HOURS``, circular) of the
     reference hour, then by its visit count; ties: most recent visit, then cell id. The reference hour is the query's
@@ -39,11 +39,11 @@ The rules (``RULE_BASELINES`` maps these names to classes):
 ``nearest_cells``
     no candidates: the k cells nearest to the last point (the padding alone).
 
-Cell ids must be non-negative and belong to the retriever's candidate cells; ``rows`` may be a ``datasets.Dataset``
-or a mapping of columns (numpy arrays or lists, e.g. ``ds.with_format("numpy")[:]``). When both the rows and the
-retriever name a city and they differ, ranking raises ``ValueError``.
+Cell ids must be non-negative and belong to the city's ``CityRetriever`` (``city.retriever``); ``rows`` may be a
+``datasets.Dataset`` or a mapping of columns (numpy arrays or lists, e.g. ``ds.with_format("numpy")[:]``). When the rows
+name another city than the retriever's, ranking raises ``ValueError``.
 
-One file (~520 lines, a fifth of it this specification) on purpose: the rules share the sequence layout, the
+One file (~500 lines, a fifth of it this specification) on purpose: the rules share the sequence layout, the
 tie-breaking and the padding written down above, and each is a few vectorized lines that read best beside the others.
 """
 
@@ -55,18 +55,19 @@ import numpy as np
 
 from ..columns import row_chunks, rows_to_arrays
 from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics, pad_ranking
-from ..modeling.candidates_nextlocllm import QUERY_COLUMNS, TIME_WINDOW_HOURS, hour_distance, reference_time
+from ..modeling.candidates_nextlocllm import (
+    QUERY_COLUMNS,
+    RULE_ALPHA,
+    TIME_WINDOW_HOURS,
+    hour_distance,
+    reference_time,
+)
 from ..modeling.configuration_nextlocllm import TASK_MODES
 from ..modeling.ranking_nextlocllm import pad_with_nearest
 from ..modeling.retrieval_nextlocllm import CityRetriever
 
-#: Weight of the within-sample transition share in ``markov_frequency_mixture`` (fixed, not tuned).
-MIXTURE_ALPHA = 0.5
 #: Score precision for ties in ``markov_frequency_mixture`` (decimals).
 _SCORE_DECIMALS = 12
-
-#: Name given to a retriever built from a bare cell table; such a retriever is not checked against the rows' city.
-UNNAMED_CITY = "<unnamed cells>"
 
 CELL_COLUMNS = ("history_cell", "current_cell")
 RANK_COLUMNS = (*CELL_COLUMNS, "current_coordinates")
@@ -76,17 +77,18 @@ RANK_COLUMNS = (*CELL_COLUMNS, "current_coordinates")
 # reading rows
 
 
-def _num_rows(rows: Any) -> int:
+def num_rows(rows: Any) -> int:
+    """Number of samples in ``rows`` (a ``datasets.Dataset`` or a mapping of columns)."""
     if hasattr(rows, "num_rows"):
         return int(rows.num_rows)
     first = next(iter(rows.values()), None)
     return 0 if first is None else len(first)
 
 
-def _cities(rows: Any) -> set[str]:
+def row_cities(rows: Any) -> set[str]:
     """Distinct values of the ``city`` column, or an empty set when there is none."""
     has = ("city" in rows.column_names) if hasattr(rows, "column_names") else ("city" in rows)
-    if not has or _num_rows(rows) == 0:
+    if not has or num_rows(rows) == 0:
         return set()
     return {str(c) for c in np.unique(rows_to_arrays(rows, ["city"])["city"].astype(str))}
 
@@ -117,54 +119,15 @@ def last_points(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
 # cells
 
 
-def as_retriever(cells_or_retriever: Any, name: str | None = None) -> CityRetriever:
-    """A ``CityRetriever`` as given, or one built from a candidate-cell DataFrame (``cell_id, lat, lon, x, y,
-    poi_frequency``) under ``name`` (default: unnamed, then rows are not checked against its city); the coordinate
-    statistics of a DataFrame-built retriever are unused by the baselines."""
-    if isinstance(cells_or_retriever, CityRetriever):
-        retriever = cells_or_retriever
-    elif hasattr(cells_or_retriever, "columns"):
-        cells = cells_or_retriever
-        xy = cells[["x", "y"]].to_numpy(dtype=np.float64)
-        std = np.where(xy.std(axis=0) > 0, xy.std(axis=0), 1.0) if len(xy) else np.ones(2)
-        retriever = CityRetriever.from_cells(name or UNNAMED_CITY, cells, xy.mean(axis=0) if len(xy) else [0, 0], std)
-    else:
-        kind = type(cells_or_retriever).__name__
-        raise TypeError(f"expected a CityRetriever or a candidate-cell DataFrame, got {kind}")
-    if (retriever.cell_ids < 0).any():
-        raise ValueError(f"city {retriever.name!r}: cell ids must be non-negative")
-    return retriever
-
-
-class CellIndex:
-    """Maps cell ids to rows of a retriever's arrays (ids in any order), validating membership."""
-
-    def __init__(self, retriever: CityRetriever):
-        self.retriever = retriever
-        self.sorted_ids = np.sort(retriever.cell_ids)
-
-    def __len__(self) -> int:
-        return len(self.sorted_ids)
-
-    def positions(self, ids: np.ndarray, what: str = "cell ids") -> np.ndarray:
-        """Position of each id in ascending id order (so ``sorted_ids[positions(ids)] == ids``)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        pos = np.searchsorted(self.sorted_ids, ids)
-        pos_c = np.minimum(pos, len(self.sorted_ids) - 1)
-        bad = self.sorted_ids[pos_c] != ids
-        if bad.any():
-            raise ValueError(
-                f"{what} {np.unique(ids[bad])[:5].tolist()} are not candidate cells of city {self.retriever.name!r} "
-                f"({len(self.sorted_ids)} cells)"
-            )
-        return pos_c
-
-    def rows(self, ids: np.ndarray, what: str = "cell ids") -> np.ndarray:
-        """Row of each id in the retriever's arrays (``retriever.xy[rows(ids)]``), via ``retriever.rows_of``."""
-        rows = self.retriever.rows_of(ids)
-        if (rows < 0).any():
-            self.positions(ids, what)  # raises the ValueError naming the unknown ids
-        return rows
+def cell_rows(retriever: CityRetriever, ids: np.ndarray, what: str = "cell ids") -> np.ndarray:
+    """Row of each id in the retriever's arrays (``retriever.xy[cell_rows(...)]``); ``ValueError`` naming the ids that
+    are not candidate cells of its city."""
+    rows = retriever.rows_of(ids)
+    if (rows < 0).any():
+        unknown = np.unique(np.asarray(ids)[rows < 0])[:5].tolist()
+        raise ValueError(f"{what} {unknown} are not candidate cells of city {retriever.name!r} "
+                         f"({retriever.num_cells} cells)")
+    return rows
 
 
 def top1_centroid_xy(ranked_cells: np.ndarray, retriever: CityRetriever) -> np.ndarray:
@@ -172,7 +135,7 @@ def top1_centroid_xy(ranked_cells: np.ndarray, retriever: CityRetriever) -> np.n
     ranked = np.asarray(ranked_cells)
     if ranked.ndim != 2 or ranked.shape[1] == 0:
         raise ValueError(f"ranked_cells must have shape (N, K) with K >= 1, got {ranked.shape}")
-    return retriever.xy[CellIndex(retriever).rows(ranked[:, 0], "ranked cell ids")]
+    return retriever.xy[cell_rows(retriever, ranked[:, 0], "ranked cell ids")]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -228,7 +191,7 @@ def _within_transitions(seq: np.ndarray):
 
 
 class RuleBaseline:
-    """Common interface: ``fit(train_rows, cells_or_retriever)`` then ``rank(rows, k) -> (N, k)`` int64 cell ids."""
+    """Common interface: ``fit(train_rows, retriever)`` then ``rank(rows, k) -> (N, k)`` int64 cell ids."""
 
     name = "rule"
     #: columns besides ``RANK_COLUMNS`` that ``_candidates`` reads
@@ -236,12 +199,12 @@ class RuleBaseline:
 
     def __init__(self) -> None:
         self.retriever: CityRetriever | None = None
-        self.index: CellIndex | None = None
 
-    def fit(self, train_rows: Any, cells_or_retriever: Any) -> "RuleBaseline":
+    def fit(self, train_rows: Any, retriever: CityRetriever) -> "RuleBaseline":
         """Keep the city's candidate cells; rules that learn from training data override ``_fit``."""
-        self.retriever = as_retriever(cells_or_retriever)
-        self.index = CellIndex(self.retriever)
+        if (retriever.cell_ids < 0).any():  # a negative id marks an empty place in a ranking
+            raise ValueError(f"city {retriever.name!r}: cell ids must be non-negative")
+        self.retriever = retriever
         self._fit(train_rows)
         return self
 
@@ -249,9 +212,7 @@ class RuleBaseline:
         pass
 
     def _check_city(self, rows: Any, what: str) -> None:
-        if self.retriever is None or self.retriever.name == UNNAMED_CITY:
-            return
-        cities = _cities(rows)
+        cities = row_cities(rows)
         if cities and cities != {self.retriever.name}:
             raise ValueError(
                 f"{self.name}: {what} come from cities {sorted(cities)} but the candidate cells are those of city "
@@ -280,7 +241,7 @@ class RuleBaseline:
             raise ValueError(f"current_coordinates has {len(points)} rows but the cell columns have {len(seq)}")
         if len(seq) == 0:
             return np.zeros((0, k), dtype=np.int64)
-        self.index.positions(seq, "record cell ids")
+        cell_rows(self.retriever, seq, "record cell ids")
         return pad_with_nearest(self._candidates(seq, k, arrays), points, self.retriever, k)
 
     def _candidates(self, seq: np.ndarray, k: int, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -329,24 +290,24 @@ class MarkovTrainUsers(RuleBaseline):
         if train_rows is None:
             raise ValueError(f"{self.name} learns from the training split: pass train_rows to fit()")
         self._check_city(train_rows, "train_rows")
-        n = len(self.index)
+        n = self.retriever.num_cells  # counts indexed by the retriever's rows
         self.transition_counts = csr_matrix((n, n), dtype=np.int64)
         for chunk in row_chunks(train_rows):
             arrays = rows_to_arrays(chunk, (*CELL_COLUMNS, "target_cell"))
             seq = record_cells(arrays)
             target = np.asarray(arrays["target_cell"], dtype=np.int64).reshape(-1)
             full = np.concatenate([seq, target[:, None]], axis=1)
-            src = self.index.positions(full[:, :-1].ravel(), "training cell ids")
-            dst = self.index.positions(full[:, 1:].ravel(), "training cell ids")
+            src = cell_rows(self.retriever, full[:, :-1].ravel(), "training cell ids")
+            dst = cell_rows(self.retriever, full[:, 1:].ravel(), "training cell ids")
             self.transition_counts = self.transition_counts + csr_matrix(
                 (np.ones(len(src), dtype=np.int64), (src, dst)), shape=(n, n))
         self.transition_counts.sum_duplicates()
 
     def successors(self, cell: int, k: int) -> np.ndarray:
         """Up to k successor cell ids of ``cell`` by training count (desc), ties by cell id (asc)."""
-        row = self.transition_counts[int(self.index.positions(np.array([cell]))[0])]
-        order = np.lexsort((row.indices, -row.data))[:k]
-        return self.index.sorted_ids[row.indices[order]]
+        row = self.transition_counts[int(cell_rows(self.retriever, np.array([cell]))[0])]
+        ids = self.retriever.cell_ids[row.indices]
+        return ids[np.lexsort((ids, -row.data))[:k]]
 
     def _candidates(self, seq, k, arrays):
         out = np.full((len(seq), k), -1, dtype=np.int64)
@@ -370,7 +331,7 @@ class MarkovFrequencyMixture(RuleBaseline):
 
     name = "markov_frequency_mixture"
 
-    def __init__(self, alpha: float = MIXTURE_ALPHA) -> None:
+    def __init__(self, alpha: float = RULE_ALPHA) -> None:
         super().__init__()
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha={alpha!r} must lie in [0, 1]")
@@ -442,7 +403,7 @@ TIME_AWARE_RULES = ("hour_frequency",)
 def rank_rule_baselines(
     train_rows: Any,
     rows: Any,
-    cells_or_retriever: Any,
+    retriever: CityRetriever,
     k: int = 20,
     names: Sequence[str] | None = None,
     task_mode: str = "next",
@@ -453,7 +414,6 @@ def rank_rule_baselines(
     unknown = [n for n in names if n not in RULE_BASELINES]
     if unknown:
         raise ValueError(f"unknown rule baselines {unknown}; known: {list(RULE_BASELINES)}")
-    retriever = as_retriever(cells_or_retriever)
     return {name: make_rule(name, task_mode).fit(train_rows, retriever).rank(rows, k) for name in names}
 
 
@@ -467,14 +427,13 @@ def make_rule(name: str, task_mode: str = "next") -> RuleBaseline:
 def metrics_for_rankings(
     rankings: Mapping[str, np.ndarray],
     rows: Any,
-    cells_or_retriever: Any,
+    retriever: CityRetriever,
     ks: Sequence[int] = DEFAULT_KS,
     ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
 ) -> dict[str, dict[str, float]]:
     """``{name: compute_metrics(...)}`` for cell rankings of ``rows``; the predicted position of a ranking is the
     centroid of its top-1 cell (:func:`top1_centroid_xy`), the true one ``target_coordinates``. A ranking of every
     cell of a city with fewer cells than the deepest cut-off is complete: it is scored padded with ``NO_CELL``."""
-    retriever = as_retriever(cells_or_retriever)
     arrays = rows_to_arrays(rows, ("target_cell", "target_coordinates"))
     target_cells = np.asarray(arrays["target_cell"]).reshape(-1)
     target_xy = np.asarray(arrays["target_coordinates"], dtype=np.float64)
@@ -492,7 +451,7 @@ def metrics_for_rankings(
 def evaluate_rule_baselines(
     train_rows: Any,
     rows: Any,
-    cells_or_retriever: Any,
+    retriever: CityRetriever,
     k: int = 20,
     names: Sequence[str] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
@@ -507,7 +466,6 @@ def evaluate_rule_baselines(
     """
     names = list(RULE_BASELINES) if names is None else list(names)
     targets = rows_to_arrays(rows, ("target_cell", "target_coordinates"))  # read once for every rule
-    retriever = as_retriever(cells_or_retriever)
     depth = min(k, retriever.num_cells) if isinstance(k, (int, np.integer)) else k  # a bad k is refused by rank
     scores = {}
     for name in names:  # one rule's ranking in memory at a time
@@ -517,7 +475,6 @@ def evaluate_rule_baselines(
 
 
 __all__ = [
-    "MIXTURE_ALPHA",
     "RULE_BASELINES",
     "RuleBaseline",
     "LastLocation",
@@ -537,6 +494,7 @@ __all__ = [
     "rows_to_arrays",
     "record_cells",
     "last_points",
-    "as_retriever",
-    "CellIndex",
+    "cell_rows",
+    "num_rows",
+    "row_cities",
 ]

@@ -3,8 +3,8 @@
 Public API::
 
     from nextlocllm_hf.data import load_city_splits, load_cities, DEFAULT_POI_CLASSES
-    city = load_city_splits("path/to/nyc")      # CityDataset: .name .splits .cells .metadata .retriever()
-    multi = load_cities(["data/nyc", "data/calgary"])   # .splits concatenated, .cities, .retrievers()
+    city = load_city_splits("path/to/nyc")      # CityDataset: .name .splits .cells .metadata .retriever
+    multi = load_cities(["data/nyc", "data/calgary"])   # .splits concatenated, .cities, .retrievers
 
 Heavier submodules (``datasets``) are imported lazily.
 """
@@ -20,8 +20,8 @@ _LAZY = {
     "load_cities": "city_dataset",
     "CityDataset": "city_dataset",
     "MultiCityDataset": "city_dataset",
-    "BuildConfig": "build",
-    "BuildResult": "build",
+    "BuildConfig": "build_config",
+    "BuildResult": "build_config",
     "build_city": "build",
     "build_and_save": "build",
     "city_features": "features",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..modeling.retrieval_nextlocllm import CityRetriever
 from .windows import FORMAT_VERSION, RECORDS_PATTERN, CityRecords, WindowView, concatenate_windows, windowed
 
 SPLITS = ("train", "validation", "test")  # the one list of split names (the builder writes these)
@@ -26,13 +27,15 @@ CITY_FILES = ("city.json", "cells.parquet", *(f"{s}.parquet" for s in SPLITS), R
 
 @dataclass(frozen=True)
 class CityDataset:
-    """One city: its sample splits (windows shown as samples), records, candidate cells and ``metadata``
-    (``city.json``: coordinate statistics, grid, POI classes, sample lengths, build options and counts)."""
+    """One city: its sample splits (windows shown as samples), records, candidate cells, ``metadata`` (``city.json``:
+    coordinate statistics, grid, POI classes, sample lengths, build options and counts) and ``retriever``, the city as
+    a model needs it (cells, statistics, grid, duration cap, POI table), built once when the city is loaded."""
 
     name: str
     splits: object  # datasets.DatasetDict
     cells: pd.DataFrame
     metadata: dict
+    retriever: CityRetriever
     path: str = ""
     records: CityRecords | None = None
 
@@ -48,17 +51,11 @@ class CityDataset:
 
     @property
     def coordinate_mean(self) -> list:
-        return list(self.metadata["coordinate_mean"])
+        return self.retriever.coordinate_mean.tolist()
 
     @property
     def coordinate_std(self) -> list:
-        return list(self.metadata["coordinate_std"])
-
-    def retriever(self):
-        """This city's :class:`CityRetriever` (cells, coordinate statistics and grid): what a model needs of it."""
-        from nextlocllm_hf.modeling.retrieval_nextlocllm import CityRetriever
-
-        return CityRetriever.from_city(self.metadata, self.cells)
+        return self.retriever.coordinate_std.tolist()
 
 
 @dataclass(frozen=True)
@@ -68,14 +65,16 @@ class MultiCityDataset:
     cities: dict  # name -> CityDataset
     splits: object  # datasets.DatasetDict
 
-    def retrievers(self) -> dict:
-        return {name: c.retriever() for name, c in self.cities.items()}
+    @property
+    def retrievers(self) -> dict[str, CityRetriever]:
+        return {name: c.retriever for name, c in self.cities.items()}
 
     def __getitem__(self, name: str) -> CityDataset:
         return self.cities[name]
 
 
-def _is_city_dir(p: Path) -> bool:
+def is_city_folder(p: Path) -> bool:
+    """A built city folder (it holds ``city.json``), as opposed to a folder of cities."""
     return (p / "city.json").is_file()
 
 
@@ -89,14 +88,14 @@ def _resolve_dir(path_or_repo_id, city: str | None, revision: str | None = None)
         return _hub_city_dir(str(path_or_repo_id), city, revision)
     if not p.is_dir():
         raise NotADirectoryError(f"{p} is a file, not a city dataset folder")
-    if _is_city_dir(p):
+    if is_city_folder(p):
         if city is not None:
             with open(p / "city.json", encoding="utf-8") as f:
                 found = json.load(f).get("city")
             if found != city:
                 raise ValueError(f"{p} holds city {found!r}, not {city!r}")
         return p
-    subs = sorted(d for d in p.iterdir() if d.is_dir() and _is_city_dir(d))
+    subs = sorted(d for d in p.iterdir() if d.is_dir() and is_city_folder(d))
     if not subs:
         raise FileNotFoundError(f"{p} is not a city dataset folder (no city.json) and holds none")
     if city is None:
@@ -135,7 +134,7 @@ def _hub_city_dir(repo_id: str, city: str | None, revision: str | None) -> Path:
         raise FileNotFoundError(f"dataset repo {repo_id!r} has no revision {revision!r}") from error
     except OSError as error:  # offline or unreachable: the name may as well be a mistyped local folder
         raise hub_lookup_failed(repo_id, "city dataset", error) from error
-    available = sorted(d.name for d in index.iterdir() if d.is_dir() and _is_city_dir(d))
+    available = sorted(d.name for d in index.iterdir() if d.is_dir() and is_city_folder(d))
     if not available:
         raise FileNotFoundError(f"dataset repo {repo_id!r} holds no city (no <city>/city.json); push cities with "
                                 f"nextlocllm_hf.hub.push_city_dataset")
@@ -172,7 +171,7 @@ def load_city_splits(path_or_repo_id, city: str | None = None, revision: str | N
     Returns a :class:`CityDataset` with ``.splits`` (``DatasetDict`` train/validation/test of windows, shown
     through a ``WindowView`` transform as samples with the fields of :func:`nextlocllm_hf.data.features.city_features`:
     ``split[i]``, ``split[a:b]``, ``rows_to_arrays(split, fields)``), ``.records``, ``.cells`` (pandas),
-    ``.metadata`` (``city.json``) and ``.retriever()``.  A repo id (``ORG/NAME``, pushed with
+    ``.metadata`` (``city.json``) and ``.retriever``.  A repo id (``ORG/NAME``, pushed with
     ``nextlocllm_hf.hub.push_city_dataset``) is read at ``revision`` (branch or commit; default main),
     one config per city: pass ``city=NAME`` when it holds several.
     """
@@ -197,20 +196,11 @@ def load_city_splits(path_or_repo_id, city: str | None = None, revision: str | N
     if missing:
         raise FileNotFoundError(f"{where}: missing {missing}")
     cells = pd.read_parquet(d / "cells.parquet")
-    records = CityRecords(records_files, _poi_frequency(cells), metadata["history_length"],
-                          metadata["current_length"])
+    retriever = CityRetriever.from_city(metadata, cells)
+    records = CityRecords(records_files, retriever.poi_table, metadata["history_length"], metadata["current_length"])
     view = WindowView({metadata["city"]: records})
     splits = DatasetDict({s: windowed(_read_split(_split_files(d, s)), view) for s in SPLITS})
-    return CityDataset(metadata["city"], splits, cells, metadata, str(d), records)
-
-
-def _poi_frequency(cells: pd.DataFrame) -> "np.ndarray":
-    """`(cells, C)` the cells' POI frequencies, row = cell id."""
-    import numpy as np
-
-    frequency = np.zeros((len(cells), len(cells["poi_frequency"].iloc[0]) if len(cells) else 0), dtype=np.float32)
-    frequency[cells["cell_id"].to_numpy()] = np.stack(cells["poi_frequency"].to_numpy()) if len(cells) else 0
-    return frequency
+    return CityDataset(metadata["city"], splits, cells, metadata, retriever, str(d), records)
 
 
 def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
@@ -225,8 +215,8 @@ def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
 
     if isinstance(paths_or_repo_ids, (str, Path)):
         root = Path(str(paths_or_repo_ids))
-        if cities is None and root.is_dir() and not _is_city_dir(root):
-            cities = sorted(d.name for d in root.iterdir() if d.is_dir() and _is_city_dir(d))
+        if cities is None and root.is_dir() and not is_city_folder(root):
+            cities = sorted(d.name for d in root.iterdir() if d.is_dir() and is_city_folder(d))
         items = [(paths_or_repo_ids, c) for c in (cities or [None])]
     else:
         if cities is not None and len(cities) != len(paths_or_repo_ids):
@@ -234,8 +224,8 @@ def load_cities(paths_or_repo_ids, cities=None) -> MultiCityDataset:
         items = []
         for p, c in zip(paths_or_repo_ids, cities or [None] * len(paths_or_repo_ids)):
             root = Path(str(p))
-            if c is None and root.is_dir() and not _is_city_dir(root):  # a folder of cities: all of them
-                found = [(p, d.name) for d in sorted(root.iterdir()) if d.is_dir() and _is_city_dir(d)]
+            if c is None and root.is_dir() and not is_city_folder(root):  # a folder of cities: all of them
+                found = [(p, d.name) for d in sorted(root.iterdir()) if d.is_dir() and is_city_folder(d)]
                 if not found:
                     raise FileNotFoundError(f"{root} is not a city dataset folder (no city.json) and holds none")
                 items += found

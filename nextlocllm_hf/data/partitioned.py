@@ -2,8 +2,8 @@
 
 `build.build_city` holds a whole city in one process (about 0.55 GB per million records); this build holds one
 partition of users at a time per worker, so its memory is set by `--partitions`, not by the city. It runs the
-in-process build's own steps (`build.py`) on each partition and combines their summaries, so it builds the same city
-(`tests/test_data_partitioned.py` compares the two field by field).
+in-process build's own steps (`build_steps.py`) on each partition and combines their summaries, so it builds the same
+city (`tests/test_data_partitioned.py` compares the two field by field).
 
 Why Dask: its tasks run unchanged on one thread (`--scheduler synchronous`), on the cores of one machine
 (`processes`: a local `dask.distributed` cluster) or on a cluster (the address of a `distributed` scheduler, with the
@@ -14,7 +14,7 @@ Stages (the driver keeps only what is per user or per cell: extents, venues, vis
 
 1. read: the records table (`formats.TABLES`) in blocks; each block's records (the reader's own rule) are cut into
    `partitions` buckets by a hash of the user id and written as Parquet into a scratch folder;
-2. clean each partition (`_clean`): its points' extent and its venues (for POIs from check-ins);
+2. clean each partition (`clean_records`): its points' extent and its venues (for POIs from check-ins);
 3. the grid from the extents; per partition: cells of the records, segments, durations and windows;
 4. POIs and candidate cells from the visited cells, the split from the users; per partition: the records shard(s)
    written into the city folder, the train share of the coordinate statistics and the windows;
@@ -37,10 +37,10 @@ import pandas as pd
 
 from ..modeling.records_nextlocllm import decoding, sniff_sep, text_codec
 from ..outputs import replacing_folder
-from .build import (DEFAULT_MAX_GAP_HOURS, BuildConfig, BuildResult, _clean, _coordinate_moments,
-                    _coordinate_statistics, _extent, _fit_grid, _input_duration_range, _kept_record_columns,
-                    _poi_table, _pois_and_cells, _refuse_empty, _refuse_no_window, _split_labels, _user_windows,
-                    _venue_summary, city_metadata, read_options, write_city_tables)
+from .build_config import BuildConfig, BuildResult, read_options, write_city_tables
+from .build_steps import (city_metadata, clean_records, coordinate_moments, coordinate_statistics, fit_grid,
+                          input_duration_range, kept_record_columns, poi_table, pois_and_cells, record_extent,
+                          refuse_empty, refuse_no_window, split_labels, user_windows, venue_summary)
 from .city_dataset import SPLITS
 from .formats import TABLES
 from .formats.pois import read_pois
@@ -98,33 +98,34 @@ def _clean_partition(partition: int, cfg: BuildConfig, scratch: Scratch) -> dict
         return {"report": report, "records": 0, "extent": None, "venues": None}
     records = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     report.input_users = int(records["user_id"].nunique())
-    records, names = _clean(records, cfg, report)
+    records, names = clean_records(records, cfg, report)
     records.to_parquet(scratch.clean(partition), index=False)
-    return {"report": report, "records": len(records), "extent": _extent(records) if len(records) else None,
-            "venues": _venue_summary(records, names) if len(records) else None}
+    return {"report": report, "records": len(records), "extent": record_extent(records) if len(records) else None,
+            "venues": venue_summary(records, names) if len(records) else None}
 
 
-def _clean_records(partition: int, scratch: Scratch) -> tuple[pd.DataFrame, np.ndarray]:
+def _read_clean_partition(partition: int, scratch: Scratch) -> tuple[pd.DataFrame, np.ndarray]:
+    """Stage 2's output for stage 3: one partition's clean records and its user names (by user code)."""
     records = pd.read_parquet(scratch.clean(partition))
-    names = np.asarray(pd.unique(records["user_id"]), dtype=object)  # sorted by `_clean`, as the codes are
+    names = np.asarray(pd.unique(records["user_id"]), dtype=object)  # sorted by `clean_records`, as the codes are
     return records, names
 
 
 def _window_partition(partition: int, cfg: BuildConfig, grid, max_gap: float | None, scratch: Scratch) -> dict:
     """Stage 3: one partition's records on the grid, their segments, durations and windows."""
     report = BuildReport(defer_checks=True)
-    records, names = _clean_records(partition, scratch)
+    records, names = _read_clean_partition(partition, scratch)
     row, col, inside = grid.locate(records["x"].to_numpy(), records["y"].to_numpy())
     report.drop("outside_grid", int((~inside).sum()))
     records = records[inside].reset_index(drop=True)
     keys = grid.key(row[inside], col[inside])
     visited, visited_records = np.unique(keys, return_counts=True)
     ucode, ts = records["ucode"].to_numpy(), records["ts"].to_numpy(dtype=np.int64)
-    found = _user_windows(ucode, ts, cfg, max_gap, report)
+    found = user_windows(ucode, ts, cfg, max_gap, report)
     windows = found.windows
     in_samples = np.zeros(len(records), dtype=bool)
     in_samples[windows.ravel()] = True
-    columns = _kept_record_columns(records, names, keys, found)  # `cell` holds the grid key until the cells exist
+    columns = kept_record_columns(records, names, keys, found)  # `cell` holds the grid key until the cells exist
     pd.DataFrame(columns).to_parquet(scratch.kept(partition), index=False)
     row_in_kept = np.cumsum(found.kept) - 1
     users, per_user = np.unique(ucode[windows[:, 0]], return_counts=True)  # windows are in (user, time) order
@@ -157,8 +158,8 @@ def _write_partition(partition: int, labels: np.ndarray, cell_keys: np.ndarray, 
     rows = np.unique((train[:, None] + np.arange(H + L + 1)).ravel()) if len(train) else np.zeros(0, np.int64)
     xy = np.stack([columns["x"][rows], columns["y"][rows]], axis=1)
     return {
-        "moments": _coordinate_moments(xy) if len(rows) else (0, None, None),
-        "duration_range": _input_duration_range(columns["duration"], train, H + L) if len(train) else None,
+        "moments": coordinate_moments(xy) if len(rows) else (0, None, None),
+        "duration_range": input_duration_range(columns["duration"], train, H + L) if len(train) else None,
         "target_unknown": int(np.isnan(columns["duration"][targets]).sum()),
         "starts": {name: starts[labels == i] for i, name in enumerate(SPLITS)},
     }
@@ -290,13 +291,13 @@ def build_partitioned(cfg: BuildConfig) -> BuildResult:
             for c in cleaned:
                 report.merge(c["report"])
             report.check_fractions(cfg.max_invalid_fraction)
-            _refuse_empty(sum(c["records"] for c in cleaned), report)
+            refuse_empty(sum(c["records"] for c in cleaned), report)
             extents = np.array([c["extent"] for c in cleaned if c["extent"] is not None])
-            grid = _fit_grid(cfg, table.grid, (extents[:, 0].min(), extents[:, 1].max(), extents[:, 2].min(),
-                                               extents[:, 3].max(), extents[:, 4].min(), extents[:, 5].max()))
+            grid = fit_grid(cfg, table.grid, (extents[:, 0].min(), extents[:, 1].max(), extents[:, 2].min(),
+                                              extents[:, 3].max(), extents[:, 4].min(), extents[:, 5].max()))
             # 3. grid cells, segments, windows
             live = [p for p, c in enumerate(cleaned) if c["records"]]
-            max_gap = cfg.max_gap_hours if cfg.max_gap_hours is not None else DEFAULT_MAX_GAP_HOURS.get(cfg.format)
+            max_gap = cfg.segment_gap_hours()
             found = _compute([dask.delayed(_window_partition)(p, cfg, grid, max_gap, scratch) for p in live],
                              compute, f"{cfg.city}: windows of {len(live)} partitions", show)
             for f in found:
@@ -305,21 +306,21 @@ def build_partitioned(cfg: BuildConfig) -> BuildResult:
             report.info["records_clean"] = counts["records_clean"]
             pois, poi_source = (read_pois(cfg.pois, report, opts) if cfg.pois else (None, ""))
             venues = [c["venues"] for c in cleaned if c["venues"] is not None]
-            pois, poi_source = _poi_table(pois, poi_source, venues, report)
+            pois, poi_source = poi_table(pois, poi_source, venues, report)
             visited, inverse = np.unique(np.concatenate([f["visited"] for f in found]), return_inverse=True)
             visited_records = np.bincount(inverse, weights=np.concatenate([f["visited_records"] for f in found]))
-            cells, cell_keys, freq, city_max, poi_info = _pois_and_cells(
+            cells, cell_keys, freq, city_max, poi_info = pois_and_cells(
                 pois, poi_source, grid, visited, visited_records.astype(np.int64), cfg, report)
             if not sum(len(f["target_ts"]) for f in found):
-                _refuse_no_window(cfg, max(f["longest_segment"] for f in found))
+                refuse_no_window(cfg, max(f["longest_segment"] for f in found))
             report.info.update({k: counts[k] for k in ("records_kept", "users_kept", "segments_kept",
                                                        "records_in_samples", "records_window_tail")})
             # 4. split, records shards, train statistics
             names, window_rank = _window_order(found)
             ranks = np.concatenate(window_rank)
             order = np.argsort(ranks, kind="stable")
-            labels_in_order, boundaries = _split_labels(cfg, ranks[order], names,
-                                                        np.concatenate([f["target_ts"] for f in found])[order])
+            labels_in_order, boundaries = split_labels(cfg, ranks[order], names,
+                                                       np.concatenate([f["target_ts"] for f in found])[order])
             labels = np.empty(len(ranks), dtype=np.int64)
             labels[order] = labels_in_order
             cut = np.cumsum([0, *(len(r) for r in window_rank)])
@@ -340,7 +341,7 @@ def build_partitioned(cfg: BuildConfig) -> BuildResult:
                 split_users[name] = int(np.unique(rank).size)
             if len(windows["train"]) == 0:
                 raise ValueError("the training split is empty")
-            mean, std = _coordinate_statistics([w["moments"] for w in written], report)
+            mean, std = coordinate_statistics([w["moments"] for w in written], report)
             ranges = [w["duration_range"] for w in written if w["duration_range"] is not None]
             duration_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
             report.info["durations"] = {"cap_hours": cfg.max_duration_hours or None, "clipped": counts["clipped"],

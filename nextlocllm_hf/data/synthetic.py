@@ -5,7 +5,7 @@ the scaling properties of human mobility", Nature Physics 6, 2010) for free time
 personal anchors visited by hour of day and day type (home at night, work or a daytime place on
 weekdays, evening leisure, a weekend outing), simulated for all users at once (numpy, one
 iteration per record).  The field names of :class:`SyntheticCityParams` are given in backticks.
-One file (~510 lines, much of it this model description and the parameters' documentation) on purpose: the
+One file (~630 lines, much of it this model description and the parameters' documentation) on purpose: the
 mobility model, its parameters and the simulation are one concept and are checked against each other.
 
 * **Anchors.** Every user has a home (a Residential POI); a fraction ``p_worker`` also has a
@@ -90,6 +90,7 @@ BASE_MIX = np.array([0.15, 0.35, 0.08, 0.17, 0.25])
 WORK_CLASSES = (1, 2, 3)  # Commercial, Education, Public Service
 WORK_CLASS_P = np.array([0.6, 0.15, 0.25])
 EPS_H = 1e-6  # hours; a clock set to exactly the wake-up time must not read as still night after float rounding
+SLOT_ON_WEEKDAYS = np.array([True, True, False])  # routine slots of weekdays (the others: of weekend days)
 
 
 @dataclass
@@ -291,17 +292,46 @@ def _user_probability(rng, mean: float, concentration: float, n: int) -> np.ndar
     return rng.beta(mean * concentration, (1.0 - mean) * concentration, n)
 
 
-def generate_synthetic_city(params: SyntheticCityParams, show_progress: bool = False):
-    """Return ``(records, pois, resolved_params)``; records in the canonical reader format."""
-    q, rng = _resolve(params)
-    xy, pcls = _layout_pois(q, rng)
-    block = () if q.user_block is None else (int(q.user_block),)
+@dataclass
+class _Users:
+    """Who moves: each user's number of records, anchors and daily rhythm (hours of the day)."""
+
+    n_target: np.ndarray  # records to simulate
+    home: np.ndarray  # POI index
+    work: np.ndarray  # POI index; -1: no workplace
+    worker: np.ndarray  # has a workplace
+    wake: np.ndarray
+    bed: np.ndarray
+    wstart: np.ndarray  # work start
+    wend: np.ndarray  # work end
+
+
+@dataclass
+class _Routines:
+    """Each user's routine slots (0 = weekday daytime anchor, non-workers; 1 = weekday evening leisure; 2 = weekend
+    daytime anchor): the personal hour, probability and place of each."""
+
+    hour: np.ndarray  # (users, 3)
+    probability: np.ndarray  # (users, 3)
+    anchors: np.ndarray  # (users, 4): by slot; column 3: the second leisure place
+    two_leisure: np.ndarray  # the user has a second leisure place
+    stay_h: np.ndarray  # (3,) median stay by slot
+
+
+def _user_streams(q: SyntheticCityParams, rng: np.random.Generator,
+                  block: tuple) -> tuple[np.random.Generator, np.random.Generator]:
+    """The users' random stream (a block of a larger city draws its own, after the city's layout) and the routines'
+    own stream, so that with the routines off the simulation is draw for draw the plain EPR + home/work one."""
     if block:
         rng = np.random.default_rng([int(q.seed), zlib.crc32(q.city.encode("utf-8")), 2, *block])
-    tree = cKDTree(xy)
+    return rng, np.random.default_rng([int(q.seed), zlib.crc32(q.city.encode("utf-8")), 1, *block])
+
+
+def _home_and_work(q: SyntheticCityParams, rng: np.random.Generator, xy: np.ndarray,
+                   pcls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's home (a Residential POI; any POI in a city without one) and, for a share ``p_worker``, a workplace:
+    the POI of a drawn work class nearest to a point at a log-normal commute distance (-1: none of that class)."""
     U = q.n_users
-    n_target = np.maximum(2, np.round(q.records_per_user * rng.lognormal(0.0, 0.25, U))).astype(np.int64)
-    # anchors
     res = np.flatnonzero(pcls == 4)
     if res.size == 0:
         res = np.arange(len(pcls))
@@ -318,178 +348,247 @@ def generate_synthetic_city(params: SyntheticCityParams, show_progress: bool = F
         if places.size and m.any():
             _, wi = cKDTree(xy[places]).query(target[m], k=1)
             work[m] = places[np.atleast_1d(wi)]
-    worker = work >= 0
+    return home, work
+
+
+def _draw_users(q: SyntheticCityParams, rng: np.random.Generator, xy: np.ndarray, pcls: np.ndarray) -> _Users:
+    """The users: how many records each gets (log-normal around ``records_per_user``), home and work, then their own
+    wake-up, bedtime and work hours."""
+    U = q.n_users
+    n_target = np.maximum(2, np.round(q.records_per_user * rng.lognormal(0.0, 0.25, U))).astype(np.int64)
+    home, work = _home_and_work(q, rng, xy, pcls)
     wake = rng.normal(7.0, 0.7, U).clip(5.0, 9.5)
     bed = rng.normal(22.5, 0.8, U).clip(20.5, 23.9)
     wstart = rng.normal(9.0, 0.6, U).clip(7.5, 10.5)
     wend = (wstart + rng.normal(8.5, 0.7, U)).clip(wstart + 6, 19.5)
-    # routine anchors, hours and per-user probabilities: their own stream, so that with p_leisure = p_weekend_anchor
-    # = p_day_anchor = weekend_wake_delay_h = 0 the simulation below is draw for draw the plain EPR + home/work one
-    rr = np.random.default_rng([int(q.seed), zlib.crc32(q.city.encode("utf-8")), 1, *block])
-    near_work = worker & (rr.random(U) < q.leisure_near_work)
-    base = np.where(near_work[:, None], xy[np.maximum(work, 0)], xy[home])
-    excl = np.c_[home, work]
+    return _Users(n_target, home, work, work >= 0, wake, bed, wstart, wend)
+
+
+def _draw_routines(q: SyntheticCityParams, rr: np.random.Generator, xy: np.ndarray, pcls: np.ndarray,
+                   users: _Users) -> _Routines:
+    """The routine anchors (leisure near home or work, a weekend and a weekday daytime place near home, none the
+    user's home, work or an earlier anchor), each user's hour of each routine and probability of following it."""
+    U = q.n_users
+    near_work = users.worker & (rr.random(U) < q.leisure_near_work)
+    base = np.where(near_work[:, None], xy[np.maximum(users.work, 0)], xy[users.home])
+    excl = np.c_[users.home, users.work]
     leis1 = _anchor_near(rr, xy, pcls, q.leisure_classes, base, q.routine_km, excl)
     leis2 = _anchor_near(rr, xy, pcls, q.leisure_classes, base, q.routine_km, np.c_[excl, leis1])
     two_leis = rr.random(U) < q.p_second_leisure
-    wknd = _anchor_near(rr, xy, pcls, q.weekend_classes, xy[home], q.routine_km, np.c_[excl, leis1, leis2])
-    dayp = _anchor_near(rr, xy, pcls, q.day_anchor_classes, xy[home], q.routine_km, np.c_[excl, leis1, leis2])
-    # slots: 0 = weekday daytime anchor (non-workers), 1 = weekday evening leisure, 2 = weekend daytime anchor
-    slot_h = np.c_[
-        rr.normal(q.day_anchor_hour, q.routine_hour_sd, U).clip(wake + 0.5, 14.0),
-        rr.normal(q.leisure_hour, q.routine_hour_sd, U).clip(np.where(worker, wend + 0.5, 16.0), bed - 1.0),
-        rr.normal(q.weekend_hour, q.routine_hour_sd, U).clip(wake + q.weekend_wake_delay_h + 1.0, 17.0),
+    wknd = _anchor_near(rr, xy, pcls, q.weekend_classes, xy[users.home], q.routine_km, np.c_[excl, leis1, leis2])
+    dayp = _anchor_near(rr, xy, pcls, q.day_anchor_classes, xy[users.home], q.routine_km, np.c_[excl, leis1, leis2])
+    hour = np.c_[
+        rr.normal(q.day_anchor_hour, q.routine_hour_sd, U).clip(users.wake + 0.5, 14.0),
+        rr.normal(q.leisure_hour, q.routine_hour_sd, U).clip(np.where(users.worker, users.wend + 0.5, 16.0),
+                                                             users.bed - 1.0),
+        rr.normal(q.weekend_hour, q.routine_hour_sd, U).clip(users.wake + q.weekend_wake_delay_h + 1.0, 17.0),
     ]
-    slot_p = np.c_[
-        np.where(worker, 0.0, _user_probability(rr, q.p_day_anchor, q.routine_concentration, U)),
+    probability = np.c_[
+        np.where(users.worker, 0.0, _user_probability(rr, q.p_day_anchor, q.routine_concentration, U)),
         _user_probability(rr, q.p_leisure, q.routine_concentration, U),
         _user_probability(rr, q.p_weekend_anchor, q.routine_concentration, U),
     ]
-    slot_stay = np.array([q.day_anchor_stay_h, q.leisure_stay_h, q.weekend_stay_h])
-    anchors = np.c_[dayp, leis1, wknd, leis2]  # by slot; column 3: the second leisure place
-    slot_weekday = np.array([True, True, False])
-    routine = slot_p.max() > 0.0
-    plan_day = np.full(U, -1.0)
-    slot_t = np.full((U, 3), np.inf)  # today's planned routine visits (absolute hours); inf = none / done
-    appt = np.full(U, np.inf)  # the earliest of them ...
-    appt_slot = np.zeros(U, dtype=np.int64)  # ... and its slot
-    n_routine = np.zeros(3, dtype=np.int64)
-    evening_over = np.zeros(U, dtype=bool)  # after an evening leisure visit: home for the night next
+    return _Routines(hour, probability, np.c_[dayp, leis1, wknd, leis2], two_leis,
+                     np.array([q.day_anchor_stay_h, q.leisure_stay_h, q.weekend_stay_h]))
 
-    def next_appointment(rows):
-        appt_slot[rows] = slot_t[rows].argmin(axis=1)
-        appt[rows] = slot_t[rows, appt_slot[rows]]
 
-    # state
-    maxn = int(n_target.max())
-    visits = np.full((U, maxn + 2), -1, dtype=np.int64)
-    visits[:, 0] = home
-    nvis = np.ones(U, dtype=np.int64)
-    has_w = work >= 0
-    visits[has_w, 1] = work[has_w]
-    nvis[has_w] = 2
-    distinct = nvis.copy()
-    # places seen so far, for S; a (users x POIs) table unless that is much larger than the visit history
-    seen = np.zeros((U, len(xy)), dtype=bool) if len(xy) <= 8 * (maxn + 2) else None
-    if seen is not None:
-        seen[np.arange(U), home] = True
-        seen[has_w, work[has_w]] = True
-    loc = home.copy()
+class _Simulation:
+    """All users at once, one record per user and step (numpy): where each is, since when, where it has been, and
+    today's planned routine visits. `rng` draws the EPR + home/work moves, `rr` the routines."""
 
-    wake_we = wake + q.weekend_wake_delay_h
+    def __init__(self, q: SyntheticCityParams, xy: np.ndarray, pcls: np.ndarray, users: _Users,
+                 routines: _Routines, rng: np.random.Generator, rr: np.random.Generator):
+        U = q.n_users
+        self.q, self.xy, self.pcls, self.users, self.routines = q, xy, pcls, users, routines
+        self.rng, self.rr = rng, rr
+        self.tree = cKDTree(xy)
+        self.routine = routines.probability.max() > 0.0
+        self.plan_day = np.full(U, -1.0)
+        self.slot_t = np.full((U, 3), np.inf)  # today's planned routine visits (absolute hours); inf = none / done
+        self.appt = np.full(U, np.inf)  # the earliest of them ...
+        self.appt_slot = np.zeros(U, dtype=np.int64)  # ... and its slot
+        self.n_routine = np.zeros(3, dtype=np.int64)
+        self.evening_over = np.zeros(U, dtype=bool)  # after an evening leisure visit: home for the night next
+        self.steps = int(users.n_target.max())
+        home, work = users.home, users.work
+        self.visits = np.full((U, self.steps + 2), -1, dtype=np.int64)
+        self.visits[:, 0] = home
+        self.nvis = np.ones(U, dtype=np.int64)
+        has_w = work >= 0
+        self.visits[has_w, 1] = work[has_w]
+        self.nvis[has_w] = 2
+        self.distinct = self.nvis.copy()
+        # places seen so far, for S; a (users x POIs) table unless that is much larger than the visit history
+        self.seen = np.zeros((U, len(xy)), dtype=bool) if len(xy) <= 8 * (self.steps + 2) else None
+        if self.seen is not None:
+            self.seen[np.arange(U), home] = True
+            self.seen[has_w, work[has_w]] = True
+        self.loc = home.copy()
+        self.wake_we = users.wake + q.weekend_wake_delay_h
+        self.T = rng.integers(0, 7, U) * 24.0 + users.wake  # hours since Monday 00:00 (local)
+        self.worked_day = np.full(U, -1, dtype=np.int64)
+        self.out_t = np.full((U, self.steps), np.nan)
+        self.out_loc = np.full((U, self.steps), -1, dtype=np.int64)
 
-    def wake_on(d):  # wake-up hour on day number d (day 0 = Monday): later at weekends
-        return np.where(d % 7.0 >= 5.0, wake_we, wake)
+    def wake_on(self, d: np.ndarray) -> np.ndarray:
+        """Wake-up hour on day number d (day 0 = Monday): later at weekends."""
+        return np.where(d % 7.0 >= 5.0, self.wake_we, self.users.wake)
 
-    T = rng.integers(0, 7, U) * 24.0 + wake  # hours since Monday 00:00 (local)
-    worked_day = np.full(U, -1, dtype=np.int64)
-    out_t = np.full((U, maxn), np.nan)
-    out_loc = np.full((U, maxn), -1, dtype=np.int64)
-    ar = np.arange(U)
-    for step in tqdm(range(maxn), desc="simulating EPR + routines", disable=not show_progress, leave=False):
-        active = n_target > step
-        h = T % 24.0
-        day = np.floor(T / 24.0)
-        # sleeping at home: skip to wake-up without a record
-        wk = wake_on(day)
-        sleep = active & (loc == home) & ((h >= bed) | (h < wk - EPS_H))
-        T = np.where(sleep, np.where(h >= bed, (day + 1) * 24.0 + wake_on(day + 1), day * 24.0 + wk), T)
-        h = T % 24.0
-        day = np.floor(T / 24.0)
+    def step(self, step: int) -> None:
+        """Every user with records left makes one move: home at night (or after evening leisure), to work once a
+        weekday, to a planned routine visit when it is due, else free time by EPR; the stay's end sets the clock."""
+        users = self.users
+        active = users.n_target > step
+        self._sleep_at_home(active)
+        h = self.T % 24.0
+        day = np.floor(self.T / 24.0)
         wd = (day.astype(np.int64) % 7) < 5
-        night = (h >= bed) | (h < wake_on(day) - EPS_H)
-        go_home = active & (night | evening_over)
-        go_work = active & ~go_home & worker & wd & (worked_day != day) & (h < wend - 2.0)
-        go_slot = np.zeros(U, dtype=bool)
-        si = np.zeros(0, dtype=np.int64)
-        if routine:
-            # a new day: decide today's routine visits (per user and slot, with the user's probability)
-            nd = np.flatnonzero(active & (day != plan_day))
-            if nd.size:
-                take = (rr.random((nd.size, 3)) < slot_p[nd]) & (slot_weekday[None, :] == wd[nd, None])
-                t = day[nd, None] * 24.0 + slot_h[nd] + rr.normal(0.0, q.routine_jitter_h, (nd.size, 3))
-                slot_t[nd] = np.where(take, t, np.inf)
-                plan_day[nd] = day[nd]
-                next_appointment(nd)
-            for _ in range(3):  # missed by more than the window (e.g. still at work): dropped
-                late = np.flatnonzero(T > appt + q.routine_window_h)
-                if not late.size:
-                    break
-                slot_t[late, appt_slot[late]] = np.inf
-                next_appointment(late)
-            go_slot = active & ~go_home & ~go_work & (T >= appt)
+        night = (h >= users.bed) | (h < self.wake_on(day) - EPS_H)
+        go_home = active & (night | self.evening_over)
+        go_work = active & ~go_home & users.worker & wd & (self.worked_day != day) & (h < users.wend - 2.0)
+        go_slot = np.zeros(len(active), dtype=bool)
+        if self.routine:
+            self._plan_routines(active, day, wd)
+            go_slot = active & ~go_home & ~go_work & (self.T >= self.appt)
         free = active & ~go_home & ~go_work & ~go_slot
-        dest = loc.copy()
-        dest[go_home] = home[go_home]
-        dest[go_work] = work[go_work]
-        if go_slot.any():
-            si = np.flatnonzero(go_slot)
-            ss = appt_slot[si].copy()
-            u2 = rr.random((si.size, 2))
-            second = (ss == 1) & two_leis[si] & (u2[:, 0] < q.second_leisure_share)
-            dest[si] = anchors[si, np.where(second, 3, ss)]
-            evening_over[si] = (ss == 1) & (u2[:, 1] < q.p_home_after_leisure)
-            stay = slot_stay[ss] * np.exp(0.3 * rr.standard_normal(si.size))
-            n_routine += np.bincount(ss, minlength=3)
-            slot_t[si, ss] = np.inf
-            next_appointment(si)
-        # EPR for free time
+        dest = self.loc.copy()
+        dest[go_home] = users.home[go_home]
+        dest[go_work] = users.work[go_work]
+        si, stay = self._routine_visits(go_slot, dest)
+        self._free_time(free, dest, h, wd)
+        start, end = self._stays(dest, day, go_home, go_work, free, si, stay)
+        self._log(step, active, dest, start, end, day, go_home, go_work)
+
+    def _sleep_at_home(self, active: np.ndarray) -> None:
+        """A user at home at night sleeps until wake-up without a record: its clock jumps there."""
+        users, T = self.users, self.T
+        h = T % 24.0
+        day = np.floor(T / 24.0)
+        wk = self.wake_on(day)
+        sleep = active & (self.loc == users.home) & ((h >= users.bed) | (h < wk - EPS_H))
+        self.T = np.where(sleep, np.where(h >= users.bed, (day + 1) * 24.0 + self.wake_on(day + 1), day * 24.0 + wk), T)
+
+    def _next_appointment(self, rows: np.ndarray) -> None:
+        """The earliest planned visit left today of these users (a visit done or dropped is inf)."""
+        self.appt_slot[rows] = self.slot_t[rows].argmin(axis=1)
+        self.appt[rows] = self.slot_t[rows, self.appt_slot[rows]]
+
+    def _plan_routines(self, active: np.ndarray, day: np.ndarray, wd: np.ndarray) -> None:
+        """On a user's first move of a day, decide today's routine visits (per slot, with the user's probability, at
+        the user's hour plus a jitter); a visit missed by more than ``routine_window_h`` (e.g. still at work) is
+        dropped."""
+        routines, rr = self.routines, self.rr
+        nd = np.flatnonzero(active & (day != self.plan_day))
+        if nd.size:
+            take = (rr.random((nd.size, 3)) < routines.probability[nd]) & (SLOT_ON_WEEKDAYS[None, :] == wd[nd, None])
+            t = day[nd, None] * 24.0 + routines.hour[nd] + rr.normal(0.0, self.q.routine_jitter_h, (nd.size, 3))
+            self.slot_t[nd] = np.where(take, t, np.inf)
+            self.plan_day[nd] = day[nd]
+            self._next_appointment(nd)
+        for _ in range(3):
+            late = np.flatnonzero(self.T > self.appt + self.q.routine_window_h)
+            if not late.size:
+                break
+            self.slot_t[late, self.appt_slot[late]] = np.inf
+            self._next_appointment(late)
+
+    def _routine_visits(self, go_slot: np.ndarray, dest: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Users whose routine visit is due go to its anchor (sometimes the second leisure place) for a log-normal
+        stay; returns those users and their stays (hours). After evening leisure, maybe home for the night."""
+        if not go_slot.any():
+            return np.zeros(0, dtype=np.int64), None
+        routines, rr, q = self.routines, self.rr, self.q
+        si = np.flatnonzero(go_slot)
+        ss = self.appt_slot[si].copy()
+        u2 = rr.random((si.size, 2))
+        second = (ss == 1) & routines.two_leisure[si] & (u2[:, 0] < q.second_leisure_share)
+        dest[si] = routines.anchors[si, np.where(second, 3, ss)]
+        self.evening_over[si] = (ss == 1) & (u2[:, 1] < q.p_home_after_leisure)
+        stay = routines.stay_h[ss] * np.exp(0.3 * rr.standard_normal(si.size))
+        self.n_routine += np.bincount(ss, minlength=3)
+        self.slot_t[si, ss] = np.inf
+        self._next_appointment(si)
+        return si, stay
+
+    def _free_time(self, free: np.ndarray, dest: np.ndarray, h: np.ndarray, wd: np.ndarray) -> None:
+        """EPR for free time: explore a new place (probability rho * S ** -gamma; a power-law jump, then one of the
+        nearest POIs by the time of day's class preference) or return to a past visit, drawn uniformly."""
         fi = np.flatnonzero(free)
-        if fi.size:
-            p_new = q.rho * distinct[fi].astype(np.float64) ** (-q.gamma)
-            explore = rng.random(fi.size) < p_new
-            ei, ri = fi[explore], fi[~explore]
-            if ei.size:
-                dr = _power_law(rng, ei.size, 0.0, q.extent_km, q.beta_r, q.dr0_km)
-                th = rng.uniform(0, 2 * np.pi, ei.size)
-                pt = xy[loc[ei]] + dr[:, None] * np.c_[np.cos(th), np.sin(th)]
-                k = min(q.explore_k, len(xy))
-                _, nb = tree.query(pt, k=k)
-                nb = nb.reshape(ei.size, k)
-                period = (~wd[ei]).astype(np.int64) * 2 + (h[ei] >= 17.0).astype(np.int64)
-                w = PREFERENCE[period[:, None], pcls[nb]]
-                c = np.cumsum(w, axis=1)
-                pick = (rng.random(ei.size)[:, None] * c[:, -1:] > c).sum(axis=1)
-                dest[ei] = nb[np.arange(ei.size), np.minimum(pick, k - 1)]
-            if ri.size:
-                j = np.floor(rng.random(ri.size) * nvis[ri]).astype(np.int64)
-                dest[ri] = visits[ri, j]
-        travel = np.linalg.norm(xy[dest] - xy[loc], axis=1) / q.speed_kmh + 5.0 / 60.0
-        start = T + travel
-        start = np.where(go_work, np.maximum(start, day * 24.0 + wstart), start)
+        if not fi.size:
+            return
+        q, rng, xy = self.q, self.rng, self.xy
+        p_new = q.rho * self.distinct[fi].astype(np.float64) ** (-q.gamma)
+        explore = rng.random(fi.size) < p_new
+        ei, ri = fi[explore], fi[~explore]
+        if ei.size:
+            dr = _power_law(rng, ei.size, 0.0, q.extent_km, q.beta_r, q.dr0_km)
+            th = rng.uniform(0, 2 * np.pi, ei.size)
+            pt = xy[self.loc[ei]] + dr[:, None] * np.c_[np.cos(th), np.sin(th)]
+            k = min(q.explore_k, len(xy))
+            _, nb = self.tree.query(pt, k=k)
+            nb = nb.reshape(ei.size, k)
+            period = (~wd[ei]).astype(np.int64) * 2 + (h[ei] >= 17.0).astype(np.int64)
+            w = PREFERENCE[period[:, None], self.pcls[nb]]
+            c = np.cumsum(w, axis=1)
+            pick = (rng.random(ei.size)[:, None] * c[:, -1:] > c).sum(axis=1)
+            dest[ei] = nb[np.arange(ei.size), np.minimum(pick, k - 1)]
+        if ri.size:
+            j = np.floor(rng.random(ri.size) * self.nvis[ri]).astype(np.int64)
+            dest[ri] = self.visits[ri, j]
+
+    def _stays(self, dest: np.ndarray, day: np.ndarray, go_home: np.ndarray, go_work: np.ndarray, free: np.ndarray,
+               si: np.ndarray, stay: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Arrival (after the travel time; work not before its start) and end of each stay: home until the next
+        wake-up, work until the work end, free time a power-law wait; cut at bedtime and at the next planned routine
+        visit."""
+        users, q, rng, xy = self.users, self.q, self.rng, self.xy
+        U = len(dest)
+        travel = np.linalg.norm(xy[dest] - xy[self.loc], axis=1) / q.speed_kmh + 5.0 / 60.0
+        start = self.T + travel
+        start = np.where(go_work, np.maximum(start, day * 24.0 + users.wstart), start)
         sday = np.floor(start / 24.0)
         sh = start % 24.0
-        wk = wake_on(sday)
-        next_wake = np.where(sh >= wk, (sday + 1) * 24.0 + wake_on(sday + 1), sday * 24.0 + wk)
+        wk = self.wake_on(sday)
+        next_wake = np.where(sh >= wk, (sday + 1) * 24.0 + self.wake_on(sday + 1), sday * 24.0 + wk)
         end = np.where(go_home, next_wake, start)
-        end = np.where(go_work, sday * 24.0 + wend + rng.normal(0, 0.3, U), end)
+        end = np.where(go_work, sday * 24.0 + users.wend + rng.normal(0, 0.3, U), end)
         dt = _power_law(rng, U, q.wait_min_h, q.wait_max_h, q.beta_t)
-        bedtime = sday * 24.0 + bed
+        bedtime = sday * 24.0 + users.bed
         free_end = np.where(start < bedtime, np.minimum(start + dt, bedtime), start + dt)
-        if routine:  # free time and routine stays end at the next planned routine visit
-            nxt = np.where(appt > start, appt, np.inf)
+        if self.routine:  # free time and routine stays end at the next planned routine visit
+            nxt = np.where(self.appt > start, self.appt, np.inf)
             free_end = np.minimum(free_end, nxt)
             if si.size:
                 stay = np.minimum(start[si] + stay, nxt[si])
                 end[si] = np.where(start[si] < bedtime[si], np.minimum(stay, bedtime[si]), stay)
         end = np.where(free, free_end, end)
-        end = np.maximum(end, start + 1.0 / 60.0)
-        # new places / visit history
-        if seen is not None:
-            new = active & ~seen[ar, dest]
-            seen[ar[active], dest[active]] = True
+        return start, np.maximum(end, start + 1.0 / 60.0)
+
+    def _log(self, step: int, active: np.ndarray, dest: np.ndarray, start: np.ndarray, end: np.ndarray,
+             day: np.ndarray, go_home: np.ndarray, go_work: np.ndarray) -> None:
+        """Record the arrivals and move the users there: the visit history (for returns) and S (distinct places)."""
+        ar = np.arange(len(dest))
+        if self.seen is not None:
+            new = active & ~self.seen[ar, dest]
+            self.seen[ar[active], dest[active]] = True
         else:
-            new = active & ~(visits == dest[:, None]).any(axis=1)
-        distinct += new
-        visits[ar[active], nvis[active]] = dest[active]
-        nvis += active
-        worked_day = np.where(go_work, day.astype(np.int64), worked_day)
-        evening_over &= ~go_home
-        out_t[active, step] = start[active]
-        out_loc[active, step] = dest[active]
-        loc = np.where(active, dest, loc)
-        T = np.where(active, end, T)
-    # assemble
+            new = active & ~(self.visits == dest[:, None]).any(axis=1)
+        self.distinct += new
+        self.visits[ar[active], self.nvis[active]] = dest[active]
+        self.nvis += active
+        self.worked_day = np.where(go_work, day.astype(np.int64), self.worked_day)
+        self.evening_over &= ~go_home
+        self.out_t[active, step] = start[active]
+        self.out_loc[active, step] = dest[active]
+        self.loc = np.where(active, dest, self.loc)
+        self.T = np.where(active, end, self.T)
+
+
+def _tables(q: SyntheticCityParams, xy: np.ndarray, pcls: np.ndarray, simulation: _Simulation,
+            block: tuple) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The check-in records (one per stay, at its arrival, local and UTC), the POI table and the resolved
+    parameters with the simulation's counts."""
+    out_t, out_loc, U = simulation.out_t, simulation.out_loc, q.n_users
     uu, ss = np.nonzero(out_loc >= 0)
     t_local = START + np.round(out_t[uu, ss] * 3600.0).astype(np.int64)
     offset_h = int(np.round(q.center_lon / 15.0))
@@ -512,10 +611,25 @@ def generate_synthetic_city(params: SyntheticCityParams, show_progress: bool = F
     })
     pois = pd.DataFrame({"venue_id": np.arange(len(xy)).astype(str), "lat": plat, "lon": plon,
                          "poi_class": names[pcls]})
+    n_routine = simulation.n_routine
     info = asdict(q)
-    info.update({"utc_offset_hours": offset_h, "workers": int(worker.sum()),
+    info.update({"utc_offset_hours": offset_h, "workers": int(simulation.users.worker.sum()),
                  "routine_visits": {"day_anchor": int(n_routine[0]), "leisure": int(n_routine[1]),
                                     "weekend_anchor": int(n_routine[2])},
                  "poi_class_counts":
                  {c: int((pcls == i).sum()) for i, c in enumerate(DEFAULT_POI_CLASSES)}})
     return records, pois, info
+
+
+def generate_synthetic_city(params: SyntheticCityParams, show_progress: bool = False):
+    """Return ``(records, pois, resolved_params)``; records in the canonical reader format."""
+    q, rng = _resolve(params)
+    xy, pcls = _layout_pois(q, rng)
+    block = () if q.user_block is None else (int(q.user_block),)
+    rng, rr = _user_streams(q, rng, block)
+    users = _draw_users(q, rng, xy, pcls)
+    simulation = _Simulation(q, xy, pcls, users, _draw_routines(q, rr, xy, pcls, users), rng, rr)
+    for step in tqdm(range(simulation.steps), desc="simulating EPR + routines", disable=not show_progress,
+                     leave=False):
+        simulation.step(step)
+    return _tables(q, xy, pcls, simulation, block)

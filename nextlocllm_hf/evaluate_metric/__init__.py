@@ -3,8 +3,8 @@
 `nextloc_metric.py` here is the metric script; it computes with the shipped model code's `metrics_nextlocllm.py` and
 `geometry_nextlocllm.py` through relative imports, so the metric and the package share one implementation.
 `export_metric(folder)` writes the folder `evaluate.load` reads without this package: the script, those two modules,
-the metric card (`README.md`, a Space card) and a Gradio `app.py`; `push_metric(repo_id)` pushes it as a Space, which
-`evaluate.load("ORG/NAME")` reads; `load_metric()` loads an export offline.
+the metric card (`README.md`, a Space card) and a Gradio `app.py`; `nextlocllm_hf.hub.push_metric(repo_id)` pushes it
+as a Space, which `evaluate.load("ORG/NAME")` reads; `load_metric()` loads an export offline.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ launch_gradio_widget(module)
 '''
 
 
-def _check_name(name: str) -> str:
+def check_metric_name(name: str) -> str:
     """The script's file name is the Space's name (evaluate fetches `<name>.py`), and it is imported by that name."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
         raise ValueError(f"metric name {name!r}: it names the script `<name>.py` that evaluate imports, so it must "
@@ -43,7 +43,7 @@ def export_metric(folder: str | os.PathLike, name: str = METRIC_NAME) -> str:
     script's path. `evaluate.load(folder)` finds it when the folder is named `name`, `evaluate.load(script)` always."""
     from .. import modeling
 
-    _check_name(name)
+    check_metric_name(name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     modeling_dir = Path(modeling.__file__).resolve().parent
@@ -65,29 +65,4 @@ def load_metric(**kwargs):
         return evaluate.load(export_metric(Path(tmp) / METRIC_NAME), **kwargs)  # evaluate copies the modules away
 
 
-def push_metric(repo_id: str, *, token: str | None = None, private: bool | None = None,
-                commit_message: str = "Upload the NextLoc metric", validate_card: bool = True):
-    """Push the exported metric as a Gradio Space `repo_id` (its name is the script's); returns the `CommitInfo`.
-
-    The card's metadata is validated by the Hub first, and no file holding the token is uploaded.
-    """
-    from huggingface_hub import SpaceCard
-
-    from nextlocllm_hf.hub import _api, _refuse_token_in, _resolve_token, check_repo_id
-
-    check_repo_id(repo_id)
-    name = _check_name(repo_id.split("/")[1])
-    token = _resolve_token(token)
-    with tempfile.TemporaryDirectory(prefix="nextloc-metric-") as tmp:
-        folder = Path(tmp) / name
-        export_metric(folder, name)
-        _refuse_token_in({path.name: path for path in folder.iterdir()}, token)
-        if validate_card:
-            SpaceCard.load(folder / "README.md").validate(repo_type="space")
-        api = _api(token)
-        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(folder),
-                                 commit_message=commit_message)
-
-
-__all__ = ["METRIC_NAME", "export_metric", "load_metric", "push_metric"]
+__all__ = ["METRIC_NAME", "check_metric_name", "export_metric", "load_metric"]

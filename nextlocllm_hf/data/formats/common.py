@@ -20,17 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...modeling.records_nextlocllm import (DEFAULT_ENCODING, LATITUDE_ALIASES, LONGITUDE_ALIASES, USER_ALIASES,
-                                           decoding, first_line, read_table, sniff_sep, text_codec)
+from ...modeling.records_nextlocllm import (BUILDER_NAMES, DEFAULT_ENCODING, LATITUDE_ALIASES, LONGITUDE_ALIASES,
+                                           USER_ALIASES, decoding, first_line, read_table, sniff_sep, text_codec)
 from ..report import BuildReport
 
 # Input field -> column names tried in order (case-insensitive). Position and user names are those of inference's
-# records (`records_nextlocllm`); `time` here is the absolute (UTC) time, unlike inference's local clock.
+# records (`records_nextlocllm`), under the builder's names (`BUILDER_NAMES`, the one map between the two
+# vocabularies); `time` here is the absolute (UTC) time, unlike inference's local clock.
 FIELD_ALIASES: dict[str, list[str]] = {
     "user": list(USER_ALIASES),
     "time": ["utc_time", "time", "timestamp", "datetime", "ts", "checkin_time", "date_time"],
-    "lat": list(LATITUDE_ALIASES),
-    "lon": list(LONGITUDE_ALIASES),
+    BUILDER_NAMES["latitude"]: list(LATITUDE_ALIASES),
+    BUILDER_NAMES["longitude"]: list(LONGITUDE_ALIASES),
     "venue": ["venue_id", "poi_id", "location_id", "venue", "place_id", "poi_idx"],
     "category": ["category_name", "category", "venue_category", "poi_category"],
     "root_category": ["root_category", "l1_category"],

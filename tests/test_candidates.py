@@ -1,5 +1,5 @@
-"""The candidate ranker: hand-checked features in both task modes, unknown cell ids, city-agnostic scoring, the
-listwise loss, merging."""
+"""The candidate ranker (`modeling/candidates_nextlocllm.py`): hand-checked features in both task modes, unknown cell
+ids, city-agnostic scoring, the listwise loss."""
 
 import math
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_retriever
+from helpers import ORIGIN, tiny_retriever
 
 from nextlocllm_hf import CityRetriever
 from nextlocllm_hf.modeling.candidates_nextlocllm import (
@@ -17,16 +18,7 @@ from nextlocllm_hf.modeling.candidates_nextlocllm import (
     candidate_listwise_loss,
     hour_distance,
 )
-from nextlocllm_hf.modeling.ranking_nextlocllm import merge_rankings, pad_with_nearest
-
-ORIGIN = np.array([-8_235_000.0, 4_970_000.0])  # realistic Web Mercator magnitudes: offsets must survive float64
-
-
-def tiny_retriever(cell_ids=(10, 20, 30, 40)) -> CityRetriever:
-    """Four cells at (0, 0), (1000, 0), (0, 1000), (3000, 3000) m from ORIGIN, std (500, 1000), 2 POI classes."""
-    xy = ORIGIN + np.array([[0.0, 0.0], [1000.0, 0.0], [0.0, 1000.0], [3000.0, 3000.0]])
-    poi = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.25, 0.75]])
-    return CityRetriever("tiny", list(cell_ids), xy, np.zeros((4, 2)), poi, ORIGIN, [500.0, 1000.0])
+from nextlocllm_hf.modeling.ranking_nextlocllm import merge_rankings
 
 
 def sample(cells, xy, day, hour, history_length, query=None) -> dict:
@@ -340,28 +332,3 @@ def test_listwise_loss_without_covered_samples_is_a_differentiable_zero():
     assert loss.item() == 0.0 and not covered.any()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in scorer.parameters())
-
-
-def test_merge_rankings_puts_scored_candidates_first_then_fallback():
-    candidate_ids = np.array([[5, 7, 9, -1], [-1, -1, -1, -1]])
-    scores = torch.tensor([[0.1, 0.9, 0.5, -1e30], [0.0, 0.0, 0.0, 0.0]], dtype=torch.bfloat16)
-    fallback = np.array([[7, 1, 1, 2, 0], [3, 4, 3, 8, 6]])
-    top = merge_rankings(candidate_ids, scores, fallback, 4)
-    # Row 0: candidates by score (7, 9, 5), then the fallback minus 7; row 1 has only padding: the fallback, deduped.
-    assert top.dtype == np.int64
-    np.testing.assert_array_equal(top, [[7, 9, 5, 1], [3, 4, 8, 6]])
-    np.testing.assert_array_equal(merge_rankings(candidate_ids, scores, fallback, 2), [[7, 9], [3, 4]])
-    with pytest.raises(ValueError, match="sample 1 has only 4 distinct cells"):
-        merge_rankings(candidate_ids, scores, fallback, 5)
-
-
-def test_pad_with_nearest_keeps_the_list_then_adds_the_nearest_unlisted_cells():
-    retriever = tiny_retriever()  # cells 10, 20, 30, 40
-    points = retriever.xy[[0, 3]] + 1.0  # next to cell 10, next to cell 40
-    ranked = np.array([[30, -1, -1], [-1, -1, -1]])
-    padded = pad_with_nearest(ranked, points, retriever, 3)
-    nearest = retriever.query(points, 3)[0]
-    assert padded.dtype == np.int64
-    np.testing.assert_array_equal(padded[0], [30, *[c for c in nearest[0] if c != 30][:2]])
-    np.testing.assert_array_equal(padded[1], nearest[1])
-    assert pad_with_nearest(np.zeros((0, 3), dtype=np.int64), np.zeros((0, 2)), retriever, 3).shape == (0, 3)

@@ -1,11 +1,17 @@
-"""Web Mercator values, ground-size cells and cell assignment."""
+"""The geometry (`modeling/geometry_nextlocllm.py`, `modeling/grid_nextlocllm.py`; `data/projection.py` and
+`data/grid.py` re-export them): Web Mercator values both ways, great-circle distances, ground-size cells and cell
+assignment."""
+
+import math
 
 import numpy as np
 import pytest
+from helpers import R_MEAN, forward_mercator
 
 from nextlocllm_hf.data.grid import Grid
 from nextlocllm_hf.data.projection import (WEB_MERCATOR_RADIUS_M, ground_to_projected, lonlat_to_mercator,
                                            mercator_to_lonlat)
+from nextlocllm_hf.modeling.geometry_nextlocllm import haversine_m
 
 
 def test_known_web_mercator_values():
@@ -22,6 +28,26 @@ def test_inverse_round_trip():
     lo, la = mercator_to_lonlat(*lonlat_to_mercator(lon, lat))
     np.testing.assert_allclose(lo, lon, atol=1e-9)
     np.testing.assert_allclose(la, lat, atol=1e-9)
+
+
+def test_haversine_known_distances():
+    one_degree = R_MEAN * math.pi / 180  # 111 195.08 m
+    assert one_degree == pytest.approx(111195.08, abs=0.01)
+    assert haversine_m(0.0, 0.0, 1.0, 0.0) == pytest.approx(one_degree, rel=1e-12)
+    assert haversine_m(10.0, 20.0, 11.0, 20.0) == pytest.approx(one_degree, rel=1e-12)  # along a meridian
+    assert haversine_m(0.0, 0.0, 0.0, 90.0) == pytest.approx(R_MEAN * math.pi / 2, rel=1e-12)
+    assert haversine_m(40.0, -74.0, 40.0, -74.0) == 0.0
+    assert isinstance(haversine_m(0.0, 0.0, 1.0, 0.0), float)
+    d = haversine_m(np.array([0.0, 0.0]), np.array([0.0, 0.0]), np.array([1.0, 0.0]), np.array([0.0, 1.0]))
+    assert d.shape == (2,) and np.allclose(d, one_degree)
+
+
+def test_inverse_mercator_of_known_forward_values():
+    # EPSG:3857 reference values: lon 180 -> x = 20 037 508.342789244, lat 45 -> y = 5 621 521.486192066
+    lon, lat = mercator_to_lonlat(np.array([20037508.342789244, 0.0]), np.array([5621521.486192066, 0.0]))
+    assert np.stack([lon, lat], axis=1) == pytest.approx(np.array([[180.0, 45.0], [0.0, 0.0]]), abs=1e-9)
+    x, y = forward_mercator(108.88, 34.166)  # Xi'an, about (1.2120e7, 4.0508e6)
+    assert mercator_to_lonlat(x, y) == pytest.approx((108.88, 34.166), abs=1e-9)
 
 
 @pytest.mark.parametrize("lon,lat,word", [(181.0, 0.0, "longitude"), (0.0, 86.0, "latitude"),
