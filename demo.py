@@ -24,7 +24,7 @@ from transformers import AutoModel
 
 import nextlocllm_hf  # noqa: F401  (registers NextLocLLM with AutoModel)
 import train
-from nextlocllm_hf.batching import CitySamples
+from nextlocllm_hf.evaluate import model_samples
 from nextlocllm_hf.cli import entry_point, positive_int
 from nextlocllm_hf.data import BuildConfig, build_and_save, load_city_splits
 from nextlocllm_hf.locks import exclusive_output
@@ -66,12 +66,12 @@ def show_top_k(model_dir: Path, city_path: str, k: int) -> dict:
     """Reload through AutoModel (no flag) and rank the new city's cells for one of its test trajectories."""
     model = AutoModel.from_pretrained(model_dir)
     city = load_city_splits(city_path)
-    samples = CitySamples(city.splits["test"], {city.name: city.retriever}, task_mode=model.config.task_mode)
+    samples = model_samples(model, city.splits["test"], {city.name: city.retriever})
     batch = samples[0]
     output = model.predict(batch, city=city.name, k=k)
     retriever = model.retriever(city.name)
-    latlon = retriever.latlon[retriever.rows_of(retriever.cell_ids)]  # row i: cell id i's centroid
-    lat, lon = dict(zip(retriever.cell_ids, latlon[:, 0])), dict(zip(retriever.cell_ids, latlon[:, 1]))
+    lat = dict(zip(retriever.cell_ids, retriever.latlon[:, 0]))
+    lon = dict(zip(retriever.cell_ids, retriever.latlon[:, 1]))
     print(f"\nreloaded {type(model).__name__} from {model_dir}; cities: {model.cities}")
     print(f"one test trajectory of {city.name} (never trained on); its last {model.config.current_length} visits:")
     for day, hour, cell in zip(batch["current_day"][0], batch["current_hour"][0], batch["current_cell"][0].tolist()):

@@ -75,6 +75,7 @@ from nextlocllm_hf.modeling.configuration_nextlocllm import (
     TASK_MODES,
     NextLocLLMConfig,
 )
+from nextlocllm_hf.modeling.heads_nextlocllm import CandidateRankerType
 from nextlocllm_hf.outputs import (
     existing_outputs,
     name_list,
@@ -300,7 +301,7 @@ def warm_start_candidate_ranker(model, train_split, validation_split, seed: int)
                               feature_bins=config.candidate_feature_bins, neighbors=config.candidate_neighbors,
                               max_candidates=config.max_candidates, time_features=config.candidate_time_features,
                               seed=seed).fit(train_split, validation_split, model.retrievers)
-    model.candidate_scorer.warm_start_from(ranker.scorer)
+    getattr(model, model.head_type.scorer_name).warm_start_from(ranker.scorer)
     return {"epochs": ranker.best_epoch, "validation_hit@1": ranker.validation_hit_at_1}
 
 
@@ -308,7 +309,7 @@ def parameter_groups(model, args: argparse.Namespace) -> list[dict]:
     """The trainable parameters; the candidate scorer's feature path and MLP (what the features-only warm start
     trained) in a group of their own learning rate, the context path (new, from zero) with everything else.
     `model` is the bare module (under FSDP with `use_orig_params` its parameters are the wrapped model's)."""
-    scorer = getattr(model, "candidate_scorer", None)
+    scorer = getattr(model, CandidateRankerType.scorer_name, None)
     warm = set()
     if scorer is not None:
         warm = {id(p) for module in (scorer.feature_projection, scorer.mlp) for p in module.parameters()}

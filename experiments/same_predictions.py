@@ -1,7 +1,9 @@
 """Does a code change keep the study's numbers? Record every cached prediction with the code before the change, then
 recompute them with the code after it and compare byte for byte.
 
-    # with the code before the change (a worktree of the old commit), a small training budget:
+    # with the code before the change: a worktree of the old commit, with this script and study.py copied in (a
+    # commit older than issue 25 lacks --record), run on that tree (PYTHONPATH=<worktree>; the editable install maps
+    # nextlocllm_hf.modeling to the main checkout, so link <worktree>/nextlocllm_hf/modeling -> ../modeling there)
     python experiments/same_predictions.py --data ../shared/data --before runs/same --record --max_steps 40
     # with the code after it:
     python experiments/same_predictions.py --data ../shared/data --before runs/same --scratch /tmp/regenerate

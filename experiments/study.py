@@ -192,15 +192,13 @@ class Study:
             import nextlocllm_hf  # noqa: F401  (registers the Auto classes)
             from transformers import AutoModel
 
-            from nextlocllm_hf.batching import CitySamples
-            from nextlocllm_hf.evaluate import evaluate_model
+            from nextlocllm_hf.evaluate import evaluate_model, model_samples
 
             model = AutoModel.from_pretrained(self.train(variant, seed, split_seed) / "model")
             city = self.city(city_name, split_seed)
             if city.name not in model.cities:
                 model.add_city(city.retriever)  # zero-shot: the new city's cells and statistics
-            samples = CitySamples(self.rows(city_name, split_seed), {city.name: city.retriever},
-                                  task_mode=model.config.task_mode)
+            samples = model_samples(model, self.rows(city_name, split_seed), {city.name: city.retriever})
             _, raw = evaluate_model(model, samples, batch_size=128, description=f"{variant} seed {seed} {city_name}")
             return Predictions(raw["ranked"], raw["coordinates"])  # ranked by the model's own head
 

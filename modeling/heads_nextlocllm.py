@@ -2,8 +2,8 @@
 
 A head type (`config.head_type`, an entry of `HEAD_TYPES`) owns everything that differs between heads: the layers it
 adds to the model (under the attribute names of the published checkpoints), its loss, how its output ranks a city's
-cells (`rank`), the extra features it gives the candidate ranker, and its fields of `NextLocLLMOutput`. Nothing
-outside this file asks which head is in use.
+cells (`rank`), the extra features it gives the candidate ranker, and its fields of `NextLocLLMOutput`. Outside this
+file, code asks a head type what it does (`ranks_candidates`, `scorer_name`), never which one it is.
 - `point` (the paper): one point, the normalized position or, with `regression_target="offset_from_last"`, the offset
   from the last input point; loss: mean distance in metres; cells ranked by distance (KD-tree).
 - `mixture`: `num_mixture_components` weighted 2-D Gaussians in normalized coordinates; loss: negative log-likelihood,
@@ -35,7 +35,6 @@ from .candidates_nextlocllm import (
     candidate_listwise_loss,
     merge_candidate_sets,
 )
-from .configuration_nextlocllm import HEAD_TYPES as HEAD_TYPE_NAMES
 from .configuration_nextlocllm import NextLocLLMConfig
 from .mixture_nextlocllm import (
     mixture_log_density_np,
@@ -314,22 +313,29 @@ class CandidateRankerType(PositionHeadType):
         candidate_cells = result.candidates.cell_ids[city.rows]
         candidate_scores = result.scores.detach()[city.rows].float().cpu().numpy()
         ranked = merge_rankings(candidate_cells, candidate_scores, fallback, depth)
-        matches = (ranked[:, :, None] == candidate_cells[:, None, :]) & (candidate_cells[:, None, :] >= 0)
-        scores = np.where(matches.any(-1), np.take_along_axis(candidate_scores, matches.argmax(-1), axis=1), np.nan)
-        return ranked, scores
+        # Each ranked cell's candidate score: a sorted lookup of (row, cell) keys, O((M + depth) log M) per row.
+        width = int(max(candidate_cells.max(initial=0), ranked.max(initial=0))) + 1
+        row_offset = np.arange(len(ranked))[:, None] * width
+        keys = np.where(candidate_cells >= 0, candidate_cells + row_offset, -1).ravel()
+        order = np.argsort(keys, kind="stable")
+        wanted = (ranked + row_offset).ravel()
+        position = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
+        found = keys[order][position] == wanted
+        scores = np.where(found, candidate_scores.ravel()[order[position]], np.nan)
+        return ranked, scores.reshape(ranked.shape)
 
     def output_fields(self, model: nn.Module, result: HeadResult) -> dict[str, torch.Tensor]:
         cells = torch.from_numpy(result.candidates.cell_ids).to(result.scores.device)
         return {**super().output_fields(model, result), "candidate_cells": cells, "candidate_scores": result.scores}
 
 
+# One entry per `NextLocLLMConfig.head_type` (configuration_nextlocllm.HEAD_TYPES names them for validation).
 HEAD_TYPES: dict[str, PositionHeadType] = {
     "point": PositionHeadType(PointHead),
     "mixture": PositionHeadType(MixtureHead),
     "point_ranker": CandidateRankerType(PointHead),
     "mixture_ranker": CandidateRankerType(MixtureHead),
 }
-assert tuple(HEAD_TYPES) == HEAD_TYPE_NAMES, "the registry and the config's head types must agree"
 
 __all__ = ["PositionPrediction", "HeadResult", "PointHead", "MixtureHead", "DurationHead", "PositionHeadType",
            "CandidateRankerType", "HEAD_TYPES", "init_linear"]

@@ -214,10 +214,7 @@ def _check_mixture(
     retriever: CityRetriever, means_m, scales_m, log_weights, k
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shapes and values of a mixture to rank; a `ValueError` names the field and the offending value."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k={k!r}: expected a positive integer")
-    if k > retriever.num_cells:
-        raise ValueError(f"k={k} is larger than the {retriever.num_cells} candidate cells of city {retriever.name!r}")
+    retriever.check_k(k)
     means_m, scales_m, log_weights = (np.asarray(a, dtype=np.float64) for a in (means_m, scales_m, log_weights))
     if means_m.ndim != 3 or means_m.shape[-1] != 2 or means_m.shape[1] < 1:
         raise ValueError(f"means_m has shape {means_m.shape}, expected (N, K, 2) with K >= 1")

@@ -15,8 +15,10 @@ cells by density, see `mixture_nextlocllm.py`) and a candidate ranker over query
 backbone's states (`head_type="point_ranker"` / `"mixture_ranker"`, see `candidates_nextlocllm.py`).
 
 Reading order: `encoder_nextlocllm.py` (records -> hidden states, the prompt as a shared prefix), `heads_nextlocllm.py`
-(the head the config selects, with its loss), `ranking_nextlocllm.py` (head output -> top-k cells); this file wires
-them: construction, the city registry, `forward`, chunked `predict`, save/load. Inputs are checked once per batch
+(the registry of head types: each owns its layers, loss, ranking of a city's cells, candidate features and output
+fields), `ranking_nextlocllm.py` (what the rankings share: merging, and a batch that mixes cities ranked at one width);
+this file wires them: construction, the city registry, `forward` (the batch's cities grouped once), chunked `predict`,
+save/load. Inputs are checked once per batch
 (`validation_nextlocllm.py`).
 """
 
@@ -34,10 +36,9 @@ from transformers.utils import ModelOutput
 
 from .adaptation_nextlocllm import apply_adaptation, load_backbone_weights
 from .backbone_nextlocllm import load_backbone, local_or_hub
-from .candidates_nextlocllm import CandidateScorer
 from .configuration_nextlocllm import NextLocLLMConfig
 from .encoder_nextlocllm import NextLocLLMEncoderMixin, text_lengths
-from .heads_nextlocllm import HEAD_TYPES, DurationHead, MixtureHead, PointHead, init_linear
+from .heads_nextlocllm import HEAD_TYPES, DurationHead, init_linear
 from .loading_nextlocllm import check_model_type, load_retrievers_beside, resolve_revision
 from .ranking_nextlocllm import rank_batch
 from .retrieval_nextlocllm import CityRetriever, CityRows, city_groups, save_retrievers
@@ -107,13 +108,13 @@ class NextLocLLMOutput(ModelOutput):
     duration: torch.Tensor | None = None
     top_k_cells: torch.Tensor | None = None
     top_k_distances: torch.Tensor | None = None
-    top_k_scores: torch.Tensor | None = None
     mixture_means: torch.Tensor | None = None
     mixture_scales: torch.Tensor | None = None
     mixture_weights: torch.Tensor | None = None
     candidate_cells: torch.Tensor | None = None
     candidate_scores: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    top_k_scores: torch.Tensor | None = None
     coordinate_mean: torch.Tensor | None = None
     coordinate_std: torch.Tensor | None = None
 
@@ -131,7 +132,7 @@ class NextLocLLMPreTrainedModel(PreTrainedModel):
         heads and the candidate scorer initialize themselves (`init_head_weights`: the offset head and the scorer's
         context path start at zero; the scorer after its layers, children come first). The backbone (a
         PreTrainedModel) initializes itself."""
-        if isinstance(module, (PointHead, MixtureHead, CandidateScorer)):
+        if hasattr(module, "init_head_weights"):
             module.init_head_weights()
         elif isinstance(module, nn.Linear):
             init_linear(module)
@@ -267,8 +268,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         r"""
         history_* / current_*: coordinates `(B, L, 2)` in projected metres, day `(B, L)` 0=Monday..6, hour
             `(B, L)` 0..23, duration `(B, L)` stay hours >= 0, poi `(B, L, C)` the cell's POI frequencies.
-        coordinate_mean / coordinate_std: `(B, 2)` or `(2,)` the city's statistics; or give `city` (a name or one
-            name per sample) and the registered retriever's statistics are used.
+        coordinate_mean / coordinate_std: `(B, 2)` or `(2,)` statistics to normalize with, for a batch without
+            `city`; with `city` (a name or one name per sample) each sample's registered retriever's statistics are
+            used, and giving both is refused (a city's statistics live in one object).
         target_day / target_hour / target_time_gap: `(B,)` the query (local day 0..6, hour 0..23, hours since the
             last record), required with task_mode='at_time' and refused with task_mode='next'.
         labels: `(B, 2)` true next position in projected metres; duration_labels: `(B,)` its stay hours.
@@ -355,17 +357,15 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         a city's number of cells.
 
         Runs in eval mode without gradients, so the prompt's keys and values are computed once and shared by every
-        chunk. Extra columns (user ids, labels, cell ids) are ignored.
+        chunk. Extra columns (user ids, labels, statistics: the cities' own are used) are ignored.
         """
         check_positive_int("batch_size", batch_size)
         for name in [city] if isinstance(city, str) else dict.fromkeys(city):
-            num_cells = self.retriever(name).num_cells
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_cells:
-                raise ValueError(f"k={k!r}: expected an integer from 1 to the {num_cells} candidate cells of city "
-                                 f"{name!r}")
-        inputs = {name: _as_tensor(batch[name], self.device) for name in self.input_names if name in batch}
-        for label in ("labels", "duration_labels"):
-            inputs.pop(label, None)
+            self.retriever(name).check_k(k)
+        # The labels are not needed, and the statistics are the cities' (a batch may carry them, e.g. dummy_inputs).
+        ignored = ("labels", "duration_labels", "coordinate_mean", "coordinate_std")
+        inputs = {name: _as_tensor(batch[name], self.device) for name in self.input_names
+                  if name in batch and name not in ignored}
         total = len(inputs["history_coordinates"])
         if total == 0:
             raise ValueError("predict got an empty batch (0 trajectories)")
@@ -381,13 +381,8 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
                 chunks.append(self(**chunk, city=chunk_city, top_k=k))
         finally:
             self.train(was_training)
-        return NextLocLLMOutput(
-            **{field: torch.cat([getattr(c, field) for c in chunks])
-               for field in ("coordinates", "normalized_coordinates", "duration", "top_k_cells", "top_k_distances",
-                             "top_k_scores", "mixture_means", "mixture_scales", "mixture_weights", "candidate_cells",
-                             "candidate_scores", "coordinate_mean", "coordinate_std")
-               if getattr(chunks[0], field) is not None}
-        )
+        return NextLocLLMOutput(**{field: torch.cat([chunk[field] for chunk in chunks])
+                                   for field in chunks[0].keys() if field != "hidden_states"})
 
     @property
     def dummy_inputs(self) -> dict[str, torch.Tensor]:

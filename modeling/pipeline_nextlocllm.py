@@ -81,7 +81,13 @@ class NextLocationPipeline(Pipeline):
     def resolve_city(self, city: str | None = None, cells: Any = None) -> str:
         """The city to predict in, adding `cells` (a built city folder or a retriever) to the model first."""
         if cells is not None:
-            retriever = CityRetriever.from_folder(cells) if isinstance(cells, (str, os.PathLike)) else cells
+            if isinstance(cells, (str, os.PathLike)):
+                try:
+                    retriever = CityRetriever.from_folder(cells)
+                except FileNotFoundError as error:
+                    raise FileNotFoundError(f"cells={str(cells)!r}: {error}") from None
+            else:
+                retriever = cells
             if city is not None and city != retriever.name:
                 raise ValueError(f"cells holds city {retriever.name!r}, not city={city!r}")
             self.model.add_city(retriever)
@@ -114,8 +120,9 @@ class NextLocationPipeline(Pipeline):
                    encoding=DEFAULT_ENCODING) -> dict:
         city = self.resolve_city(city, cells)
         retriever = self.model.retriever(city)
-        if k is None:  # not given: 10, or every cell of a smaller city (the model checks a given k)
+        if k is None:  # not given: 10, or every cell of a smaller city
             k = min(DEFAULT_K, retriever.num_cells)
+        retriever.check_k(k)  # before the records are read
         if max_duration_hours is not None and not max_duration_hours >= 0:
             raise ValueError(f"max_duration_hours={max_duration_hours!r}: expected hours >= 0 (0: no cap)")
         # the cap the city was built with, unless overridden (0: no cap)

@@ -1,4 +1,4 @@
-"""From a head's output to a city's top-k cells: the one home of ranking, shared by the model and the baselines.
+"""What every ranking of a city's cells shares, for the model's heads and the baselines alike.
 
 Each head type ranks one city's samples its own way (`heads_nextlocllm.HEAD_TYPES`: by distance, by mixture density,
 or scored candidates first); what they share lives here:

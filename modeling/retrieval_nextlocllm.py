@@ -79,7 +79,9 @@ class CityRetriever:
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < np.inf):
             raise ValueError(f"{where}: max_duration_hours={cap!r} must be positive hours or None (no cap)")
         if self.poi_classes is not None:
-            self.poi_classes = [str(name) for name in self.poi_classes]
+            if isinstance(self.poi_classes, str) or not all(isinstance(n, str) for n in self.poi_classes):
+                raise ValueError(f"{where}: poi_classes={self.poi_classes!r} must be a list of class names")
+            self.poi_classes = list(self.poi_classes)
             if len(self.poi_classes) != self.poi_frequency.shape[1]:
                 raise ValueError(f"{where}: {len(self.poi_classes)} poi_classes for {self.poi_frequency.shape[1]} POI "
                                  f"frequency columns")
@@ -116,7 +118,7 @@ class CityRetriever:
             metadata=dict(metadata or {}),
             grid=grid,
             max_duration_hours=max_duration_hours,
-            poi_classes=None if poi_classes is None else list(poi_classes),
+            poi_classes=poi_classes,
         )
 
     @classmethod
@@ -130,14 +132,14 @@ class CityRetriever:
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike) -> "CityRetriever":
-        """From a city folder built by `dataset_scripts/build_city.py`: the one reader of its `city.json` and
-        `cells.parquet` (the records and splits are the dataset loader's)."""
-        import pandas as pd
+        """From a city folder built by `dataset_scripts/build_city.py`: its `city.json` and `cells.parquet` only, for
+        inference in a new city (`load_city_splits` reads the same two files beside the records and splits)."""
+        import pandas as pd  # the cells table's reader; the model itself never needs pandas
 
-        folder = Path(path)
+        folder = Path(path).expanduser()
         missing = [name for name in ("city.json", "cells.parquet") if not (folder / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"{str(path)!r}: not a built city folder (missing {missing})")
+            raise FileNotFoundError(f"{str(path)!r} is not a built city folder (missing {missing})")
         city = json.loads((folder / "city.json").read_text(encoding="utf-8"))
         return cls.from_city(city, pd.read_parquet(folder / "cells.parquet"))
 
@@ -220,11 +222,16 @@ class CityRetriever:
         within = (np.abs(points - self.xy[nearest]) <= half + tolerance).all(axis=1)
         return np.where(within & inside, nearest, -1), inside
 
-    def query(self, points: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k cells nearest to each projected point: `(cell_ids (M, k), distances in metres (M, k))`."""
+    def check_k(self, k: Any) -> None:
+        """How many cells a ranking of this city may list: the one rule (and message) of every entry point that takes
+        a `k` for a city (the pipeline, `model.predict`, `query`, the mixture ranking)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.num_cells:
             raise ValueError(f"k={k!r}: expected an integer from 1 to the {self.num_cells} candidate cells of city "
                              f"{self.name!r}")
+
+    def query(self, points: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k cells nearest to each projected point: `(cell_ids (M, k), distances in metres (M, k))`."""
+        self.check_k(k)
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         if not np.isfinite(points).all():
             raise ValueError(f"points for city {self.name!r} hold NaN or inf coordinates")

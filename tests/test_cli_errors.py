@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import train as train_script  # noqa: E402
 
-ENV = {**BASE_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
 TRAIN = [sys.executable, str(REPO / "train.py")]
 BUILD = [sys.executable, str(REPO / "dataset_scripts" / "build_city.py"), "--format", "synthetic", "--users", "12",
          "--records-per-user", "60", "--extent-km", "4", "--no-progress"]

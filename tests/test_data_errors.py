@@ -153,7 +153,7 @@ def test_a_city_in_one_cell_builds_with_a_warning(tmp_path, partitions):
     built = run([sys.executable, str(repo / "dataset_scripts" / "build_city.py"), "--format", "csv", "--input",
                  str(tmp_path / "one-cell.csv"), "--city", "dot", "--output", str(tmp_path / "dot"), "--history-length",
                  str(H), "--current-length", str(L), "--stride", "1", "--no-progress", *partitions],
-                env={**BASE_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, cwd=repo)
+                env={**BASE_ENV, "OMP_NUM_THREADS": "1"}, cwd=repo)
     assert built.returncode == 0, built.stderr[-3000:]
     warnings = [line for line in built.stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, built.stdout

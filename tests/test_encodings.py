@@ -15,7 +15,7 @@ from nextlocllm_hf.data.build import BuildConfig, build_and_save, build_city
 from nextlocllm_hf.modeling.records_nextlocllm import read_records
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**BASE_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+ENV = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
 BUILD = [sys.executable, str(REPO / "dataset_scripts" / "build_city.py"), "--format", "csv", "--history-length", "2",
          "--current-length", "1", "--stride", "1", "--no-progress", "--city", "e"]
 # Café is a Commercial name under an Entertainment root: decoded wrong, the name is unknown and the root decides.

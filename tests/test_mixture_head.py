@@ -235,7 +235,7 @@ def test_ranking_rejects_bad_inputs():
     retriever = random_retriever(20)
     means, scales, log_weights = CENTRE + np.zeros((2, 3, 2)), np.full((2, 3, 2), 100.0), np.zeros((2, 3))
     cases = [
-        ((means, scales, log_weights, 21), r"k=21 is larger than the 20 candidate cells of city 'rand'"),
+        ((means, scales, log_weights, 21), r"k=21: expected an integer from 1 to the 20 candidate cells of city 'rand'"),
         ((means, scales, log_weights, 0), "k=0"),
         ((means, np.where(np.arange(2)[:, None, None] == 1, -1.0, scales), log_weights, 3), r"scales_m holds -1\.0"),
         ((means, np.zeros_like(scales), log_weights, 3), r"scales_m holds 0\.0"),

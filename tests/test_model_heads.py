@@ -42,6 +42,9 @@ def test_mixture_head_outputs_loss_and_density_ranking(tiny_backbone, city):
     )
     brute = city.cell_ids[np.argsort(-density, axis=1, kind="stable")[:, :8]]
     np.testing.assert_array_equal(out.top_k_cells.numpy(), brute)
+    # What it ranked by: the density at the listed cells' centres, highest first.
+    listed = np.take_along_axis(density, np.argsort(-density, axis=1, kind="stable")[:, :8], axis=1)
+    np.testing.assert_allclose(out.top_k_scores.numpy(), listed, rtol=1e-9)
 
 
 def test_mixture_head_trains_and_round_trips(tiny_backbone, city, tmp_path):
@@ -84,6 +87,10 @@ def test_candidate_ranker_ranks_its_candidates_first_and_trains(tiny_backbone, c
                                                                 stable=True)]
         top = out.top_k_cells[row].tolist()
         assert top == by_score[:10].tolist()[: len(top)]
+        # Each listed cell's score is its candidate score; a cell only the position head listed has none (NaN).
+        score_of = dict(zip(out.candidate_cells[row][real].tolist(), out.candidate_scores[row][real].tolist()))
+        for cell, score in zip(top, out.top_k_scores[row].tolist()):
+            assert score == pytest.approx(score_of[cell], rel=1e-6) if cell in score_of else np.isnan(score)
         # The input records' own cells are candidates.
         assert set(batch["current_cell"][row].tolist()) <= set(out.candidate_cells[row].tolist())
 
@@ -126,3 +133,10 @@ def test_candidate_ranker_needs_cells_and_city(tiny_backbone, city):
     batch["current_cell"] = batch["current_cell"][:, :1]
     with pytest.raises(ValueError, match="current_cell has shape"):
         model(**batch, city="nyc")
+
+
+def test_every_configurable_head_type_has_a_registry_entry():
+    """The config validates `head_type` against its names; the model builds it from the registry: they must agree."""
+    from nextlocllm_hf.modeling import configuration_nextlocllm, heads_nextlocllm
+
+    assert tuple(heads_nextlocllm.HEAD_TYPES) == configuration_nextlocllm.HEAD_TYPES

@@ -61,6 +61,25 @@ def test_bad_field_is_named(model_and_batch, name, edit, message):
         model(**corrupt(batch, name, edit), city="nyc")
 
 
+def test_a_city_of_other_poi_classes_is_refused(model_and_batch):
+    """A city whose frequencies count other POI classes (same number, other names) would feed the model wrong
+    frequencies: add_city names both lists; a retriever saved before the names were stored is taken on its count."""
+    from dataclasses import replace
+
+    model, _ = model_and_batch
+    city = make_retriever("lyon", num_cells=20)
+    renamed = [f"other_{name}" for name in model.config.poi_class_names]
+    with pytest.raises(ValueError, match=r"city 'lyon' has poi_classes=\['other_"):
+        model.add_city(replace(city, poi_classes=renamed))
+    assert "lyon" not in model.cities
+    try:
+        model.add_city(replace(city, poi_classes=list(model.config.poi_class_names)))
+        model.add_city(replace(city, name="older", poi_classes=None))
+        assert {"lyon", "older"} <= set(model.cities)
+    finally:  # the model is shared by this file's tests
+        model.retrievers.pop("lyon", None), model.retrievers.pop("older", None)
+
+
 def test_unknown_city_and_oversized_k(model_and_batch):
     """`predict` refuses a k past the city's cells (the user's k); `forward`'s top_k, which evaluation uses for every
     city at once, ranks all of a smaller city's cells and pads with NO_CELL."""

@@ -13,7 +13,7 @@ import pytest
 from processes import BASE_ENV, run, spawned
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**BASE_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+ENV = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
 BUILD = [sys.executable, str(REPO / "dataset_scripts" / "build_city.py"), "--format", "csv", "--history-length", "2",
          "--current-length", "1", "--stride", "1", "--no-progress"]
 HOW = {"in process": [], "partitioned": ["--partitions", "2", "--scheduler", "synchronous"]}

@@ -159,3 +159,23 @@ def test_the_duration_cap_travels_with_the_retriever(built_city, tmp_path):
     assert {r.max_duration_hours for r in older.values()} == {24.0}
     with pytest.raises(ValueError, match=r"city 'bad': max_duration_hours=-1.0 must be positive hours or None"):
         CityRetriever.from_city({**built_city.metadata, "city": "bad", "max_duration_hours": -1.0}, built_city.cells)
+
+
+def test_a_city_folder_reads_as_the_retriever_the_dataset_holds(built_city, tmp_path):
+    """`from_folder` (inference in a new city) reads what `load_city_splits` holds: the same cells, statistics, grid,
+    cap, POI table by cell id and class names, which survive a save and load; a folder that is no built city, and
+    class names that are no list of names, are refused by name."""
+    retriever, loaded = built_city.retriever, CityRetriever.from_folder(built_city.path)
+    for field in ("cell_ids", "xy", "latlon", "poi_frequency", "coordinate_mean", "coordinate_std", "poi_table"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(retriever, field), err_msg=field)
+    assert loaded.grid == retriever.grid and loaded.max_duration_hours == retriever.max_duration_hours
+    assert loaded.poi_classes == retriever.poi_classes == built_city.metadata["poi_classes"]
+    for cell, frequency in zip(retriever.cell_ids, retriever.poi_frequency):
+        np.testing.assert_array_equal(retriever.poi_table[cell], frequency)
+    save_retrievers({retriever.name: retriever}, tmp_path)
+    again = load_retrievers(str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME))
+    assert again[retriever.name].poi_classes == retriever.poi_classes
+    with pytest.raises(FileNotFoundError, match=r"is not a built city folder \(missing \['city.json', 'cells.parquet'\]"):
+        CityRetriever.from_folder(tmp_path)
+    with pytest.raises(ValueError, match=r"poi_classes='abcde' must be a list of class names"):
+        CityRetriever.from_city({**built_city.metadata, "poi_classes": "abcde"}, built_city.cells)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import train as train_script  # noqa: E402
 
-ENV = {**BASE_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")

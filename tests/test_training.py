@@ -50,7 +50,7 @@ def test_two_processes_stay_synchronized_and_gather_every_sample(workspace):
     output = workspace["root"] / "ddp"
     command = [sys.executable, str(REPO / "tests" / "debug_launcher_check.py"), workspace["city"], workspace["backbone"],
                str(output)]
-    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1"}
     result = run(command, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "DDP CHECK PASSED" in result.stdout
@@ -211,7 +211,7 @@ def test_accelerate_launch_with_two_cpu_processes(workspace, tmp_path):
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(REPO / "train.py"), *arguments(workspace, output, "--max_steps", "3", "--eval_steps", "3"),
     ]
-    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = run(command, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stdout and "trained parameters identical on all 2 processes" in result.stdout
@@ -261,7 +261,7 @@ def test_fsdp_on_cpu_loads_the_best_weights_into_the_shards(workspace, tmp_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), str(REPO / "tests" / "fsdp_cpu_check.py"), str(tmp_path / "model"),
                str(tmp_path / "best")]
-    env = {**BASE_ENV, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
     result = run(command, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "FSDP CPU CHECK PASSED" in result.stdout
@@ -273,7 +273,7 @@ def test_fsdp_asked_for_on_cpu_is_refused_not_silently_replaced(workspace, tmp_p
         "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
         str(free_port()), str(REPO / "train.py"), *arguments(workspace, tmp_path / "fsdp", "--max_steps", "1"),
     ]
-    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**BASE_ENV, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = run(command, env=env, cwd=REPO)
     assert result.returncode != 0
     assert "error: the launcher asked for FSDP, but Accelerate runs MULTI_CPU" in result.stderr

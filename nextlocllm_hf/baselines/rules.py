@@ -202,6 +202,9 @@ class RuleBaseline:
 
     def fit(self, train_rows: Any, retriever: CityRetriever) -> "RuleBaseline":
         """Keep the city's candidate cells; rules that learn from training data override ``_fit``."""
+        if not isinstance(retriever, CityRetriever):
+            raise TypeError(f"retriever: expected the city's CityRetriever (`CityDataset.retriever`), got "
+                            f"{type(retriever).__name__}")
         if (retriever.cell_ids < 0).any():  # a negative id marks an empty place in a ranking
             raise ValueError(f"city {retriever.name!r}: cell ids must be non-negative")
         self.retriever = retriever

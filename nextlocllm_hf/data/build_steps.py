@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from ..evaluate import MAX_RANK
+from ..metrics import MAX_RANK
 from ..modeling.records_nextlocllm import (day_and_hour, is_repeated_record, leakage_free_durations,
                                           record_durations, time_order)
 from .build_config import BuildConfig

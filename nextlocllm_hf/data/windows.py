@@ -97,7 +97,8 @@ class CityRecords:
 
     def __init__(self, files: Sequence[str | os.PathLike], poi_frequency: np.ndarray, history_length: int,
                  current_length: int):
-        """`files`: the records shards in order; `poi_frequency`: `(cells, C)` the cells' POI frequencies."""
+        """`files`: the records shards in order; `poi_frequency`: `(max cell id + 1, C)` the POI frequencies by cell
+        id (`CityRetriever.poi_table`), which is how a record's cell reads them."""
         self.files = [str(f) for f in files]
         self.poi_frequency = np.asarray(poi_frequency, dtype=np.float32)
         self.history_length, self.current_length = int(history_length), int(current_length)
