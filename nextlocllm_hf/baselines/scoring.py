@@ -42,14 +42,16 @@ def score_baselines(
             for rule, scores in evaluate_rule_baselines(city.splits["train"], test, retriever,
                                                         task_mode=task_mode).items()
         })
+        learned = {}
         if id_classifier_epochs:
             classifier, _ = train_id_classifier(city.splits["train"], city.splits["validation"], retriever.num_cells,
                                                 epochs=id_classifier_epochs, seed=seed)
-            ranked = rank_with_id_classifier(classifier, test, depth, num_cells=retriever.num_cells)
-            baselines[f"id_lstm / {name}"] = metrics_for_rankings({"id_lstm": ranked}, test, retriever)["id_lstm"]
+            learned["id_lstm"] = rank_with_id_classifier(classifier, test, depth, num_cells=retriever.num_cells)
         if ranker is not None:
-            ranked = ranker.rank(test, retriever, depth)
-            baselines[f"gbdt_ranker / {name}"] = metrics_for_rankings({"gbdt": ranked}, test, retriever)["gbdt"]
+            learned["gbdt_ranker"] = ranker.rank(test, retriever, depth)
+        if learned:  # the test targets read once for both
+            baselines.update({f"{learner} / {name}": scores
+                              for learner, scores in metrics_for_rankings(learned, test, retriever).items()})
     rules = [rule for rule in RULE_BASELINES if rule != "markov_train_users"]  # no rule learns from a new city
     for city in zero_shot:
         retriever = city.retriever
@@ -59,5 +61,5 @@ def score_baselines(
         if ranker is not None:
             ranked = ranker.rank(test, retriever, min(MAX_RANK, retriever.num_cells))
             baselines[f"gbdt_ranker / {city.name} (zero-shot)"] = metrics_for_rankings(
-                {"gbdt": ranked}, test, retriever)["gbdt"]
+                {"gbdt_ranker": ranked}, test, retriever)["gbdt_ranker"]
     return baselines
