@@ -109,8 +109,14 @@ class NextLocLLMConfig(PreTrainedConfig):
         mixture_distance_loss_weight (`float`, 0.0): adds the paper's distance loss on the closest mode, in
             normalized units, to the mixture likelihood.
         candidate_time_features (`bool`, True): include the time-conditioned candidate features (off: an ablation).
+        candidate_history (`bool`, False): also read the user's earlier records (`past_*` inputs, up to
+            `max_past_records` of them, the window's included): whole-history statistics per candidate and every cell
+            of that history as a candidate (after the window's cells and the neighbours). Off: the 45-record window
+            only (the configs saved before this field).
+        max_past_records (`int`, 1024): the most recent records of a user's history read when `candidate_history`.
         candidate_neighbors (`int`, 10): cells nearest the last input point added as candidates.
-        max_candidates (`int`, 64): candidates per sample (input-record cells first, then neighbours).
+        max_candidates (`int`, 64): candidates per sample (input-record cells first, then neighbours, then earlier
+            cells by their visit count).
         candidate_ranker_width (`int`, 256): hidden width of the candidate scorer.
         candidate_feature_bins (`int`, 8): quantile bins of each candidate feature's piecewise-linear encoding,
             next to its standardized value (0: standardized only).
@@ -155,6 +161,8 @@ class NextLocLLMConfig(PreTrainedConfig):
     num_mixture_components: int = 5
     mixture_distance_loss_weight: float = 0.0
     candidate_time_features: bool = True
+    candidate_history: bool = False
+    max_past_records: int = 1024
     candidate_neighbors: int = 10
     max_candidates: int = 64
     candidate_ranker_width: int = 256
@@ -197,6 +205,7 @@ class NextLocLLMConfig(PreTrainedConfig):
             "lora_r",
             "candidate_neighbors",
             "max_candidates",
+            "max_past_records",
             "candidate_ranker_width",
         ):
             require(isinstance(getattr(self, field), int) and getattr(self, field) > 0, field, "a positive integer")
