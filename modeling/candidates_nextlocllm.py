@@ -33,6 +33,9 @@ then unknown and not a feature). `candidate_feature_names` lists the features in
     hour_distance          smallest time-of-day distance (h) of a visit to the reference hour / 12; 1 if never visited
     hour_sin, hour_cos, weekend   the reference time itself (same for every candidate of a sample)
     log_gap                log1p(hours from the last record to the query), `at_time` only
+  whole history (with `history=True`, `NextLocLLMConfig.candidate_history`): the `life_*` and `past_*` statistics of
+  `history_nextlocllm.py`, over the user's records up to the last input one (`past_*` batch fields); the cells of
+  that history then also become candidates, after the window's cells and the neighbours, most visited first.
 
 Unknown cell ids: a record whose cell id is not one of the retriever's cells (negative ids included, e.g. padding)
 has no centre or POI vector, so it never becomes a candidate and matches no candidate. It still counts as a record:
@@ -54,6 +57,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_nextlocllm import TASK_MODES
+from .history_nextlocllm import PAST_COLUMNS, check_past, earlier_cells_by_visits, history_columns, history_feature_names
 from .retrieval_nextlocllm import CityRetriever
 
 TIME_WINDOW_HOURS = 2  # "around the reference hour": a circular distance of at most this many hours
@@ -72,17 +76,21 @@ RECORD_COLUMNS = tuple(f"{part}_{field}" for part in ("history", "current")
 QUERY_COLUMNS = ("target_day", "target_hour", "target_time_gap")
 
 
-def candidate_feature_names(num_poi_classes: int, task_mode: str, time_features: bool = True) -> list[str]:
+def candidate_feature_names(num_poi_classes: int, task_mode: str, time_features: bool = True,
+                            history: bool = False) -> list[str]:
     """The features of a candidate, in column order (see the module docstring)."""
     _check_mode(task_mode)
     names = [*_GEOMETRY, *(f"poi_{i}" for i in range(int(num_poi_classes))), *_VISITS]
     if time_features:
         names += [*_TIME, *(("log_gap",) if task_mode == "at_time" else ())]
+    if history:
+        names += history_feature_names(time_features)
     return names
 
 
-def candidate_feature_size(num_poi_classes: int, task_mode: str, time_features: bool = True) -> int:
-    return len(candidate_feature_names(num_poi_classes, task_mode, time_features))
+def candidate_feature_size(num_poi_classes: int, task_mode: str, time_features: bool = True,
+                           history: bool = False) -> int:
+    return len(candidate_feature_names(num_poi_classes, task_mode, time_features, history))
 
 
 def _check_mode(task_mode: str) -> None:
@@ -186,31 +194,34 @@ def build_candidates(
     neighbors: int,
     max_candidates: int,
     time_features: bool = True,
+    history: bool = False,
 ) -> CandidateSet:
     """Candidate cells and their features for a batch of one city.
 
     Each row lists the distinct known cells of the sample's records, most recently visited first, then the
-    `neighbors` cells nearest the last record's point (capped at the city's number of cells); duplicates keep their
-    first place and the row is cut or padded to `max_candidates`.
+    `neighbors` cells nearest the last record's point (capped at the city's number of cells), then with `history` the
+    cells of the user's earlier records, most visited first; duplicates keep their first place and the row is cut or
+    padded to `max_candidates`.
 
     Args:
         batch: `history_*` / `current_*` `cell` `(B, L)` integer ids, `coordinates` `(B, L, 2)` projected metres,
             `day` and `hour` `(B, L)`, oldest first; in `at_time` mode also `target_day`, `target_hour` and
-            `target_time_gap` `(B,)` (the query; never the target's cell or position).
+            `target_time_gap` `(B,)` (the query; never the target's cell or position); with `history` also the
+            `past_*` fields `(B, P)` (`history_nextlocllm.PAST_COLUMNS`).
     """
     missing = [name for name in RECORD_COLUMNS if batch.get(name) is None]
     if missing:
         raise ValueError(f"candidate features need the records' {missing}")
-    history = integer_ids(batch["history_cell"], "history_cell")
+    history_ids = integer_ids(batch["history_cell"], "history_cell")
     current = integer_ids(batch["current_cell"], "current_cell")
-    batch_size = len(history)
+    batch_size = len(history_ids)
     if len(current) != batch_size:
         raise ValueError(f"history_cell has {batch_size} rows but current_cell {len(current)}")
     if current.shape[1] == 0:
         raise ValueError("current_cell has no records: the last record's cell is a feature")
     xy = np.concatenate([to_numpy(batch["history_coordinates"]), to_numpy(batch["current_coordinates"])], axis=1)
     xy = xy.astype(np.float64, copy=False)
-    records = np.concatenate([history, current], axis=1)
+    records = np.concatenate([history_ids, current], axis=1)
     num_records = records.shape[1]
     if xy.shape != (batch_size, num_records, 2) or not np.isfinite(xy).all():
         raise ValueError(f"record coordinates have shape {xy.shape}, expected ({batch_size}, {num_records}, 2) finite")
@@ -234,7 +245,13 @@ def build_candidates(
         neighbor_rows = retriever.rows_of(retriever.query(last_point, k)[0])
     else:
         neighbor_rows = np.zeros((batch_size, 0), dtype=np.int64)
-    pool = np.concatenate([record_rows[:, ::-1], neighbor_rows], axis=1)
+    pool = [record_rows[:, ::-1], neighbor_rows]
+    if history:
+        past = check_past({name: to_numpy(batch[name]) for name in PAST_COLUMNS if batch.get(name) is not None},
+                          batch_size)
+        past_rows = np.where(past["mask"], retriever.rows_of(past["cell"]), -1)
+        pool.append(earlier_cells_by_visits(past_rows, past["mask"]))
+    pool = np.concatenate(pool, axis=1)
     rows, mask = compact(pool, first_occurrences(pool), int(max_candidates))
 
     safe_rows = np.where(mask, rows, 0)
@@ -261,11 +278,15 @@ def build_candidates(
     columns = [
         offset[..., 0], offset[..., 1], distance, distance_gyration,
         *np.moveaxis(retriever.poi_frequency[safe_rows], -1, 0),
-        visit_share, np.log1p(counts), visits[:, :, history.shape[1]:].sum(axis=-1) / current.shape[1], recency,
+        visit_share, np.log1p(counts), visits[:, :, history_ids.shape[1]:].sum(axis=-1) / current.shape[1], recency,
         visited, visits[:, :, -1], markov_1, markov_2, np.log1p(rule_rank + 1),
     ]
     if time_features:
         columns += _time_columns(visits, day, hour, query_day, query_hour, gap, num_records)
+    if history:
+        columns += history_columns(
+            safe_rows, mask, past, past_rows, counts, retriever.poi_frequency, query_day,
+            hour_distance(past["hour"], query_hour[:, None]), TIME_WINDOW_HOURS, time_features)
     features = np.stack(np.broadcast_arrays(*columns), axis=-1).astype(np.float32)
     features[~mask] = 0.0
     weights = visits / np.maximum(counts, 1)[..., None]

@@ -36,6 +36,7 @@ from .candidates_nextlocllm import (
     merge_candidate_sets,
 )
 from .configuration_nextlocllm import NextLocLLMConfig
+from .history_nextlocllm import PAST_COLUMNS
 from .mixture_nextlocllm import (
     mixture_log_density_np,
     mixture_negative_log_likelihood,
@@ -257,11 +258,13 @@ class CandidateRankerType(PositionHeadType):
     ranks_candidates = True
 
     def description(self, config: NextLocLLMConfig) -> str:
-        return (f"{self.position_head.description(config)}; candidate ranker re-ranks the input-record cells and the "
-                f"cells near the last point (task: {config.task_mode})")
+        history = " and the user's earlier cells, with whole-history statistics" if config.candidate_history else ""
+        return (f"{self.position_head.description(config)}; candidate ranker re-ranks the input-record cells, the "
+                f"cells near the last point{history} (task: {config.task_mode})")
 
     def layers(self, config: NextLocLLMConfig) -> dict[str, nn.Module]:
-        num_features = candidate_feature_size(config.num_poi_classes, config.task_mode, config.candidate_time_features)
+        num_features = candidate_feature_size(config.num_poi_classes, config.task_mode, config.candidate_time_features,
+                                              config.candidate_history)
         num_features += self.position_head.extra_candidate_features
         scorer = CandidateScorer(num_features, config.hidden_size, config.candidate_ranker_width,
                                  config.candidate_feature_bins)
@@ -294,13 +297,14 @@ class CandidateRankerType(PositionHeadType):
         """Each sample's candidate set, built with its city's cells and statistics (`build_candidates`), with the
         position head's feature appended."""
         config, head = model.config, getattr(model, self.position_head.attribute_name)
-        arrays = {name: inputs[name].detach().cpu().numpy() for name in (*RECORD_COLUMNS, *QUERY_COLUMNS)
-                  if inputs[name] is not None and inputs[name].dim() > 0}
+        arrays = {name: inputs[name].detach().cpu().numpy() for name in (*RECORD_COLUMNS, *QUERY_COLUMNS, *PAST_COLUMNS)
+                  if inputs.get(name) is not None and inputs[name].dim() > 0}
         parts, rows = {}, {}
         for city in cities:
             part = build_candidates(city.retriever, {key: value[city.rows] for key, value in arrays.items()},
                                     config.task_mode, neighbors=config.candidate_neighbors,
-                                    max_candidates=config.max_candidates, time_features=config.candidate_time_features)
+                                    max_candidates=config.max_candidates, time_features=config.candidate_time_features,
+                                    history=config.candidate_history)
             parts[city.retriever.name] = replace(part, features=head.candidate_features(position, part, city))
             rows[city.retriever.name] = city.rows
         return merge_candidate_sets(parts, rows, len(arrays["history_cell"]))

@@ -39,8 +39,10 @@ from .backbone_nextlocllm import load_backbone, local_or_hub
 from .configuration_nextlocllm import NextLocLLMConfig
 from .encoder_nextlocllm import NextLocLLMEncoderMixin, text_lengths
 from .heads_nextlocllm import HEAD_TYPES, DurationHead, init_linear
+from .history_nextlocllm import PAST_COLUMNS
 from .loading_nextlocllm import check_model_type, load_retrievers_beside, resolve_revision
 from .ranking_nextlocllm import rank_batch
+from .recipes_nextlocllm import DEFAULT_RECIPE, get_recipe
 from .retrieval_nextlocllm import CityRetriever, CityRows, city_groups, save_retrievers
 from .validation_nextlocllm import (
     check_positive_int,
@@ -73,6 +75,7 @@ MODEL_INPUT_NAMES = (
     "history_cell",
     "current_cell",
     "target_cell",
+    *PAST_COLUMNS,
 )
 
 
@@ -80,7 +83,7 @@ MODEL_INPUT_NAMES = (
 class NextLocLLMOutput(ModelOutput):
     """
     Args:
-        loss: mean Euclidean distance in projected metres (plus the weighted duration loss when that head is on).
+        loss: with labels, the training loss: `position_loss`, plus `duration_loss` and `ranking_loss` where present.
         coordinates: `(batch, 2)` predicted next position, projected metres (Web Mercator).
         normalized_coordinates: `(batch, 2)` the head's raw output in units of the city's coordinate std: the position
             z-scored with the city's statistics, or with `regression_target="offset_from_last"` the offset from the
@@ -100,6 +103,10 @@ class NextLocLLMOutput(ModelOutput):
             sample), when requested.
         coordinate_mean / coordinate_std: `(batch, 2)` float64, the statistics each sample was normalized with (its
             city's, or the given ones), as PatchTST returns its `loc` and `scale`.
+        position_loss / duration_loss / ranking_loss: the parts of `loss`, which is their sum, with labels: the
+            position head's loss (metres for the point head, the negative log-likelihood for the mixture), the
+            weighted duration loss (with the duration head) and the weighted listwise loss (with a `_ranker` head,
+            given `target_cell`). Their scales differ by orders of magnitude, so training shows them apart.
     """
 
     loss: torch.Tensor | None = None
@@ -117,6 +124,9 @@ class NextLocLLMOutput(ModelOutput):
     top_k_scores: torch.Tensor | None = None
     coordinate_mean: torch.Tensor | None = None
     coordinate_std: torch.Tensor | None = None
+    position_loss: torch.Tensor | None = None
+    duration_loss: torch.Tensor | None = None
+    ranking_loss: torch.Tensor | None = None
 
 
 class NextLocLLMPreTrainedModel(PreTrainedModel):
@@ -176,17 +186,21 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         cls,
         name_or_path: str = "smollm2-135m",
         hub_kwargs: Mapping[str, Any] | None = None,
+        recipe: str | None = DEFAULT_RECIPE,
         **config_overrides,
     ) -> "NextLocLLMForCoordinateRegression":
         """A new model around pretrained backbone weights (a Hub id, a local folder, or `smollm2-135m`).
 
-        The backbone is cut to `num_backbone_layers` (default 6); the prompt and POI descriptions are encoded once
-        into persistent buffers, so the saved model loads later without tokenizer or network. Like
-        `from_pretrained`, it returns the model in eval mode.
+        `recipe` (`recipes_nextlocllm.RECIPES`; default the recommended `ranker`, `paper` for the authors' model)
+        gives the config values, and `config_overrides` win over them; `recipe=None` starts from the config's class
+        defaults instead. The task mode is the caller's (`task_mode`, default `next`). The backbone is cut to
+        `num_backbone_layers`; the prompt and POI descriptions are encoded once into persistent buffers, so the saved
+        model loads later without tokenizer or network. Like `from_pretrained`, it returns the model in eval mode.
         """
-        num_layers = config_overrides.get("num_backbone_layers", NextLocLLMConfig.num_backbone_layers)
+        values = {**(get_recipe(recipe).config if recipe is not None else {}), **config_overrides}
+        num_layers = values.get("num_backbone_layers", NextLocLLMConfig.num_backbone_layers)
         backbone, tokenizer, _ = load_backbone(name_or_path, num_layers, **dict(hub_kwargs or {}))
-        config = NextLocLLMConfig(llm_config=backbone.config.to_dict(), **config_overrides)
+        config = NextLocLLMConfig(llm_config=backbone.config.to_dict(), recipe=recipe, **values)
         config.prompt_length, config.poi_description_length = text_lengths(config, tokenizer)
         model = cls(config)
         model.load_backbone_weights(backbone.state_dict())
@@ -262,6 +276,11 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
         history_cell: torch.Tensor | None = None,
         current_cell: torch.Tensor | None = None,
         target_cell: torch.Tensor | None = None,
+        past_cell: torch.Tensor | None = None,
+        past_day: torch.Tensor | None = None,
+        past_hour: torch.Tensor | None = None,
+        past_hours_ago: torch.Tensor | None = None,
+        past_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> NextLocLLMOutput | tuple:
@@ -278,6 +297,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
             `NO_CELL` places: evaluation ranks every city at one depth).
         history_cell / current_cell: `(B, L)` the records' cell ids, and `city`: needed by the candidate ranker;
             target_cell `(B,)` trains it (listwise loss on the true cell).
+        past_cell / past_day / past_hour / past_hours_ago / past_mask: `(B, P)` the user's records up to the last input
+            one (cell id, local day and hour, hours before the last input record; mask False at the left padding),
+            read by a ranker with `candidate_history` (whole-history statistics, earlier cells as candidates).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         inputs = {
@@ -299,6 +321,11 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
             "history_cell": history_cell,
             "current_cell": current_cell,
             "target_cell": target_cell,
+            "past_cell": past_cell,
+            "past_day": past_day,
+            "past_hour": past_hour,
+            "past_hours_ago": past_hours_ago,
+            "past_mask": past_mask,
         }
         batch_size = check_shapes(self.config, inputs)
         if top_k is not None:
@@ -318,12 +345,13 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
 
         encoded = self.encode(inputs, mean, std, output_hidden_states)
         head = self.head_type.run(self, inputs, cities, mean, std, encoded.last_state, encoded.record_states)
-        loss, duration = head.loss, None
+        loss, duration, duration_loss = head.loss, None, None
         if self.config.use_duration_head:
             log_duration = self.duration_head.predict(encoded.last_state)
             duration = torch.expm1(log_duration)
             if duration_labels is not None and labels is not None:
-                loss = loss + self.duration_head.loss(log_duration, duration_labels)
+                duration_loss = self.duration_head.loss(log_duration, duration_labels)
+                loss = loss + duration_loss
         if head.ranking_loss is not None:
             loss = loss + head.ranking_loss
         top_k_cells = top_k_distances = top_k_scores = None
@@ -345,6 +373,9 @@ class NextLocLLMForCoordinateRegression(NextLocLLMEncoderMixin, NextLocLLMPreTra
             hidden_states=encoded.hidden_states,
             coordinate_mean=mean,
             coordinate_std=std,
+            position_loss=head.loss,
+            duration_loss=duration_loss,
+            ranking_loss=head.ranking_loss,
             **self.head_type.output_fields(self, head),
         )
         return output if return_dict else output.to_tuple()

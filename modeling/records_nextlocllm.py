@@ -71,8 +71,8 @@ RECORD_COLUMNS_TABLE = """\
     duration_hours  duration                               optional: hours until the record's next record, the value
                                                            training used; an empty cell falls back to the gap
                                                            computed from the times
-    user_id         user, uid, userid                      optional: whose record it is (the pipeline takes many users
-                                                           at once, the predict CLI one)
+    user_id         user, uid, userid                      optional: whose record it is (the pipeline and the predict
+                                                           CLI take many users at once: one table per user)
 """
 
 _EPOCH = pd.Timestamp("1970-01-01")
@@ -393,11 +393,14 @@ def _absolute_seconds(stamp: pd.Timestamp) -> int:
 def prepare_records(
     records: pd.DataFrame, retriever, config, max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS
 ) -> pd.DataFrame:
-    """The last `history_length + current_length` records of `parse_records` with their model features.
+    """The records of `parse_records` a model reads, with their model features: the window (the last
+    `history_length + current_length`) and, for a `candidate_history` model, the user's earlier records before it (the
+    most recent `max_past_records` in all), which only its candidate statistics read.
 
-    Adds `part` (history/current), `x`, `y` (Web Mercator m), `day` (0 = Monday), `hour`, `duration` (the model's
-    float32 hours, leakage rule applied), `cell_id` (-1 outside every candidate cell) and `poi` (the cell's POI
-    frequencies). `max_duration_hours` None or 0 leaves durations unclipped (the builder's `--max-duration-hours 0`).
+    Adds `part` (earlier/history/current), `x`, `y` (Web Mercator m), `day` (0 = Monday), `hour`, `duration` (the
+    model's float32 hours, leakage rule applied; NaN on earlier records), `cell_id` (-1 outside every candidate cell)
+    and `poi` (the cell's POI frequencies). `max_duration_hours` None or 0 leaves durations unclipped (the builder's
+    `--max-duration-hours 0`).
     """
     if max_duration_hours is not None and not max_duration_hours >= 0:
         raise ValueError(f"max_duration_hours={max_duration_hours!r}: expected hours >= 0 (0 or None: no cap)")
@@ -408,7 +411,9 @@ def prepare_records(
             f"history_length + current_length = {config.history_length} + {config.current_length} = {needed} "
             f"records of the user; give at least {needed} (the last {needed} are used)"
         )
-    kept = records.iloc[-needed:].reset_index(drop=True).copy()
+    read = max(needed, config.max_past_records) if config.candidate_history else needed
+    kept = records.iloc[-read:].reset_index(drop=True).copy()
+    earlier = len(kept) - needed
     x, y = lonlat_to_mercator(kept["longitude"].to_numpy(), kept["latitude"].to_numpy())
     rows, inside_area = retriever.locate(np.stack([x, y], axis=1))
     if not inside_area.all():
@@ -422,24 +427,25 @@ def prepare_records(
             f"longitude {lon_range[0]:.4f}..{lon_range[1]:.4f}); is this the right city?"
         )
 
-    duration, _ = record_durations(kept["time_s"].to_numpy(), np.array([0]), np.array([needed]),
+    window = kept.iloc[earlier:]
+    duration, _ = record_durations(window["time_s"].to_numpy(), np.array([0]), np.array([needed]),
                                    max_duration_hours or None)
-    given = kept["duration_hours"].to_numpy(dtype=np.float64)
+    given = window["duration_hours"].to_numpy(dtype=np.float64)
     if max_duration_hours:
         given = np.minimum(given, max_duration_hours)
     duration, _ = leakage_free_durations(np.where(np.isnan(given), duration, given)[None])
 
     day, hour = day_and_hour(kept["local_s"].to_numpy(dtype=np.int64))
-    poi = np.zeros((needed, retriever.poi_frequency.shape[1]), dtype=np.float32)
+    poi = np.zeros((len(kept), retriever.poi_frequency.shape[1]), dtype=np.float32)
     known = rows >= 0
     poi[known] = retriever.poi_frequency[rows[known]]
     return kept.assign(
-        part=["history"] * config.history_length + ["current"] * config.current_length,
+        part=["earlier"] * earlier + ["history"] * config.history_length + ["current"] * config.current_length,
         x=x,
         y=y,
         day=day,
         hour=hour,
-        duration=duration[0].astype(np.float32),
+        duration=np.r_[np.full(earlier, np.nan), duration[0]].astype(np.float32),
         cell_id=np.where(known, retriever.cell_ids[np.maximum(rows, 0)], -1),
         poi=list(poi),
     )
@@ -493,7 +499,29 @@ def model_inputs_from_records(prepared: pd.DataFrame | Sequence[pd.DataFrame], c
     elif given:
         raise ValueError(f"at={given[0]!r} is given, but this model was trained for task_mode='next' (it predicts the "
                          f"next visit, whenever it happens); drop --at, or use a model trained with --task_mode at_time")
+    if config.candidate_history:
+        batch.update({name: torch.from_numpy(values) for name, values in past_records(frames).items()})
     return batch
+
+
+def past_records(frames: Sequence[pd.DataFrame]) -> dict[str, np.ndarray]:
+    """The `past_*` fields (`history_nextlocllm.PAST_COLUMNS`) of `prepare_records` frames: every row of each (its
+    earlier records and the window), hours before its last record, left-padded to the longest frame."""
+    length = max(len(frame) for frame in frames)
+    out = {"past_cell": np.full((len(frames), length), -1, dtype=np.int64),
+           "past_day": np.zeros((len(frames), length), dtype=np.int64),
+           "past_hour": np.zeros((len(frames), length), dtype=np.int64),
+           "past_hours_ago": np.zeros((len(frames), length), dtype=np.float32),
+           "past_mask": np.zeros((len(frames), length), dtype=bool)}
+    for row, frame in enumerate(frames):
+        columns = slice(length - len(frame), length)
+        time_s = frame["time_s"].to_numpy(dtype=np.int64)
+        out["past_cell"][row, columns] = frame["cell_id"].to_numpy(dtype=np.int64)
+        out["past_day"][row, columns] = frame["day"].to_numpy(dtype=np.int64)
+        out["past_hour"][row, columns] = frame["hour"].to_numpy(dtype=np.int64)
+        out["past_hours_ago"][row, columns] = hours_between(time_s, time_s[-1])
+        out["past_mask"][row, columns] = True
+    return out
 
 
 __all__ = [
@@ -524,4 +552,5 @@ __all__ = [
     "prepare_records",
     "query_features",
     "model_inputs_from_records",
+    "past_records",
 ]

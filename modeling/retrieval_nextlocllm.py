@@ -8,7 +8,8 @@ A regressed point becomes a ranked list of cells by nearest-neighbour search in 
 position becomes its cell by the builder's grid (`locate`). Retrievers are saved as safetensors (arrays) + JSON
 (names, statistics, grid) beside the model weights; a KD-tree is never pickled but rebuilt from the saved coordinates
 on first use (milliseconds). Files written before the grid was stored still load: their grid is read from the
-centroids' spacing (`locate`).
+centroids' spacing (`locate`). What a person reads about a cell (`poi_counts`, `top_categories`) is optional: a city
+built or saved before they were kept loads without them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ class CityRetriever:
     (None for a retriever saved before the grid was stored) and the cap its record durations were built with
     (`max_duration_hours`, None: no cap; the builder's default for a retriever saved before the cap was stored), so
     inference turns raw records into the durations training saw, and the names of its POI classes (`poi_classes`, None
-    for a retriever saved before they were stored), so a model refuses a city whose frequencies mean other classes."""
+    for a retriever saved before they were stored), so a model refuses a city whose frequencies mean other classes.
+
+    For answers a person reads, not for the model: `poi_counts`, the POIs of each class in each cell (a cell's class
+    mix; the frequencies are normalized per class city-wide, so their shares are not the cell's), and
+    `top_categories`, each cell's most common venue category names, most venues first; None where the city does not
+    keep them (built or saved before they were, or POIs without category names)."""
 
     name: str
     cell_ids: np.ndarray  # (N,) int64
@@ -50,6 +56,8 @@ class CityRetriever:
     grid: Grid | None = None
     max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS
     poi_classes: list[str] | None = None
+    poi_counts: np.ndarray | None = None  # (N, C) int64
+    top_categories: list[list[str]] | None = None  # (N,) lists of names
 
     def __post_init__(self) -> None:
         self.cell_ids = np.asarray(self.cell_ids, dtype=np.int64).reshape(-1)
@@ -85,6 +93,15 @@ class CityRetriever:
             if len(self.poi_classes) != self.poi_frequency.shape[1]:
                 raise ValueError(f"{where}: {len(self.poi_classes)} poi_classes for {self.poi_frequency.shape[1]} POI "
                                  f"frequency columns")
+        if self.poi_counts is not None:
+            self.poi_counts = np.asarray(self.poi_counts, dtype=np.int64)
+            if self.poi_counts.shape != self.poi_frequency.shape:
+                raise ValueError(f"{where}: poi_counts has shape {self.poi_counts.shape}, expected "
+                                 f"{self.poi_frequency.shape} (as poi_frequency)")
+        if self.top_categories is not None:
+            self.top_categories = [[str(name) for name in names] for names in self.top_categories]
+            if len(self.top_categories) != n:
+                raise ValueError(f"{where}: top_categories holds {len(self.top_categories)} cells, expected {n}")
         if isinstance(self.grid, Mapping):
             self.grid = Grid.from_dict(self.grid)
         if self.grid is not None and not self._grid_keys_inside.all():
@@ -102,8 +119,9 @@ class CityRetriever:
         max_duration_hours: float | None = DEFAULT_MAX_DURATION_HOURS,
         poi_classes: Sequence[str] | None = None,
     ) -> "CityRetriever":
-        """Build from a candidate-cell table with columns `cell_id, lat, lon, x, y, poi_frequency`, the city's
-        grid (`Grid` or its dict, as in city.json), its duration cap and its POI class names."""
+        """Build from a candidate-cell table with columns `cell_id, lat, lon, x, y, poi_frequency` (and, when the
+        city keeps them, `poi_counts` and `top_categories`), the city's grid (`Grid` or its dict, as in city.json), its
+        duration cap and its POI class names."""
         missing = [c for c in ("cell_id", "lat", "lon", "x", "y", "poi_frequency") if c not in cells.columns]
         if missing:
             raise ValueError(f"city {name!r}: candidate cells lack columns {missing}")
@@ -119,6 +137,9 @@ class CityRetriever:
             grid=grid,
             max_duration_hours=max_duration_hours,
             poi_classes=poi_classes,
+            poi_counts=(np.stack([np.asarray(v, dtype=np.int64) for v in cells["poi_counts"]])
+                        if "poi_counts" in cells.columns else None),
+            top_categories=_named_cells(cells["top_categories"]) if "top_categories" in cells.columns else None,
         )
 
     @classmethod
@@ -241,12 +262,27 @@ class CityRetriever:
         return self.cell_ids[rows], distances
 
     def to_tensors(self, prefix: str) -> dict[str, np.ndarray]:
-        return {
+        arrays = {
             f"{prefix}.cell_ids": self.cell_ids,
             f"{prefix}.xy": self.xy,
             f"{prefix}.latlon": self.latlon,
             f"{prefix}.poi_frequency": self.poi_frequency,
         }
+        if self.poi_counts is not None:
+            arrays[f"{prefix}.poi_counts"] = self.poi_counts
+        if self.top_categories is not None:
+            arrays[f"{prefix}.top_categories"] = self._category_codes[1]
+        return arrays
+
+    @cached_property
+    def _category_codes(self) -> tuple[list[str], np.ndarray]:
+        """`top_categories` as arrays are saved: the names (JSON) and `(N, m)` int32 indices into them, -1 padded."""
+        names = sorted({name for cell in self.top_categories for name in cell})
+        index = {name: code for code, name in enumerate(names)}
+        codes = np.full((self.num_cells, max(map(len, self.top_categories), default=0)), -1, dtype=np.int32)
+        for row, cell in enumerate(self.top_categories):
+            codes[row, :len(cell)] = [index[name] for name in cell]
+        return names, codes
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -258,7 +294,25 @@ class CityRetriever:
             **({"grid": self.grid.to_dict()} if self.grid is not None else {}),
             "max_duration_hours": self.max_duration_hours,
             **({"poi_classes": self.poi_classes} if self.poi_classes is not None else {}),
+            **({"category_names": self._category_codes[0]} if self.top_categories is not None else {}),
         }
+
+
+def _named_cells(column: Any) -> list[list[str]] | None:
+    """A cells table's `top_categories` column; None when no cell has a name (the city's POIs carry none)."""
+    cells = [[] if names is None else [str(name) for name in names] for names in column]
+    return cells if any(cells) else None
+
+
+def _decoded_categories(codes: np.ndarray | None, names: Sequence[str] | None,
+                        city: str) -> list[list[str]] | None:
+    """`top_categories` from what `CityRetriever.to_tensors` and `to_json_dict` saved (None when the file has none)."""
+    if codes is None:
+        return None
+    if names is None or (codes.size and int(codes.max()) >= len(names)):
+        raise ValueError(f"{RETRIEVERS_CONFIG_NAME}: city {city!r} has top_categories codes beyond its "
+                         f"category_names ({None if names is None else len(names)} names)")
+    return [[names[code] for code in row if code >= 0] for row in codes]
 
 
 @dataclass(frozen=True)
@@ -334,6 +388,9 @@ def load_retrievers(config_file: str, weights_file: str | None) -> dict[str, Cit
                 grid=city.get("grid"),  # absent in files written before the grid was stored
                 max_duration_hours=city.get("max_duration_hours", DEFAULT_MAX_DURATION_HOURS),  # likewise
                 poi_classes=city.get("poi_classes"),  # likewise
+                poi_counts=arrays.get(f"{prefix}.poi_counts"),  # likewise
+                top_categories=_decoded_categories(arrays.get(f"{prefix}.top_categories"),
+                                                   city.get("category_names"), city["name"]),  # likewise
             )
         except KeyError as error:
             raise ValueError(f"{weights_file}: missing array {error} of city {city.get('name')!r}") from error

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .columns import rows_to_arrays
-from .data.windows import window_view_of
+from .data.windows import PAST_FIELDS, window_view_of
 from .modeling.candidates_nextlocllm import QUERY_COLUMNS
-from .modeling.configuration_nextlocllm import TASK_MODES
+from .modeling.configuration_nextlocllm import TASK_MODES, NextLocLLMConfig
 from .modeling.modeling_nextlocllm import MODEL_INPUT_NAMES
 from .modeling.retrieval_nextlocllm import CityRetriever
 
@@ -30,13 +30,15 @@ RECORD_FIELDS = ("coordinates", "day", "hour", "duration", "poi", "cell")
 class CitySamples(Dataset):
     """A city split (or several cities' splits) as a torch dataset; `__getitems__` gathers a whole batch as tensors."""
 
-    def __init__(self, split, retrievers: Mapping[str, CityRetriever], task_mode: str = "next"):
+    def __init__(self, split, retrievers: Mapping[str, CityRetriever], task_mode: str = "next", history: bool = False,
+                 max_past_records: int = NextLocLLMConfig.max_past_records):
         """`split`: a city split of windows (`load_city_splits` / `load_cities`); `retrievers`: name -> the city's
         `CityRetriever` (`CityDataset.retriever`), whose order fixes `city_index`; `task_mode` (`next` or `at_time`):
-        whether batches carry the query fields."""
+        whether batches carry the query fields; `history`: whether they carry each user's earlier records (`past_*`,
+        the most recent `max_past_records`), which `candidate_history` models read."""
         if task_mode not in TASK_MODES:
             raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
-        self.task_mode = task_mode
+        self.task_mode, self.history, self.max_past_records = task_mode, history, max_past_records
         self.city_names = list(retrievers)
         self.view = window_view_of(split)
         if self.view is None:
@@ -50,7 +52,7 @@ class CitySamples(Dataset):
         self.starts = columns["start"]
         self.fields = [*(f"{part}_{field}" for part in ("history", "current") for field in RECORD_FIELDS),
                        "target_coordinates", "target_duration", "target_cell",
-                       *(QUERY_COLUMNS if task_mode == "at_time" else ())]
+                       *(QUERY_COLUMNS if task_mode == "at_time" else ()), *(PAST_FIELDS if history else ())]
 
     def __len__(self) -> int:
         return len(self.city_index)
@@ -62,7 +64,8 @@ class CitySamples(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = np.asarray(indices, dtype=np.int64)
         city_index = self.city_index[rows]
-        gathered = self.view.arrays(np.asarray(self.city_names)[city_index], self.starts[rows], self.fields)
+        gathered = self.view.arrays(np.asarray(self.city_names)[city_index], self.starts[rows], self.fields,
+                                    self.max_past_records)
         batch = {
             "labels": gathered.pop("target_coordinates"),
             "duration_labels": gathered.pop("target_duration"),

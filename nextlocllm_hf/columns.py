@@ -43,36 +43,40 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
 
 
 def available_columns(rows: Any) -> set[str]:
-    """The columns `rows_to_arrays` can read from `rows`: a dataset's, plus the sample fields of a windowed split."""
-    from .data.windows import SAMPLE_FIELDS, window_view_of
+    """The columns `rows_to_arrays` can read from `rows`: a dataset's, plus the sample (and past) fields of a windowed
+    split."""
+    from .data.windows import GATHERED_FIELDS, window_view_of
 
     if hasattr(rows, "column_names"):
-        return {*rows.column_names, *(SAMPLE_FIELDS if window_view_of(rows) is not None else ())}
+        return {*rows.column_names, *(GATHERED_FIELDS if window_view_of(rows) is not None else ())}
     return set(rows)
 
 
-def rows_to_arrays(rows: Any, columns: Iterable[str]) -> dict[str, np.ndarray]:
+def rows_to_arrays(rows: Any, columns: Iterable[str], max_past_records: int | None = None) -> dict[str, np.ndarray]:
     """The requested columns of ``rows`` as numpy arrays, nested fixed-length lists as extra dimensions.
 
     ``rows``: a ``datasets.Dataset`` (read through Arrow, so float64 coordinates stay float64, unlike
-    ``with_format("numpy")`` which casts floats to float32), a city split of windows (its sample fields gathered from
-    the records), or a mapping of columns.
+    ``with_format("numpy")`` which casts floats to float32), a city split of windows (its sample fields and its users'
+    past records, at most ``max_past_records`` each, default the config's, gathered from the records), or a mapping of
+    columns.
     """
-    from .data.windows import SAMPLE_FIELDS, window_view_of
+    from .data.windows import GATHERED_FIELDS, window_view_of
+    from .modeling.configuration_nextlocllm import NextLocLLMConfig
 
     columns = list(dict.fromkeys(columns))
     view = window_view_of(rows)
     if view is not None:
-        stored = [c for c in columns if c not in SAMPLE_FIELDS]
+        stored = [c for c in columns if c not in GATHERED_FIELDS]
         missing = [c for c in stored if c not in rows.column_names]
         if missing:
-            raise ValueError(f"rows lack columns {missing}; they have {rows.column_names} and {list(SAMPLE_FIELDS)}")
+            raise ValueError(f"rows lack columns {missing}; they have {rows.column_names} and {list(GATHERED_FIELDS)}")
         table = rows.with_format("arrow", columns=sorted({*stored, "city", "start"}))[:]
         out = {c: arrow_to_numpy(table.column(c), c) for c in stored}
-        gathered = [c for c in columns if c in SAMPLE_FIELDS]
+        gathered = [c for c in columns if c in GATHERED_FIELDS]
         if gathered:
             out.update(view.arrays(arrow_to_numpy(table.column("city"), "city"),
-                                   arrow_to_numpy(table.column("start"), "start"), gathered))
+                                   arrow_to_numpy(table.column("start"), "start"), gathered,
+                                   max_past_records or NextLocLLMConfig.max_past_records))
         return {c: out[c] for c in columns}
     if hasattr(rows, "column_names") and hasattr(rows, "with_format"):
         missing = [c for c in columns if c not in rows.column_names]

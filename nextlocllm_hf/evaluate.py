@@ -28,10 +28,13 @@ ALL_CITIES = "all"  # the key of the scores over every sample of a split
 
 
 def model_samples(model, split, retrievers: Mapping[str, CityRetriever]) -> CitySamples:
-    """`split` as `model` reads it, in the task mode of the model's config: every split a model trains on or is scored
-    on is made here, so the task mode is read in one place, and what follows (the baselines, the results) takes it from
-    the samples (`CitySamples.task_mode`)."""
-    return CitySamples(split, retrievers, task_mode=model.config.task_mode)
+    """`split` as `model` reads it, in the task mode of the model's config and with the users' earlier records when it
+    reads them: every split a model trains on or is scored on is made here, so these settings are read in one place,
+    and what follows (the baselines, the results) takes them from the samples (`CitySamples`)."""
+    config = model.config
+    history = config.candidate_history and model.head_type.ranks_candidates  # only a candidate ranker reads the past
+    return CitySamples(split, retrievers, task_mode=config.task_mode, history=history,
+                       max_past_records=config.max_past_records)
 
 
 @torch.no_grad()

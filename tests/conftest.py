@@ -157,10 +157,11 @@ __all__ = ["nextlocllm_hf"]
 
 
 def build_model(backbone_path: str, **overrides):
-    """A model around a tiny backbone, with short samples and a two-block cut unless overridden."""
+    """A model around a tiny backbone, with short samples and a two-block cut unless overridden; built by hand (no
+    recipe: the config's class defaults, the paper's model) unless `recipe=` says otherwise."""
     from nextlocllm_hf import NextLocLLMForCoordinateRegression
 
-    settings = {"num_backbone_layers": 2, "history_length": 8, "current_length": 3, **overrides}
+    settings = {"recipe": None, "num_backbone_layers": 2, "history_length": 8, "current_length": 3, **overrides}
     return NextLocLLMForCoordinateRegression.from_backbone(backbone_path, **settings)
 
 

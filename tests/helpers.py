@@ -29,6 +29,14 @@ def forward_mercator(lon_deg, lat_deg):
 ORIGIN = np.array([-8_235_000.0, 4_970_000.0])  # realistic Web Mercator magnitudes: offsets must survive float64
 
 
+def great_circle_m(lat, lon, other_lat, other_lon) -> np.ndarray:
+    """Great-circle metres on the mean-radius sphere (the haversine formula, written out)."""
+    phi, other_phi = np.radians(lat), np.radians(np.asarray(other_lat, dtype=np.float64))
+    half_chord = (np.sin((other_phi - phi) / 2) ** 2
+                  + np.cos(phi) * np.cos(other_phi) * np.sin(np.radians(np.asarray(other_lon) - lon) / 2) ** 2)
+    return 2 * R_MEAN * np.arcsin(np.sqrt(half_chord))
+
+
 def tiny_retriever(cell_ids=(10, 20, 30, 40)) -> CityRetriever:
     """Four cells at (0, 0), (1000, 0), (0, 1000), (3000, 3000) m from ORIGIN, std (500, 1000), 2 POI classes."""
     xy = ORIGIN + np.array([[0.0, 0.0], [1000.0, 0.0], [0.0, 1000.0], [3000.0, 3000.0]])
@@ -85,13 +93,36 @@ def records_frame(retriever: CityRetriever, n: int = 12) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------- the CLI's output
+TEXT_COLUMNS = ("poi_mix", "top_categories")  # the table's last columns, free text
+
+
+def printed_tables(text: str) -> list[pd.DataFrame]:
+    """Every table the predict CLI printed (one per user), its numbers parsed (`-` is NaN), its text columns as
+    printed."""
+    lines, tables = text.splitlines(), []
+    for header, line in enumerate(lines):
+        if line.split()[:2] != ["rank", "cell_id"]:
+            continue
+        names = line.split()
+        numeric = [name for name in names if name not in TEXT_COLUMNS]
+        starts = [line.index(name) for name in TEXT_COLUMNS]
+        rows = []
+        for body in lines[header + 1:]:
+            if not body.strip() or not body.split()[0].isdigit():
+                break
+            values = body.split()[:len(numeric)]
+            texts = [body[start:end].strip() for start, end in zip(starts, [*starts[1:], None])]
+            rows.append([*values, *texts])
+        table = pd.DataFrame(rows, columns=[*numeric, *TEXT_COLUMNS])
+        for name in numeric:
+            table[name] = pd.to_numeric(table[name].replace("-", np.nan))
+        tables.append(table.astype({"rank": int, "cell_id": int}))
+    return tables
+
+
 def printed_table(text: str) -> pd.DataFrame:
-    lines = text.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "cell_id"])
-    body = [line.split() for line in lines[header + 1:] if line.strip() and line.split()[0].isdigit()]
-    return pd.DataFrame(body, columns=lines[header].split()).astype(
-        {"rank": int, "cell_id": int, "lat": float, "lon": float, "distance_m": float}
-    )
+    """The first table the predict CLI printed (`printed_tables`)."""
+    return printed_tables(text)[0]
 
 
 def build_inference_city(folder: Path | str) -> str:

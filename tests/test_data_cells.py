@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from nextlocllm_hf.data.build import BuildConfig, build_city
-from nextlocllm_hf.data.cells import build_cells, count_pois, normalize_counts
+from nextlocllm_hf.data.cells import build_cells, count_pois, normalize_counts, top_categories
 from nextlocllm_hf.data.grid import Grid
 from nextlocllm_hf.data.projection import mercator_to_lonlat
 
@@ -42,6 +42,22 @@ def test_count_and_normalize_hand_computed():
     np.testing.assert_array_equal(cells.n_records, [1, 2, 0, 0])
     np.testing.assert_allclose(cells.x, [250, 1250, 750, 1250])
     np.testing.assert_allclose(cells.y, [250, 250, 750, 1250])
+
+
+def test_top_categories_hand_computed():
+    """Each cell's most common venue category names, most POIs first, ties by name, empty names skipped, at most
+    `limit`; a cell without named POIs gets an empty list, and POIs outside the candidate cells count nowhere."""
+    cell_keys = np.array([2, 5, 9])
+    poi_keys = np.array([2, 2, 2, 2, 5, 5, 5, 7, 2, 2])
+    names = ["Bar", "Office", "Bar", "Park", "", None, " Zoo ", "Bar", "Office", "Cafe"]
+    assert top_categories(cell_keys, poi_keys, names, limit=3) == [["Bar", "Office", "Cafe"], ["Zoo"], []]
+    assert top_categories(cell_keys, np.zeros(0, dtype=np.int64), []) == [[], [], []]
+    g = Grid(0.0, 0.0, 500.0, 0.0, S, 3, 3)
+    cells, *_ = build_cells(g, np.array([0]), np.array([1]), np.array([0, 4]), np.array([[1, 0], [0, 2]]), 2, "poi",
+                            "max", poi_categories=(np.array([0, 4, 4]), ["Bar", "Park", "Park"]))
+    assert cells["top_categories"].tolist() == [["Bar"], ["Park"]]
+    unnamed, *_ = build_cells(g, np.array([0]), np.array([1]), np.array([0]), np.array([[1, 0]]), 2)
+    assert unnamed["top_categories"].tolist() == [[]]
 
 
 X0 = Y0 = 10_000.0  # away from (0, 0), which is dropped as a missing position

@@ -158,7 +158,7 @@ def test_predict_reads_its_records_in_the_given_encoding(tmp_path, capsys):
         printed[encoding] = capsys.readouterr().out.replace(f"{encoding}.png", "PLOT")
         (result,) = pipe(str(path), city="town", k=3, encoding=encoding)  # a user column: one result per user
         ranked[encoding] = (result["user"], [cell["cell_id"] for cell in result["cells"]])
-    assert printed["latin-1"] == printed["utf-8"] and "top-3 candidate cells" in printed["utf-8"]
+    assert printed["latin-1"] == printed["utf-8"] and "top-3 cells, best first" in printed["utf-8"]
     assert ranked["latin-1"] == ranked["utf-8"] and ranked["utf-8"][0] == "José"
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY_BACKBONES, build_model, build_tokenizer
-from helpers import R_MEAN, printed_table, sample_and_records, write_csv
+from helpers import great_circle_m, printed_table, sample_and_records, write_csv
 from hub_server import LoopbackHub
 from processes import run as run_bounded
 
@@ -139,13 +139,19 @@ def cli(capsys, *argv) -> tuple[str, pd.DataFrame]:
 
 
 def assert_same_as_cli(result: dict, printed: str, table: pd.DataFrame) -> None:
-    """A pipeline result shows exactly what the CLI printed: cells, positions (6 decimals), distances (0.1 m)."""
+    """A pipeline result shows what the CLI printed: cells, positions (6 decimals), distances (0.1 m), probabilities
+    and scores (3 decimals), the last record and the regressed point."""
     cells = pd.DataFrame(result["cells"])
     assert cells["cell_id"].tolist() == table["cell_id"].tolist()
     assert cells["rank"].tolist() == list(range(1, K + 1))
-    for column, digits in (("lat", 6), ("lon", 6), ("distance_m", 1)):
+    for column, digits in (("lat", 6), ("lon", 6), ("distance_from_last_m", 1)):  # fixed by the cells and records
         assert [f"{v:.{digits}f}" for v in cells[column]] == [f"{v:.{digits}f}" for v in table[column]]
-    assert f"predicted next position: lat {result['predicted_lat']:.6f}, lon {result['predicted_lon']:.6f}" in printed
+    for column in ("probability", "score"):  # the model's, from another process: equal up to the last digit printed
+        np.testing.assert_allclose(cells[column], table[column], rtol=0, atol=1.01e-3)
+    point, last = result["regressed_point"], result["last_record"]
+    assert f"regressed point (the position head's, not the answer): lat {point['lat']:.6f}, lon {point['lon']:.6f}" \
+        in printed
+    assert f"last record: {last['local_time']} at lat {last['lat']:.6f}, lon {last['lon']:.6f}" in printed
     assert result["city"] == CITY
 
 
@@ -239,14 +245,14 @@ def test_hub_repo_serves_the_pipeline_without_the_package(root, exported, remote
     finally:
         server.stop()
     assert got["many:module"].startswith("transformers_modules.")
-    assert got["many"] == remote["known_many"]
+    assert json.dumps(got["many"]) == json.dumps(remote["known_many"])  # NaN (no probability) equal to itself
 
 
 def test_a_model_object_in_process_ranks_like_model_predict(exported, tmp_path):
     """With the package imported, the task is registered: `pipeline(TASK, model=<model object>)` needs no folder. On
     the raw records of a test sample it gives what the model's own `predict` gives on that sample as the training
-    batches hold it (`CitySamples`): the same cells and point, each cell's centre from the city's cells table and its
-    great-circle distance from the point, written out here."""
+    batches hold it (`CitySamples`): the same cells, scores and regressed point, each cell's centre from the city's
+    cells table and its great-circle distance from the last record, written out here."""
     from transformers import AutoModel, pipeline
 
     registered = run_bounded(  # a fresh process: this module's own imports registered it here already
@@ -268,15 +274,17 @@ def test_a_model_object_in_process_ranks_like_model_predict(exported, tmp_path):
     assert result["city"] == CITY and cells["rank"].tolist() == list(range(1, K + 1))
     assert cells["cell_id"].tolist() == expected.top_k_cells[0].tolist()
     lon, lat = mercator_to_lonlat(*expected.coordinates[0].numpy())
-    assert (result["predicted_lat"], result["predicted_lon"]) == pytest.approx((lat, lon), abs=1e-9)
+    assert (result["regressed_point"]["lat"], result["regressed_point"]["lon"]) == pytest.approx((lat, lon), abs=1e-9)
     centres = load_city_splits(exported["city"]).cells.set_index("cell_id").loc[cells["cell_id"]]
     np.testing.assert_allclose(cells[["lat", "lon"]].to_numpy(), centres[["lat", "lon"]].to_numpy(), rtol=0,
                                atol=1e-9)
-    phi, cell_phi = np.radians(lat), np.radians(cells["lat"].to_numpy())
-    half_chord = (np.sin((cell_phi - phi) / 2) ** 2
-                  + np.cos(phi) * np.cos(cell_phi) * np.sin(np.radians(cells["lon"].to_numpy() - lon) / 2) ** 2)
-    np.testing.assert_allclose(cells["distance_m"], 2 * R_MEAN * np.arcsin(np.sqrt(half_chord)), rtol=1e-9)
-    assert (np.diff(cells["distance_m"]) >= -0.1).all()  # the paper head ranks by distance; ground and Mercator agree
+    last = raw.iloc[-1]  # the last record, where distances start
+    assert (result["last_record"]["lat"], result["last_record"]["lon"]) == pytest.approx((last["lat"], last["lon"]))
+    np.testing.assert_allclose(cells["distance_from_last_m"],
+                               great_circle_m(last["lat"], last["lon"], cells["lat"], cells["lon"]), rtol=1e-9)
+    np.testing.assert_allclose(result["regressed_point"]["distance_from_last_m"],
+                               great_circle_m(last["lat"], last["lon"], lat, lon), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(cells["score"], expected.top_k_scores[0].double().numpy(), rtol=1e-6)
 
 
 def test_durations_follow_the_cap_the_city_was_built_with(exported):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import build_model
-from helpers import H, INFERENCE_CITY, L, printed_table, records_frame, sample_and_records, write_csv
+from helpers import H, INFERENCE_CITY, L, great_circle_m, printed_table, records_frame, sample_and_records, write_csv
 from transformers import AutoModel
 
 from nextlocllm_hf.data import load_city_splits
@@ -48,15 +48,21 @@ def test_cli_builds_the_training_features_and_ranks_like_model_predict(models, c
         np.testing.assert_array_equal(np.stack(part_rows["poi"].to_list()), sample[f"{part}_poi"][0].numpy())
         np.testing.assert_array_equal(part_rows["cell_id"].to_numpy(), sample[f"{part}_cell"][0].numpy())
 
-    # Output: the model's own ranking of the builder's sample.
+    # Output: the model's own ranking of the builder's sample, distances from the last record.
     expected = model.predict(sample, city=CITY, k=K)
     table = printed_table(printed)
     assert table["rank"].tolist() == list(range(1, K + 1))
     assert table["cell_id"].tolist() == expected.top_k_cells[0].tolist()
-    assert (np.diff(table["distance_m"]) >= -0.1).all()  # rounding to 0.1 m; ground and Mercator order agree
+    last = raw.iloc[-1]
+    centres = model.retriever(CITY).latlon[model.retriever(CITY).rows_of(table["cell_id"])]
+    np.testing.assert_allclose(table["distance_from_last_m"],
+                               great_circle_m(last["lat"], last["lon"], centres[:, 0], centres[:, 1]), atol=0.051)
+    assert f"last record: {pd.Timestamp(last['local_ts'], unit='s')} at lat {last['lat']:.6f}" in printed
     lon, lat = mercator_to_lonlat(*expected.coordinates[0].numpy())
-    assert f"predicted next position: lat {lat:.6f}, lon {lon:.6f}" in printed
-    assert f"{H + L} records used ({H} history + {L} current)" in printed
+    assert f"regressed point (the position head's, not the answer): lat {lat:.6f}, lon {lon:.6f}" in printed
+    assert re.search(rf"records read \((\d+ earlier \+ )?{H} history \+ {L} current\)", printed), printed
+    assert table["probability"].isna().all()  # the paper's point head: a single point is no distribution
+    assert "probability: none: a single regressed point is no distribution" in printed
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -73,9 +79,11 @@ def test_python_api_returns_the_table(models, city_dir, tmp_path):
     _, raw = sample_and_records(city_dir)
     csv = write_csv(raw, tmp_path / "user.csv")
     table = predict_next(models["model"], CITY, pd.read_csv(csv), k=K)
-    assert list(table.columns) == ["rank", "cell_id", "lat", "lon", "distance_m"]
-    assert len(table) == K and table.attrs["city"] == CITY
-    assert {"predicted_lat", "predicted_lon"} <= set(table.attrs)
+    assert list(table.columns) == ["rank", "cell_id", "probability", "score", "distance_from_last_m", "lat", "lon",
+                                   "poi_mix", "top_categories"]
+    assert len(table) == K and table.attrs["city"] == CITY and table.attrs["user"] is None
+    assert {"last_record", "regressed_point", "probability_basis"} <= set(table.attrs)
+    assert "held_out" not in table.attrs
 
 
 def test_bad_requests_raise_before_the_model_runs(models):

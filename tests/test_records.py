@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import build_model, random_cells
-from helpers import H, L, latlon_in, records_frame
+from helpers import H, L, latlon_in, records_frame, sample_and_records
 
 from nextlocllm_hf import CityRetriever, NextLocLLMConfig
+from nextlocllm_hf.batching import CitySamples
 from nextlocllm_hf.data import load_city_splits
 from nextlocllm_hf.data.projection import mercator_to_lonlat
 from nextlocllm_hf.modeling.records_nextlocllm import model_inputs_from_records, prepare_records, read_records
@@ -127,3 +128,26 @@ def test_bad_records_raise_a_value_error_naming_the_field(case):
     frame = change(records_frame(retriever))
     with pytest.raises(ValueError, match=message):
         prepare_records(read_records(frame), retriever, NextLocLLMConfig(history_length=H, current_length=L))
+
+
+def test_a_history_models_past_from_records_is_the_stored_past_of_the_same_window(city_dir):
+    """At inference every record the user gives is read, by the same rule as the stored samples' past."""
+    config = NextLocLLMConfig(history_length=H, current_length=L, candidate_history=True, max_past_records=25)
+    city = load_city_splits(city_dir)
+    for index in (0, 5):
+        sample, raw = sample_and_records(city_dir, index)
+        stored = CitySamples(city.splits["test"], {city.name: city.retriever}, history=True,
+                             max_past_records=25)[index]
+        frame = pd.DataFrame({"latitude": raw["lat"].to_numpy(), "longitude": raw["lon"].to_numpy(),
+                              "local_time": pd.to_datetime(raw["local_ts"], unit="s").dt.strftime(
+                                  "%Y-%m-%d %H:%M:%S").to_numpy()})
+        prepared = prepare_records(read_records(frame), city.retriever, config)
+        assert prepared["part"].tolist() == (["earlier"] * (min(len(raw), 25) - H - L) + ["history"] * H
+                                             + ["current"] * L)
+        batch = model_inputs_from_records(prepared, config)
+        real = stored["past_mask"][0].numpy()
+        assert batch["past_mask"][0].sum() == real.sum() == min(len(raw), 25)
+        for name in ("past_cell", "past_day", "past_hour"):
+            np.testing.assert_array_equal(batch[name][0][batch["past_mask"][0]].numpy(), stored[name][0][real].numpy())
+        np.testing.assert_allclose(batch["past_hours_ago"][0][batch["past_mask"][0]].numpy(),
+                                   stored["past_hours_ago"][0][real].numpy(), atol=1e-3)

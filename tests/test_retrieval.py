@@ -1,6 +1,7 @@
 """The KD-tree retriever against a brute-force ranking, and its safetensors + JSON round trip."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -179,3 +180,34 @@ def test_a_city_folder_reads_as_the_retriever_the_dataset_holds(built_city, tmp_
         CityRetriever.from_folder(tmp_path)
     with pytest.raises(ValueError, match=r"poi_classes='abcde' must be a list of class names"):
         CityRetriever.from_city({**built_city.metadata, "poi_classes": "abcde"}, built_city.cells)
+
+
+def test_what_a_person_reads_about_a_cell_travels_with_the_retriever(built_city, tmp_path):
+    """`poi_counts` and `top_categories` come from a city's cells table and survive a save and load; a city or a
+    retrievers file without them (built or saved before they were kept, or POIs without names) loads with None; a
+    table that disagrees with the cells is refused by name."""
+    retriever = built_city.retriever
+    np.testing.assert_array_equal(retriever.poi_counts, np.stack(built_city.cells["poi_counts"]))
+    assert retriever.top_categories is None  # synthetic POIs carry classes, no category names
+    names = [["Coffee Shop", "Bar"] if index % 3 == 0 else [] for index in range(retriever.num_cells)]
+    named = CityRetriever.from_city({**built_city.metadata, "city": "named"},
+                                    built_city.cells.assign(top_categories=names))
+    assert named.top_categories == names
+    older = CityRetriever.from_city({**built_city.metadata, "city": "older"},
+                                    built_city.cells.drop(columns=["poi_counts", "top_categories"]))
+    assert older.poi_counts is None and older.top_categories is None
+    save_retrievers({r.name: r for r in (named, older)}, tmp_path)
+    config, weights = str(tmp_path / RETRIEVERS_CONFIG_NAME), str(tmp_path / RETRIEVERS_WEIGHTS_NAME)
+    loaded = load_retrievers(config, weights)
+    assert loaded["named"].top_categories == names and loaded["older"].top_categories is None
+    np.testing.assert_array_equal(loaded["named"].poi_counts, retriever.poi_counts)
+    assert loaded["older"].poi_counts is None
+    index = json.loads((tmp_path / RETRIEVERS_CONFIG_NAME).read_text())
+    del index["cities"][0]["category_names"]
+    (tmp_path / RETRIEVERS_CONFIG_NAME).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"city 'named' has top_categories codes beyond its category_names \(None"):
+        load_retrievers(config, weights)
+    with pytest.raises(ValueError, match=r"city 'bad': top_categories holds 2 cells, expected"):
+        replace(retriever, name="bad", top_categories=[["Bar"], []])
+    with pytest.raises(ValueError, match=r"city 'bad': poi_counts has shape \(\d+, 4\), expected \(\d+, 5\)"):
+        replace(retriever, name="bad", poi_counts=retriever.poi_counts[:, :4])

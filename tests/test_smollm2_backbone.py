@@ -11,7 +11,7 @@ from nextlocllm_hf import NextLocLLMForCoordinateRegression
 @pytest.fixture(scope="module")
 def smollm2_model():
     model = NextLocLLMForCoordinateRegression.from_backbone(
-        "smollm2-135m", num_backbone_layers=2, history_length=10, current_length=5
+        "smollm2-135m", recipe="paper", num_backbone_layers=2, history_length=10, current_length=5
     )
     model.add_city(make_retriever("nyc", num_cells=64))
     return model

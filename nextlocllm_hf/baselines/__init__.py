@@ -20,7 +20,8 @@ ID classification (``id_classifier.py``, LSTM over cell ids + hour + day, softma
 
 All of them on a training run's test samples, as `train.py` reports them (``scoring.py``)::
 
-    rows = score_baselines(cities, zero_shot, "next", seed=0, gbdt=True, id_classifier_epochs=10)
+    rows = score_baselines(cities, zero_shot, model.config, seed=0, gbdt=True, id_classifier_epochs=10)
+    ranker = GBDTRanker(model.config.task_mode, **candidate_settings(model.config))   # the model's candidates
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .rules import (
     rows_to_arrays,
     top1_centroid_xy,
 )
-from .scoring import score_baselines
+from .scoring import candidate_settings, score_baselines
 
 __all__ = [
     "FEATURE_RANKERS",
@@ -72,5 +73,6 @@ __all__ = [
     "IDClassifier",
     "train_id_classifier",
     "rank_with_id_classifier",
+    "candidate_settings",
     "score_baselines",
 ]

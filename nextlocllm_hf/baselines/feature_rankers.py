@@ -1,8 +1,8 @@
 """Learned rankers over the model's own candidate features, without a language model: the opponents the NextLocLLM
 ranker has to beat, and its ablation without the backbone.
 
-Both rank the candidate set of `build_candidates` (the sample's record cells and the cells nearest its last point)
-from the same id-free features the model's scorer reads, so they run zero-shot in any city, and fill the ranking with
+Both rank the candidate set of `build_candidates` (the sample's record cells and the cells nearest its last point, and
+with `history` the user's earlier cells, described also by whole-history statistics) from the same id-free features the model's scorer reads, so they run zero-shot in any city, and fill the ranking with
 the cells nearest the last point where the candidates run out.
 
 ``gbdt_ranker`` (``GBDTRanker``)
@@ -16,7 +16,11 @@ the cells nearest the last point where the candidates run out.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..columns import available_columns, rows_to_arrays
+from ..columns import available_columns, row_chunks, rows_to_arrays
 from ..modeling.candidates_nextlocllm import (
     QUERY_COLUMNS,
     RECORD_COLUMNS,
@@ -34,9 +38,13 @@ from ..modeling.candidates_nextlocllm import (
     candidate_listwise_loss,
     merge_candidate_sets,
 )
-from ..modeling.configuration_nextlocllm import TASK_MODES
+from ..modeling.configuration_nextlocllm import TASK_MODES, NextLocLLMConfig
+from ..modeling.history_nextlocllm import PAST_COLUMNS
 from ..modeling.ranking_nextlocllm import merge_rankings
 from ..modeling.retrieval_nextlocllm import CityRetriever
+
+
+TABLE_CHUNK = 8192  # samples whose candidates are built at once (a user's past is up to max_past_records wide)
 
 
 @dataclass
@@ -66,21 +74,39 @@ class CandidateFeatureRanker:
     name = "feature_ranker"
 
     def __init__(self, task_mode: str = "next", neighbors: int = 10, max_candidates: int = 64,
-                 time_features: bool = True, seed: int = 0) -> None:
+                 time_features: bool = True, seed: int = 0, history: bool = False,
+                 max_past_records: int = NextLocLLMConfig.max_past_records) -> None:
+        """The candidate settings are the model's (`NextLocLLMConfig.candidate_*`, `max_past_records`), so a baseline
+        and the model rank the same candidates from the same features."""
         if task_mode not in TASK_MODES:
             raise ValueError(f"task_mode={task_mode!r}: expected one of {TASK_MODES}")
         self.task_mode, self.neighbors, self.max_candidates = task_mode, neighbors, max_candidates
         self.time_features, self.seed = time_features, seed
+        self.history, self.max_past_records = history, max_past_records
         self.fitted = False
 
     def table(self, rows: Any, cities: CityRetriever | Mapping[str, CityRetriever]) -> CandidateTable:
         """Candidates of `rows`: all of one city's (a retriever), or of several (name -> retriever, rows by their
-        `city` column)."""
-        columns = [*RECORD_COLUMNS, *(QUERY_COLUMNS if self.task_mode == "at_time" else ())]
+        `city` column). Built `TABLE_CHUNK` samples at a time: with `history` each sample reads its user's past."""
+        columns = [*RECORD_COLUMNS, *(QUERY_COLUMNS if self.task_mode == "at_time" else ()),
+                   *(PAST_COLUMNS if self.history else ())]
         names = available_columns(rows)
         several = not isinstance(cities, CityRetriever)
         extra = [name for name in ("target_cell", "city") if name in names and (name != "city" or several)]
-        arrays = rows_to_arrays(rows, [*columns, *extra])
+        if not several:
+            cities = {cities.name: cities}
+        parts = [self._chunk_table(rows_to_arrays(chunk, [*columns, *extra], self.max_past_records), columns,
+                                   cities, several)
+                 for chunk in row_chunks(rows, TABLE_CHUNK)]
+        if len(parts) == 1:
+            return parts[0]
+        merged = {field: np.concatenate([getattr(part.candidates, field) for part in parts])
+                  for field in ("cell_ids", "mask", "features", "record_weights", "num_unknown_records")}
+        target = None if parts[0].target_cell is None else np.concatenate([part.target_cell for part in parts])
+        return CandidateTable(CandidateSet(**merged), target, np.concatenate([part.last_point for part in parts]))
+
+    def _chunk_table(self, arrays: Mapping[str, np.ndarray], columns: list[str], cities: Mapping[str, CityRetriever],
+                     several: bool) -> CandidateTable:
         total = len(arrays["history_cell"])
         if several:
             city = np.asarray(arrays["city"]).astype(str) if "city" in arrays else np.array([], dtype=str)
@@ -90,14 +116,16 @@ class CandidateFeatureRanker:
                                  f"known: {sorted(cities)}")
             groups = {name: np.flatnonzero(city == name) for name in cities if (city == name).any()}
         else:
-            groups, cities = {cities.name: np.arange(total)}, {cities.name: cities}
+            groups = {next(iter(cities)): np.arange(total)}
+        settings = dict(task_mode=self.task_mode, neighbors=self.neighbors, max_candidates=self.max_candidates,
+                        time_features=self.time_features, history=self.history)
         parts = {
-            name: build_candidates(cities[name], {key: value[part] for key, value in arrays.items() if key in columns},
-                                   self.task_mode, self.neighbors, self.max_candidates, self.time_features)
+            name: build_candidates(cities[name], {key: value[part] for key, value in arrays.items()
+                                                  if key in columns}, **settings)
             for name, part in groups.items()
         }
         candidates = merge_candidate_sets(parts, groups, total) if parts else build_candidates(
-            next(iter(cities.values())), arrays, self.task_mode, self.neighbors, self.max_candidates, self.time_features)
+            next(iter(cities.values())), arrays, **settings)
         target = np.asarray(arrays["target_cell"], dtype=np.int64).reshape(-1) if "target_cell" in arrays else None
         return CandidateTable(candidates, target, np.asarray(arrays["current_coordinates"], dtype=np.float64)[:, -1])
 
@@ -140,33 +168,54 @@ class GBDTRanker(CandidateFeatureRanker):
     name = "gbdt_ranker"
 
     def __init__(self, task_mode: str = "next", max_iter: int = 400, learning_rate: float = 0.1,
-                 max_leaf_nodes: int = 31, min_samples_leaf: int = 40, l2_regularization: float = 1.0, **settings):
+                 max_leaf_nodes: int = 31, min_samples_leaf: int = 40, l2_regularization: float = 1.0,
+                 progress: bool = True, **settings):
         super().__init__(task_mode, **settings)
         self.params = dict(max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
                            min_samples_leaf=min_samples_leaf, l2_regularization=l2_regularization)
+        self.progress = progress
 
     def _estimator(self, max_iter: int):
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         return HistGradientBoostingClassifier(**{**self.params, "max_iter": max_iter}, early_stopping=False,
-                                              random_state=self.seed)
+                                              random_state=self.seed, verbose=2 if self.progress else 0)
+
+    def _boost(self, max_iter: int, features: np.ndarray, labels: np.ndarray, description: str):
+        """Fit `max_iter` trees with a progress bar: scikit-learn has no callback, so its verbose log (`[i/N]` per
+        tree) is read and moves the bar instead of being printed."""
+        bar = tqdm(total=max_iter, desc=f"{self.name}: {description}", unit="tree", leave=False,
+                   disable=not self.progress)
+
+        class TreesBuilt(io.TextIOBase):
+            def write(self, text: str) -> int:
+                for match in re.finditer(r"\[(\d+)/\d+\]", text):
+                    bar.update(int(match[1]) - bar.n)
+                return len(text)
+
+        with bar, contextlib.redirect_stdout(TreesBuilt()):
+            model = self._estimator(max_iter).fit(features, labels)
+            bar.update(max_iter - bar.n)
+        return model
 
     def _fit(self, train: CandidateTable, validation: CandidateTable) -> None:
         covered = train.hits.any(axis=1)  # a sample whose true cell is no candidate says nothing about ranking
         rows = train.candidates.mask & covered[:, None]
         features, labels = train.candidates.features[rows], train.hits[rows]
-        model = self._estimator(self.params["max_iter"]).fit(features, labels)
+        model = self._boost(self.params["max_iter"], features, labels, "fit")
         mask = validation.candidates.mask
         history = []
-        for stage in model.staged_decision_function(validation.candidates.features[mask]):
+        stages = model.staged_decision_function(validation.candidates.features[mask])
+        for stage in tqdm(stages, total=model.n_iter_, desc=f"{self.name}: choose the trees on validation",
+                          unit="tree", leave=False, disable=not self.progress):
             scores = np.full(mask.shape, -np.inf)
             scores[mask] = stage
             history.append(hit_at_1(scores, validation))
         self.validation_hit_at_1 = history
         self.best_iteration = int(np.argmax(history)) + 1
         # Deterministic boosting: refitting with the chosen number of iterations rebuilds exactly those trees.
-        self.model = model if self.best_iteration == len(history) else self._estimator(self.best_iteration).fit(
-            features, labels)
+        self.model = model if self.best_iteration == len(history) else self._boost(
+            self.best_iteration, features, labels, "refit")
 
     def scores(self, table: CandidateTable) -> np.ndarray:
         mask = table.candidates.mask
@@ -177,15 +226,24 @@ class GBDTRanker(CandidateFeatureRanker):
 
 
 class FeatureMLPRanker(CandidateFeatureRanker):
-    """The model's candidate scorer on the shared features alone (no backbone), trained listwise."""
+    """The model's candidate scorer on the shared features alone (no backbone), trained listwise.
+
+    Training is bounded three ways: at most `epochs`, ending after `patience` epochs without a better validation
+    Hit@1, and after `max_steps` optimizer steps (None: no bound; the epoch cut short is still scored). After `fit`,
+    `epochs_run` and `stopped` (`"epochs"`, `"patience"` or `"max_steps"`) say how it ended."""
 
     name = "feature_mlp_ranker"
 
     def __init__(self, task_mode: str = "next", width: int = 256, feature_bins: int = 8, epochs: int = 30,
-                 batch_size: int = 256, learning_rate: float = 1e-3, patience: int = 6, **settings):
+                 batch_size: int = 256, learning_rate: float = 1e-3, patience: int = 6, max_steps: int | None = None,
+                 progress: bool = True, **settings):
         super().__init__(task_mode, **settings)
+        for field, value in (("epochs", epochs), ("patience", patience), ("batch_size", batch_size),
+                             ("max_steps", 1 if max_steps is None else max_steps)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{self.name}: {field}={value!r}: expected a positive integer")
         self.width, self.feature_bins, self.epochs, self.batch_size = width, feature_bins, epochs, batch_size
-        self.learning_rate, self.patience = learning_rate, patience
+        self.learning_rate, self.patience, self.max_steps, self.progress = learning_rate, patience, max_steps, progress
 
     def _fit(self, train: CandidateTable, validation: CandidateTable) -> None:
         torch.manual_seed(self.seed)
@@ -199,24 +257,39 @@ class FeatureMLPRanker(CandidateFeatureRanker):
         features, mask = torch.from_numpy(candidates.features), torch.from_numpy(candidates.mask)
         cell_ids, targets = torch.from_numpy(candidates.cell_ids), torch.from_numpy(train.target_cell.copy())
         best, best_state, waited, self.validation_hit_at_1 = -1.0, None, 0, []
-        for _ in tqdm(range(self.epochs), desc=self.name, leave=False):
-            self.scorer.train()
-            order = generator.permutation(covered)
-            for start in range(0, len(order), self.batch_size):
-                batch = torch.from_numpy(order[start:start + self.batch_size])
-                loss, _ = candidate_listwise_loss(self.scorer(features[batch], mask[batch]), cell_ids[batch],
-                                                  targets[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            score = hit_at_1(self.scores(validation), validation)
-            self.validation_hit_at_1.append(score)
-            if score > best:
-                best, best_state, waited = score, copy.deepcopy(self.scorer.state_dict()), 0
-            else:
+        steps_per_epoch = math.ceil(len(covered) / self.batch_size)
+        total = self.epochs if self.max_steps is None else min(self.epochs, math.ceil(self.max_steps / steps_per_epoch))
+        self.stopped, steps = "epochs", 0
+        with tqdm(total=total, desc=self.name, unit="epoch", leave=False, disable=not self.progress) as bar:
+            for _ in range(total):
+                self.scorer.train()
+                order = generator.permutation(covered)
+                for start in range(0, len(order), self.batch_size):
+                    batch = torch.from_numpy(order[start:start + self.batch_size])
+                    loss, _ = candidate_listwise_loss(self.scorer(features[batch], mask[batch]), cell_ids[batch],
+                                                      targets[batch])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    steps += 1
+                    if steps == self.max_steps:
+                        self.stopped = "max_steps"
+                        break
+                score = hit_at_1(self.scores(validation), validation)
+                self.validation_hit_at_1.append(score)
+                bar.update(1)
+                bar.set_postfix(validation_hit1=f"{score:.4f}", best=f"{max(best, score):.4f}")
+                if score > best:
+                    best, best_state, waited = score, copy.deepcopy(self.scorer.state_dict()), 0
+                    continue
                 waited += 1
-                if waited >= self.patience:
+                if waited >= self.patience and bar.n < total:
+                    self.stopped = "patience"
+                    bar.set_postfix_str(f"stopped early: no better validation Hit@1 in {self.patience} epochs")
+                    bar.total = bar.n  # the bar ends full where training ended
+                    bar.refresh()
                     break
+        self.epochs_run, self.steps_run = len(self.validation_hit_at_1), steps
         self.best_epoch = int(np.argmax(self.validation_hit_at_1)) + 1
         self.scorer.load_state_dict(best_state)
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..columns import row_chunks, rows_to_arrays
 from ..metrics import DEFAULT_KS, DEFAULT_NDCG_KS, compute_metrics, pad_ranking
@@ -460,18 +461,20 @@ def evaluate_rule_baselines(
     ks: Sequence[int] = DEFAULT_KS,
     ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
     task_mode: str = "next",
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """``{name: metrics}`` of each rule on ``rows``: :func:`rank_rule_baselines` then :func:`metrics_for_rankings`.
 
     ``k`` must be at least ``max(ks + ndcg_ks)`` (20 by default); a city with fewer cells is ranked whole (the depth
     follows the city). ``rows`` also need ``target_cell`` and ``target_coordinates``; ``train_rows`` are used by
-    ``markov_train_users`` only.
+    ``markov_train_users`` only. ``progress``: a bar over the rules.
     """
     names = list(RULE_BASELINES) if names is None else list(names)
     targets = rows_to_arrays(rows, ("target_cell", "target_coordinates"))  # read once for every rule
     depth = min(k, retriever.num_cells) if isinstance(k, (int, np.integer)) else k  # a bad k is refused by rank
     scores = {}
-    for name in names:  # one rule's ranking in memory at a time
+    # One rule's ranking in memory at a time.
+    for name in tqdm(names, desc=f"rules / {retriever.name}", unit="rule", leave=False, disable=not progress):
         ranking = rank_rule_baselines(train_rows, rows, retriever, k=depth, names=[name], task_mode=task_mode)
         scores.update(metrics_for_rankings(ranking, targets, retriever, ks=ks, ndcg_ks=ndcg_ks))
     return scores

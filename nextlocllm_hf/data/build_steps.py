@@ -175,6 +175,7 @@ def pois_and_cells(pois: pd.DataFrame | None, poi_source: str, grid: Grid, visit
                 "per_class": {c: 0 for c in classes}}
     pkeys = np.zeros(0, dtype=np.int64)
     pcounts = np.zeros((0, C), dtype=np.int64)
+    categories = None  # (cell key, category name) of every POI, when the POIs carry names
     if pois is not None and len(pois):
         poi_info["read"] = len(pois)
         plat = pd.to_numeric(pois["lat"], errors="coerce").to_numpy(dtype=np.float64)
@@ -193,11 +194,14 @@ def pois_and_cells(pois: pd.DataFrame | None, poi_source: str, grid: Grid, visit
         poi_info["classified"] = int((pcls >= 0).sum())
         poi_info["via_root"] = via_root
         poi_info["per_class"] = {c: int((pcls == i).sum()) for i, c in enumerate(classes)}
-        pkeys, pcounts = count_pois(grid.key(prow[pin], pcol[pin]), pcls, C)
+        poi_cell_keys = grid.key(prow[pin], pcol[pin])
+        pkeys, pcounts = count_pois(poi_cell_keys, pcls, C)
+        if "category" in pois.columns:
+            categories = (poi_cell_keys, pois["category"].to_numpy())
     if poi_info["classified"] == 0 and pois is not None:
         report.note("no POI could be classified: POI vectors are zero")
     cells, ckeys, counts, freq, city_max = build_cells(grid, visited, visited_records, pkeys, pcounts, C,
-                                                        cfg.candidates, cfg.poi_normalization)
+                                                        cfg.candidates, cfg.poi_normalization, categories)
     report.info["pois"] = poi_info
     report.info["grid"] = grid.to_dict()
     report.info["candidates_rule"] = cfg.candidates

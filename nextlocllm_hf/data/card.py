@@ -58,6 +58,7 @@ CELL_DESCRIPTIONS = {
     "poi_counts": "POIs of each class in the cell",
     "poi_frequency": "`poi_counts` normalized (the sample fields' `*_poi`)",
     "n_records": "records of the built data in the cell",
+    "top_categories": "the cell's most common venue category names, most venues first (empty without names)",
 }
 DATA_KINDS = {"geolife": "gps-trajectories", "yjmob": "gps-trajectories", "synthetic": "synthetic"}
 # Build options shown in the card (paths are left out: they are the builder's machine's).

@@ -8,15 +8,21 @@
 * Candidates (``--candidates``): ``poi`` (default) = every cell holding a POI or a record of the
   city; ``visited`` = cells holding a record; ``all-in-bbox`` = every cell of the grid (the paper's
   choice, all cells of the city's area).  Cell ids are dense 0..N-1 in row-major grid order.
+* Venue categories (``top_categories``): each cell's most common venue category names, most venues first, so a
+  prediction can say what a cell is (e.g. Coffee Shop, Office); empty where the city's POIs carry no category names
+  (a class alone, e.g. the synthetic cities) or the cell holds no POI.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 POI_NORMALIZATIONS = ("max", "sum", "log-max", "none")
 CANDIDATE_RULES = ("poi", "visited", "all-in-bbox")
+TOP_CATEGORIES = 5  # venue category names kept per cell
 
 
 def count_pois(keys: np.ndarray, classes: np.ndarray, num_classes: int):
@@ -47,9 +53,33 @@ def normalize_counts(counts: np.ndarray, method: str = "max", city_max: np.ndarr
     return out.astype(np.float32)
 
 
+def top_categories(cell_keys: np.ndarray, poi_keys: np.ndarray, categories: Sequence, limit: int = TOP_CATEGORIES
+                   ) -> list[list[str]]:
+    """Per cell of the sorted ``cell_keys``, the ``limit`` most common category names among the POIs (``poi_keys``,
+    one per POI, with its ``categories``) in it: most POIs first, ties by name; empty names are skipped."""
+    out: list[list[str]] = [[] for _ in range(len(cell_keys))]
+    names = pd.Series(categories, dtype="string").str.strip()
+    frame = pd.DataFrame({"key": np.asarray(poi_keys, dtype=np.int64), "name": names.to_numpy()})
+    frame = frame[frame["name"].notna() & (frame["name"] != "")]
+    if frame.empty or not len(cell_keys):
+        return out
+    counted = frame.value_counts(["key", "name"]).rename("n").reset_index()
+    counted = counted.sort_values(["key", "n", "name"], ascending=[True, False, True], kind="stable")
+    position = np.searchsorted(cell_keys, counted["key"].to_numpy())
+    inside = (position < len(cell_keys)) & (cell_keys[np.minimum(position, len(cell_keys) - 1)] ==
+                                            counted["key"].to_numpy())
+    for row, name in zip(position[inside], counted["name"].to_numpy()[inside]):
+        if len(out[row]) < limit:
+            out[row].append(str(name))
+    return out
+
+
 def build_cells(grid, visited: np.ndarray, visited_records: np.ndarray, poi_keys: np.ndarray, poi_counts: np.ndarray,
-                num_classes: int, candidates: str = "poi", normalization: str = "max"):
-    """Candidate-cell table from the visited cells' sorted keys and record counts and the POI counts per cell.
+                num_classes: int, candidates: str = "poi", normalization: str = "max",
+                poi_categories: tuple[np.ndarray, Sequence] | None = None):
+    """Candidate-cell table from the visited cells' sorted keys and record counts and the POI counts per cell, and
+    each cell's ``top_categories`` from ``poi_categories``, ``(cell key, category name)`` of every POI (None: the POIs
+    carry no names, every list is empty).
 
     Returns ``(cells DataFrame, sorted candidate keys, counts, frequencies, city-wide max per class)``.
     """
@@ -77,5 +107,6 @@ def build_cells(grid, visited: np.ndarray, visited_records: np.ndarray, poi_keys
         "cell_id": np.arange(keys.size, dtype=np.int64), "row": row, "col": col,
         "lat": lat, "lon": lon, "x": x, "y": y,
         "poi_counts": list(counts), "poi_frequency": list(freq), "n_records": nrec,
+        "top_categories": top_categories(keys, *poi_categories) if poi_categories is not None else [[] for _ in keys],
     })
     return cells, keys, counts, freq, city_max

@@ -56,4 +56,5 @@ def cell_features(num_classes: int = 5):
         "poi_counts": List(Value("int64"), length=num_classes),
         "poi_frequency": List(Value("float32"), length=num_classes),
         "n_records": Value("int64"),
+        "top_categories": List(Value("string")),
     })

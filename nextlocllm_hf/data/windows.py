@@ -13,7 +13,9 @@ to be read whole into memory. Format 2 stores
   record.
 
 `CityRecords.gather` assembles the sample fields of any windows (the leakage-free duration rule of
-`records_nextlocllm` included), and `WindowView`, the `datasets` transform `load_city_splits` sets, shows a split as
+`records_nextlocllm` included) and, on request, each window's user's earlier records (`past_*`: every stored record
+of the user up to the window's last input record, the most recent `max_past_records`; the store keeps the segments
+long enough for a window), and `WindowView`, the `datasets` transform `load_city_splits` sets, shows a split as
 the samples it stands for: `split[i]` is the same dict of fields format 1 stored.
 """
 
@@ -25,7 +27,10 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from ..modeling.configuration_nextlocllm import NextLocLLMConfig
+from ..modeling.history_nextlocllm import PAST_COLUMNS
 from ..modeling.records_nextlocllm import hours_between, leakage_free_durations
 from .features import SEQUENCE_FIELDS, TARGET_FIELDS
 
@@ -46,6 +51,15 @@ WINDOW_SCHEMA = pa.schema([("city", pa.string()), ("user_id", pa.string()), ("st
 # Rows per records shard at most (whole users, so a shard may hold more when one user alone does).
 DEFAULT_SHARD_ROWS = 4_000_000
 SAMPLE_FIELDS = (*(f"{part}_{field}" for part in ("history", "current") for field in SEQUENCE_FIELDS), *TARGET_FIELDS)
+# The user's records up to the present (the window's last input), left-padded to the longest of a gather.
+PAST_FIELDS = PAST_COLUMNS
+GATHERED_FIELDS = (*SAMPLE_FIELDS, *PAST_FIELDS)
+
+
+def user_first_rows(new_user: np.ndarray) -> np.ndarray:
+    """Per row of records sorted by user, the row of its user's first record (`new_user[i]`: row i starts a user)."""
+    starts = np.flatnonzero(new_user)
+    return starts[np.searchsorted(starts, np.arange(len(new_user)), side="right") - 1].astype(np.int64)
 
 
 def records_file_name(index: int, count: int) -> str:
@@ -112,7 +126,9 @@ class CityRecords:
         records.files = []
         records.poi_frequency = np.asarray(poi_frequency, dtype=np.float32)
         records.history_length, records.current_length = int(history_length), int(current_length)
-        records._set_shards([{name: np.asarray(columns[name][begin:end]) for name in NUMERIC_RECORD_COLUMNS}
+        users = np.asarray(columns["user_id"])
+        records._set_shards([{**{name: np.asarray(columns[name][begin:end]) for name in NUMERIC_RECORD_COLUMNS},
+                              "user_first": user_first_rows(np.r_[True, users[begin + 1:end] != users[begin:end - 1]])}
                              for begin, end in bounds])
         return records
 
@@ -123,8 +139,12 @@ class CityRecords:
             if table.schema.remove_metadata() != RECORDS_SCHEMA:
                 raise ValueError(f"{path}: records schema {table.schema} is not {RECORDS_SCHEMA}")
             # One record batch per shard: every numeric column is one zero-copy view of the mapped file.
-            shards.append({name: table.column(name).combine_chunks().to_numpy(zero_copy_only=True)
-                           for name in NUMERIC_RECORD_COLUMNS})
+            shard = {name: table.column(name).combine_chunks().to_numpy(zero_copy_only=True)
+                     for name in NUMERIC_RECORD_COLUMNS}
+            users = table.column("user_id").combine_chunks()
+            changed = pc.not_equal(users.slice(1), users.slice(0, max(len(users) - 1, 0)))
+            shard["user_first"] = user_first_rows(np.r_[True, changed.to_numpy(zero_copy_only=False)][:len(users)])
+            shards.append(shard)
         self._set_shards(shards)
 
     def _set_shards(self, shards: list[dict[str, np.ndarray]]) -> None:
@@ -132,6 +152,7 @@ class CityRecords:
         self.offsets = np.cumsum([0, *(len(shard["ts"]) for shard in shards)]).astype(np.int64)
         self._blank = {name: np.zeros(0, dtype=RECORDS_SCHEMA.field(name).type.to_pandas_dtype())
                        for name in NUMERIC_RECORD_COLUMNS}
+        self._blank["user_first"] = np.zeros(0, dtype=np.int64)
 
     def __getstate__(self) -> dict:  # DataLoader workers reopen the files rather than copy the arrays
         if not self.files:
@@ -151,30 +172,42 @@ class CityRecords:
     def num_records(self) -> int:
         return int(self.offsets[-1])
 
-    def gather(self, starts: np.ndarray, fields: Iterable[str] = SAMPLE_FIELDS) -> dict[str, np.ndarray]:
-        """The sample `fields` (names and dtypes of `features.city_features`) of the windows starting at `starts`."""
+    def gather(self, starts: np.ndarray, fields: Iterable[str] = SAMPLE_FIELDS,
+               max_past_records: int = NextLocLLMConfig.max_past_records) -> dict[str, np.ndarray]:
+        """The sample `fields` (names and dtypes of `features.city_features`, and `PAST_FIELDS`: the user's most recent
+        `max_past_records` records up to the last input one) of the windows starting at `starts`."""
         starts = np.asarray(starts, dtype=np.int64).reshape(-1)
         fields = list(fields)
-        unknown = sorted(set(fields) - set(SAMPLE_FIELDS))
+        unknown = sorted(set(fields) - set(GATHERED_FIELDS))
         if unknown:
-            raise ValueError(f"unknown sample fields {unknown}; known: {list(SAMPLE_FIELDS)}")
+            raise ValueError(f"unknown sample fields {unknown}; known: {list(GATHERED_FIELDS)}")
+        if isinstance(max_past_records, bool) or not isinstance(max_past_records, (int, np.integer)) \
+                or max_past_records < 1:
+            raise ValueError(f"max_past_records={max_past_records!r}: expected a positive integer")
         if len(starts) and (starts.min() < 0 or starts.max() + self.window_length > self.num_records):
             bad = int(starts[(starts < 0) | (starts + self.window_length > self.num_records)][0])
             raise ValueError(f"window start {bad} is outside the {self.num_records} records")
         if not len(starts):
             return self._gather_shard(self._blank, starts, fields)
         shard_of = np.searchsorted(self.offsets, starts, side="right") - 1
+        past_length = 0
+        if any(name in PAST_FIELDS for name in fields):
+            ends = starts + self.history_length + self.current_length  # one past the last input record
+            firsts = np.array([self.offsets[shard] + self._shards[shard]["user_first"][start - self.offsets[shard]]
+                               for shard, start in zip(shard_of, starts)], dtype=np.int64).reshape(-1)
+            past_length = int(np.minimum(ends - firsts, max_past_records).max())
         out: dict[str, np.ndarray] = {}
         for shard in np.unique(shard_of):
             rows = np.flatnonzero(shard_of == shard)
-            part = self._gather_shard(self._shards[shard], starts[rows] - self.offsets[shard], fields)
+            part = self._gather_shard(self._shards[shard], starts[rows] - self.offsets[shard], fields, past_length)
             for name, values in part.items():
                 if name not in out:
                     out[name] = np.empty((len(starts), *values.shape[1:]), dtype=values.dtype)
                 out[name][rows] = values
         return out
 
-    def _gather_shard(self, records: Mapping[str, np.ndarray], local: np.ndarray, fields: list[str]) -> dict:
+    def _gather_shard(self, records: Mapping[str, np.ndarray], local: np.ndarray, fields: list[str],
+                      past_length: int = 0) -> dict:
         H, L = self.history_length, self.current_length
         if local.size and local.max() + self.window_length > len(records["ts"]):
             raise ValueError("a window crosses the end of its records shard")
@@ -215,7 +248,25 @@ class CityRecords:
         if "target_time_gap" in fields:
             out["target_time_gap"] = hours_between(records["ts"][inputs[:, -1]], records["ts"][target]).astype(
                 np.float32)
+        if any(name in PAST_FIELDS for name in fields):
+            out.update(self._past(records, inputs[:, -1], past_length))
         return out
+
+    @staticmethod
+    def _past(records: Mapping[str, np.ndarray], last: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        """`PAST_FIELDS` of windows whose last input record is row `last`: the `length` rows up to it, left-padded
+        where the user has fewer records (padding: mask False, cell -1, zeros)."""
+        index = last[:, None] - np.arange(length - 1, -1, -1, dtype=np.int64)[None, :]
+        mask = index >= records["user_first"][last][:, None]
+        safe = np.where(mask, index, last[:, None])
+        hours = hours_between(records["ts"][safe], records["ts"][last][:, None])
+        return {
+            "past_cell": np.where(mask, records["cell"][safe], -1).astype(np.int64),
+            "past_day": np.where(mask, records["day"][safe], 0).astype(np.int64),
+            "past_hour": np.where(mask, records["hour"][safe], 0).astype(np.int64),
+            "past_hours_ago": np.where(mask, hours, 0.0).astype(np.float32),
+            "past_mask": mask,
+        }
 
 
 class WindowView:
@@ -225,29 +276,41 @@ class WindowView:
     def __init__(self, records: Mapping[str, CityRecords]):
         self.records = dict(records)
 
-    def arrays(self, cities: np.ndarray, starts: np.ndarray, fields: Iterable[str] = SAMPLE_FIELDS
-               ) -> dict[str, np.ndarray]:
-        """The sample `fields` of windows given by their city names and starts, as numpy arrays."""
+    def arrays(self, cities: np.ndarray, starts: np.ndarray, fields: Iterable[str] = SAMPLE_FIELDS,
+               max_past_records: int = NextLocLLMConfig.max_past_records) -> dict[str, np.ndarray]:
+        """The sample `fields` of windows given by their city names and starts, as numpy arrays (`PAST_FIELDS` padded
+        to the longest past of all the windows)."""
         cities, starts, fields = np.asarray(cities).astype(str), np.asarray(starts, dtype=np.int64), list(fields)
         unknown = sorted(set(np.unique(cities).tolist()) - set(self.records))
         if unknown:
             raise ValueError(f"windows of cities {unknown} without records; known: {sorted(self.records)}")
+        if not len(starts):
+            return next(iter(self.records.values())).gather(starts, fields, max_past_records)
+        parts = {city: self.records[city].gather(starts[cities == city], fields, max_past_records)
+                 for city in np.unique(cities)}
+        past_length = max((part["past_mask"].shape[1] for part in parts.values() if "past_mask" in part), default=0)
         out: dict[str, np.ndarray] = {}
-        for city in np.unique(cities):
+        for city, part in parts.items():
             rows = np.flatnonzero(cities == city)
-            for name, values in self.records[city].gather(starts[rows], fields).items():
+            for name, values in part.items():
+                if name in PAST_FIELDS:  # each city's past is padded to its own longest: pad to the batch's
+                    values = _left_pad(values, past_length, -1 if name == "past_cell" else 0)
                 if name not in out:
                     out[name] = np.empty((len(starts), *values.shape[1:]), dtype=values.dtype)
                 out[name][rows] = values
-        if not len(starts):
-            any_city = next(iter(self.records.values()))
-            out = any_city.gather(starts, fields)
         return out
 
     def __call__(self, batch: Mapping[str, list]) -> dict[str, list]:
         arrays = self.arrays(batch["city"], batch["start"])
         return {"city": list(batch["city"]), "user_id": list(batch["user_id"]),
                 **{name: arrays[name].tolist() for name in SAMPLE_FIELDS}}
+
+
+def _left_pad(values: np.ndarray, length: int, fill) -> np.ndarray:
+    missing = length - values.shape[1]
+    if missing <= 0:
+        return values
+    return np.concatenate([np.full((len(values), missing), fill, dtype=values.dtype), values], axis=1)
 
 
 def window_view_of(rows) -> WindowView | None:
