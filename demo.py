@@ -1,10 +1,11 @@
 """The main job end to end on the embedded SmolLM2 backbone, offline, in a few minutes on 2 CPU cores.
 
 1. build two synthetic cities (EPR mobility with daily routines) with `dataset_scripts/build_city.py`'s pipeline;
-2. train NextLocLLM on the first with `train.py` in its best form on real check-ins (docs/results.md): the
-   `at_time` task ("where will this user be at t?") with the candidate ranker over query-time-aware features and the
-   backbone's states (SmolLM2-135M cut to a few blocks); select on validation, test once, score the rules and the
-   boosted-tree ranker on the same samples and evaluate zero-shot on the second city;
+2. train NextLocLLM on the first with `train.py`'s default recipe, the best form on real check-ins (docs/results.md):
+   the candidate ranker over query-time-aware features, the user's whole history and the backbone's states
+   (SmolLM2-135M cut to 2 blocks), in the `at_time` task ("where will this user be at t?"); select on validation,
+   test once, score the rules and the boosted-tree ranker on the same samples and evaluate zero-shot on the second
+   city;
 3. reload the exported folder through `AutoModel` and print the top-k cells for one trajectory of the new city;
 4. save a figure: validation curve and that trajectory on a map.
 
@@ -45,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output_dir")
     parser.add_argument("--max_steps", type=positive_int, default=200,
-                        help="end-to-end optimizer steps after the features-only warm start (about 1.3 s each here)")
-    parser.add_argument("--num_backbone_layers", type=positive_int, default=2)
+                        help="optimizer steps of each training phase: the features-only warm start, then end to end "
+                             "(about 1.3 s each here)")
     parser.add_argument("--top_k", type=positive_int, default=5)
     return parser.parse_args(argv)
 
@@ -153,18 +154,11 @@ def run_demo(args: argparse.Namespace, output_dir: Path) -> None:
             "--dataset", paths["synth-a"],
             "--zero_shot_dataset", paths["synth-b"],
             "--backbone", "smollm2-135m",
-            "--num_backbone_layers", str(args.num_backbone_layers),
             "--output_dir", str(run_dir),
+            "--task_mode", "at_time",  # the default recipe: every other model and training setting
             "--max_steps", str(args.max_steps),
             "--eval_steps", str(max(args.max_steps // 6, 1)),
             "--max_eval_samples", "256",
-            "--per_device_batch_size", "32",
-            "--learning_rate", "1e-3",
-            "--task_mode", "at_time",
-            "--regression_target", "offset_from_last",
-            "--head_type", "point_ranker",
-            "--candidate_loss_weight", "10000",
-            "--ranker_feature_path_learning_rate", "1e-4",
             "--gbdt_baseline",
             *(["--overwrite"] if args.overwrite else []),
         ]

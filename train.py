@@ -4,6 +4,10 @@
     accelerate launch --multi_gpu --num_processes 4 train.py --dataset data/nyc data/tokyo --output_dir runs/two
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py ...   # two CPU processes (gloo)
 
+What it trains: a recipe (`--recipe`, `modeling/recipes_nextlocllm.py`), by default the recommended `ranker`, or the
+authors' model with `--recipe paper`; any option given on the command line wins over the recipe's value. The task
+(`--task_mode next` or `at_time`) is always the user's choice.
+
 What it guarantees, unlike the authors' script: the loss goes through the prepared (DDP) model so gradients are
 synchronized; evaluation gathers every sample once; the best checkpoint is the one with the best *validation* score
 (Hit@1 by default, higher is better); the test split is scored once, at the end, on that checkpoint; and a run
@@ -42,7 +46,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import nextlocllm_hf
-from nextlocllm_hf.baselines import FeatureMLPRanker, score_baselines
+from nextlocllm_hf.baselines import FeatureMLPRanker, candidate_settings, score_baselines
 from nextlocllm_hf.batching import collate_batch, model_inputs
 from nextlocllm_hf.checkpoint_selection import BestCheckpointTracker, higher_is_better
 from nextlocllm_hf.checkpoints import (
@@ -76,6 +80,7 @@ from nextlocllm_hf.modeling.configuration_nextlocllm import (
     NextLocLLMConfig,
 )
 from nextlocllm_hf.modeling.heads_nextlocllm import CandidateRankerType
+from nextlocllm_hf.modeling.recipes_nextlocllm import DEFAULT_RECIPE, RECIPE_NAMES, RECIPES, get_recipe
 from nextlocllm_hf.outputs import (
     existing_outputs,
     name_list,
@@ -91,20 +96,56 @@ ADAPTER_OUTPUTS = ("adapter", "adapter_base")  # --export_adapter
 RUN_OUTPUTS = ("checkpoint-*", "best", *FINISHED_OUTPUTS, *ADAPTER_OUTPUTS, TRACKER_PROJECT)  # everything a run writes in --output_dir
 
 
+class FromRecipe:
+    """The default of an option that the recipe sets (`--recipe`): replaced by the recipe's value unless given."""
+
+    def __repr__(self) -> str:
+        return "the recipe's"
+
+
+FROM_RECIPE = FromRecipe()
+
+
+class RecipeHelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in `--help`; an option that a recipe sets shows each recipe's value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required:
+            return action.help or ""
+        if action.default is FROM_RECIPE:
+            values = ", ".join(f"{name} {recipe.values()[action.dest]}" for name, recipe in RECIPES.items())
+            return f"{action.help or ''} (recipe: {values})"
+        return super()._get_help_string(action)
+
+
+def recipe_list() -> str:
+    width = max(map(len, RECIPES))
+    lines = [f"  {name:<{width}}  {recipe.summary}" for name, recipe in RECIPES.items()]
+    return "\n".join(["recipes (--recipe; an option given on the command line wins over its recipe value):", *lines])
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train NextLocLLM with Accelerate.")
+    parser = argparse.ArgumentParser(
+        description=f"Train NextLocLLM with Accelerate.\n\n{recipe_list()}\nNo recipe sets the task mode: "
+                    f"--task_mode (default next; at_time needs the query time at inference).",
+        formatter_class=RecipeHelpFormatter,
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", nargs="+", required=True, help="city folders (or Hub ids) to train on")
     data.add_argument("--zero_shot_dataset", nargs="*", default=[], help="cities to evaluate zero-shot at the end")
     data.add_argument("--max_eval_samples", type=positive_int, default=None,
-                      help="cap the validation samples per evaluation")
+                      help="cap the validation samples per evaluation (None: every one)")
 
-    # Defaults and choices are the config's own, so a flag left out builds the default model.
+    # A recipe sets the options whose default is FROM_RECIPE; the others default to the config's own values.
     model = parser.add_argument_group("model")
+    model.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
+                       help="named settings of the model and its training (listed above)")
     model.add_argument("--backbone", default="smollm2-135m", help="Hub id, local folder, or smollm2-135m (embedded)")
     model.add_argument("--init_model", default=None, help="continue from a saved NextLocLLM folder instead")
-    model.add_argument("--num_backbone_layers", type=positive_int, default=NextLocLLMConfig.num_backbone_layers)
-    model.add_argument("--adaptation", default=NextLocLLMConfig.adaptation, choices=ADAPTATION_MODES)
+    model.add_argument("--num_backbone_layers", type=positive_int, default=FROM_RECIPE,
+                       help="leading backbone blocks kept")
+    model.add_argument("--adaptation", default=NextLocLLMConfig.adaptation, choices=ADAPTATION_MODES,
+                       help="which backbone parameters train")
     model.add_argument("--export_adapter", action="store_true",
                        help="with --adaptation lora: also export OUTPUT_DIR/adapter (a PEFT adapter, the model's own "
                             "layers in modules_to_save) and OUTPUT_DIR/adapter_base (the base it loads onto)")
@@ -115,9 +156,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--duration_head", action="store_true", help="also predict the next stay duration")
     model.add_argument("--task_mode", default=NextLocLLMConfig.task_mode, choices=TASK_MODES,
                        help="next: the records alone; at_time: also the target's day, hour and gap (the query)")
-    model.add_argument("--regression_target", default=NextLocLLMConfig.regression_target, choices=REGRESSION_TARGETS,
+    model.add_argument("--regression_target", default=FROM_RECIPE, choices=REGRESSION_TARGETS,
                        help="point head: the paper's absolute position, or the offset from the last input point")
-    model.add_argument("--head_type", default=NextLocLLMConfig.head_type, choices=HEAD_TYPES,
+    model.add_argument("--head_type", default=FROM_RECIPE, choices=HEAD_TYPES,
                        help="point (paper) or mixture (Gaussian modes, cells ranked by density); a _ranker type also "
                             "re-ranks the input-record cells and the cells near the last point (listwise loss)")
     model.add_argument("--num_mixture_components", type=positive_int,
@@ -125,12 +166,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--mixture_distance_loss_weight", type=non_negative_float,
                        default=NextLocLLMConfig.mixture_distance_loss_weight,
                        help="add the distance of the closest mode (normalized units) to the mixture likelihood")
-    model.add_argument("--candidate_loss_weight", type=non_negative_float,
-                       default=NextLocLLMConfig.candidate_loss_weight,
+    model.add_argument("--candidate_loss_weight", type=non_negative_float, default=FROM_RECIPE,
                        help="weight of the listwise loss")
     model.add_argument("--no_candidate_time_features", action="store_true",
                        help="drop the time-conditioned candidate features (an ablation)")
-    model.add_argument("--max_candidates", type=positive_int, default=NextLocLLMConfig.max_candidates,
+    history = model.add_mutually_exclusive_group()
+    history.add_argument("--candidate_history", dest="candidate_history", action="store_const", const=True,
+                         default=FROM_RECIPE, help="candidate_history on: the ranker also reads the user's earlier "
+                                                   "records (whole-history statistics, earlier cells as candidates)")
+    history.add_argument("--no_candidate_history", dest="candidate_history", action="store_const", const=False,
+                         default=FROM_RECIPE, help="candidate_history off: the ranker reads the sample's records "
+                                                   "only (an ablation)")
+    model.add_argument("--max_past_records", type=positive_int, default=NextLocLLMConfig.max_past_records,
+                       help="with the history: the most recent earlier records read per sample")
+    model.add_argument("--max_candidates", type=positive_int, default=FROM_RECIPE,
                        help="candidates per sample for the ranker")
     model.add_argument("--candidate_neighbors", type=positive_int, default=NextLocLLMConfig.candidate_neighbors,
                        help="cells nearest the last input point among the ranker's candidates")
@@ -142,41 +191,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--overwrite", action="store_true",
                        help="replace what is already there: an earlier run in --output_dir (deleted once the data and "
                             "model are checked, at step 0; not when resuming) and the model at --hub_model_id")
-    train.add_argument("--epochs", type=positive_int, default=10)
-    train.add_argument("--max_steps", type=positive_int, default=None, help="optimizer steps; overrides --epochs")
-    train.add_argument("--per_device_batch_size", type=positive_int, default=32)
-    train.add_argument("--per_device_eval_batch_size", type=positive_int, default=64)
+    train.add_argument("--epochs", type=positive_int, default=FROM_RECIPE,
+                       help="end-to-end epochs (the warm start has its own: --warm_start_epochs)")
+    train.add_argument("--max_steps", type=positive_int, default=None,
+                       help="bounds every training phase: the end-to-end optimizer steps (overrides --epochs) and the "
+                            "features-only warm start's (None: the epochs decide)")
+    train.add_argument("--per_device_batch_size", type=positive_int, default=FROM_RECIPE,
+                       help="training samples per batch on each process")
+    train.add_argument("--per_device_eval_batch_size", type=positive_int, default=64,
+                       help="evaluation samples per batch on each process")
     train.add_argument("--dataloader_num_workers", type=non_negative_int, default=0,
-                       help="processes gathering batches from the records (0: the training process) [0]")
-    train.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
-    train.add_argument("--learning_rate", type=positive_float, default=2e-4, help="paper: Adam 2e-4")
-    train.add_argument("--ranker_feature_path_learning_rate", type=positive_float, default=None,
+                       help="processes gathering batches from the records (0: the training process)")
+    train.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
+                       help="batches per optimizer step")
+    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
+                       help="autocast precision (None: Accelerate's configuration)")
+    train.add_argument("--learning_rate", type=positive_float, default=FROM_RECIPE, help="Adam's learning rate")
+    train.add_argument("--ranker_feature_path_learning_rate", type=positive_float, default=FROM_RECIPE,
                        help="learning rate of the candidate scorer's feature path and MLP, which the features-only "
-                            "warm start has already trained (default: --learning_rate)")
+                            "warm start has already trained (None: --learning_rate)")
+    train.add_argument("--warm_start_epochs", type=positive_int, default=FROM_RECIPE,
+                       help="with a ranker head: the most epochs of the features-only warm start (no backbone) before "
+                            "end-to-end training")
+    train.add_argument("--warm_start_patience", type=positive_int, default=FROM_RECIPE,
+                       help="the warm start stops after this many epochs without a better validation Hit@1")
     train.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="paper: 0.01 (Adam, coupled)")
-    train.add_argument("--lr_scheduler", default="plateau", choices=["plateau", "constant"])
+    train.add_argument("--lr_scheduler", default="plateau", choices=["plateau", "constant"],
+                       help="plateau (paper): scale the learning rate by --plateau_factor when the validation "
+                            "metric stalls")
     train.add_argument("--plateau_factor", type=open_fraction, default=0.5, help="paper: halve the learning rate")
     train.add_argument("--plateau_patience", type=non_negative_int, default=2, help="evaluations without improvement")
-    train.add_argument("--max_grad_norm", type=positive_float, default=None, help="clip gradients (paper: no clipping)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max_grad_norm", type=positive_float, default=None,
+                       help="clip gradients (paper and None: no clipping)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the initial weights, the batch order, the warm start and the baselines")
 
     loop = parser.add_argument_group("evaluation and checkpoints")
     loop.add_argument("--eval_steps", type=positive_int, default=None,
-                      help="evaluate every N steps (default: each epoch)")
+                      help="evaluate every N steps (None: each epoch)")
     loop.add_argument("--metric_for_best_model", default="hit@1",
-                      choices=[name for name in DEFAULT_TABLE_COLUMNS if name != "count"])
+                      choices=[name for name in DEFAULT_TABLE_COLUMNS if name != "count"],
+                      help="the validation metric that chooses the best checkpoint (and steps the plateau scheduler)")
     loop.add_argument("--early_stopping_patience", type=non_negative_int, default=0, help="evaluations; 0 disables")
     loop.add_argument("--checkpointing_steps", type=positive_int, default=None,
                       help="save resumable state every N steps (OUTPUT_DIR/checkpoint-N, written whole or not at all)")
     loop.add_argument("--checkpoints_total_limit", type=positive_int, default=None,
-                      help="keep only the newest N checkpoints (default: all)")
+                      help="keep only the newest N checkpoints (None: all)")
     loop.add_argument("--resume_from_checkpoint", default=None,
                       help="a checkpoint-N folder, or 'latest': the newest complete checkpoint in --output_dir (step 0 "
                            "when there is none yet, so a job can always be relaunched with it)")
-    loop.add_argument("--report_to", type=tracker_names, default=[],
+    loop.add_argument("--report_to", type=tracker_names, default="none",
                       help=f"Accelerate trackers to log to, comma-separated: {', '.join(LoggerType.list())} (all: the "
-                           f"installed ones), or none [none]; logs go to OUTPUT_DIR/{TRACKER_PROJECT}")
+                           f"installed ones), or none; logs go to OUTPUT_DIR/{TRACKER_PROJECT}")
     loop.add_argument("--id_baseline_epochs", type=non_negative_int, default=0,
                       help="also train the ID-classification baseline")
     loop.add_argument("--gbdt_baseline", action="store_true",
@@ -184,9 +250,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     loop.add_argument("--hub_model_id", default=None, help="ORG/NAME the exported model is meant for (model card)")
     loop.add_argument("--push_to_hub", action="store_true",
                       help="push the exported model to --hub_model_id (token: HF_TOKEN or `hf auth login`)")
-    loop.add_argument("--hub_revision", default=None, help="branch to push to (default main)")
+    loop.add_argument("--hub_revision", default=None, help="branch to push to (None: main)")
     loop.add_argument("--hub_private", action="store_true", help="create the Hub repo private")
     args = parser.parse_args(argv)
+    apply_recipe(args)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id ORG/NAME")
     if args.hub_model_id:
@@ -199,6 +266,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.checkpoints_total_limit and not args.checkpointing_steps:
         parser.error("--checkpoints_total_limit needs --checkpointing_steps (no checkpoint is saved without it)")
     return args
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Every option the command line left at FROM_RECIPE takes `--recipe`'s value; an option given explicitly keeps
+    its own."""
+    for name, value in get_recipe(args.recipe).values().items():
+        if getattr(args, name) is FROM_RECIPE:
+            setattr(args, name, value)
 
 
 def tracker_names(text: str) -> list[str]:
@@ -269,8 +344,10 @@ def build_model(args: argparse.Namespace, metadata: dict):
         model = nextlocllm_hf.NextLocLLMForCoordinateRegression.from_pretrained(args.init_model)
         check_compatible(model.config, metadata, args.init_model)
         return model
+    # Every value is resolved already (the recipe's where no option was given); the config records the recipe.
     return nextlocllm_hf.NextLocLLMForCoordinateRegression.from_backbone(
         args.backbone,
+        recipe=args.recipe,
         num_backbone_layers=args.num_backbone_layers,
         history_length=metadata["history_length"],
         current_length=metadata["current_length"],
@@ -287,22 +364,40 @@ def build_model(args: argparse.Namespace, metadata: dict):
         mixture_distance_loss_weight=args.mixture_distance_loss_weight,
         candidate_time_features=not args.no_candidate_time_features,
         candidate_loss_weight=args.candidate_loss_weight,
+        candidate_history=args.candidate_history,
+        max_past_records=args.max_past_records,
         max_candidates=args.max_candidates,
         candidate_neighbors=args.candidate_neighbors,
     )
 
 
-def warm_start_candidate_ranker(model, train_split, validation_split, seed: int) -> dict:
+def warm_start_candidate_ranker(model, train_split, validation_split, args: argparse.Namespace,
+                                progress: bool = True) -> dict:
     """Train the ranker's features-only part first (cheap: no backbone), on the training split with the epoch chosen
     on validation, and copy it into the model's scorer, whose context path starts at zero; end-to-end training then
-    starts from the features-only ranker instead of from scratch."""
+    starts from the features-only ranker instead of from scratch. Bounded like the run: at most
+    `--warm_start_epochs`, `--warm_start_patience` epochs without a better validation Hit@1, and `--max_steps` steps.
+    Returns the best epoch (`epochs`), how many ran, what ended it and the validation Hit@1 of each."""
     config = model.config
     ranker = FeatureMLPRanker(config.task_mode, width=config.candidate_ranker_width,
-                              feature_bins=config.candidate_feature_bins, neighbors=config.candidate_neighbors,
-                              max_candidates=config.max_candidates, time_features=config.candidate_time_features,
-                              seed=seed).fit(train_split, validation_split, model.retrievers)
+                              feature_bins=config.candidate_feature_bins, epochs=args.warm_start_epochs,
+                              patience=args.warm_start_patience, max_steps=args.max_steps, seed=args.seed,
+                              progress=progress, **candidate_settings(config))
+    ranker.fit(train_split, validation_split, model.retrievers)
     getattr(model, model.head_type.scorer_name).warm_start_from(ranker.scorer)
-    return {"epochs": ranker.best_epoch, "validation_hit@1": ranker.validation_hit_at_1}
+    return {"epochs": ranker.best_epoch, "epochs_run": ranker.epochs_run, "steps": ranker.steps_run,
+            "stopped": ranker.stopped, "validation_hit@1": ranker.validation_hit_at_1}
+
+
+# The parts of the training loss (`NextLocLLMOutput`), shown apart: metres and a weighted listwise loss differ by
+# orders of magnitude, so their sum alone says nothing about either.
+LOSS_PARTS = {"position_loss": "position", "duration_loss": "duration", "ranking_loss": "listwise"}
+
+
+def loss_parts(outputs) -> dict[str, float]:
+    """The loss parts a batch's output has (the position head's; the weighted duration and listwise losses where the
+    model has them), as numbers under their short names (the progress bar's; logged with a `_loss` suffix)."""
+    return {short: outputs[field].item() for field, short in LOSS_PARTS.items() if outputs.get(field) is not None}
 
 
 def parameter_groups(model, args: argparse.Namespace) -> list[dict]:
@@ -428,9 +523,16 @@ def train(args: argparse.Namespace) -> TrainingRun:
         raise ValueError(f"{args.dataset}: empty train ({len(train_samples)}) or validation split")
     warm_start = None
     if model.head_type.ranks_candidates and not (args.init_model or resume_from):
-        warm_start = warm_start_candidate_ranker(model, cities.splits["train"], validation_split, args.seed)
-        accelerator.print(f"candidate ranker warm-started on the features alone: validation hit@1 "
-                          f"{max(warm_start['validation_hit@1']):.4f} after {warm_start['epochs']} epochs")
+        accelerator.print(f"warm-starting the candidate ranker on the features alone (at most "
+                          f"{args.warm_start_epochs} epochs, patience {args.warm_start_patience}"
+                          f"{f', {args.max_steps} steps' if args.max_steps else ''})")
+        warm_start = warm_start_candidate_ranker(model, cities.splits["train"], validation_split, args,
+                                                 progress=accelerator.is_local_main_process)
+        ended = {"epochs": "every epoch ran",
+                 "patience": f"stopped early: {args.warm_start_patience} epochs without a better one",
+                 "max_steps": f"stopped at --max_steps {args.max_steps}"}[warm_start["stopped"]]
+        accelerator.print(f"candidate ranker warm-started: validation hit@1 {max(warm_start['validation_hit@1']):.4f} "
+                          f"at epoch {warm_start['epochs']} of {warm_start['epochs_run']} run ({ended})")
 
     train_loader = DataLoader(
         train_samples,
@@ -523,7 +625,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
         batches_to_skip = 0
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**model_inputs(batch, train_samples.city_names)).loss
+                outputs = model(**model_inputs(batch, train_samples.city_names))
+                loss = outputs.loss
                 # The reference a point head must beat: the distance from the last input point to the target.
                 copy_last = torch.linalg.vector_norm(batch["labels"] - batch["current_coordinates"][:, -1], dim=-1)
                 accelerator.backward(loss)
@@ -538,11 +641,14 @@ def train(args: argparse.Namespace) -> TrainingRun:
             step = tracker.completed_steps
             progress.update(1)
             copy_last_loss = copy_last.mean().item()
-            progress.set_postfix(loss=f"{loss.item():.4g}", copy_last=f"{copy_last_loss:.4g}",
-                                 lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-            accelerator.log({"train/loss": loss.item(), "train/copy_last_loss": copy_last_loss,
+            parts = loss_parts(outputs)
+            progress.set_postfix({"loss": f"{loss.item():.4g}", **{name: f"{value:.4g}" for name, value in parts.items()},
+                                  "copy_last": f"{copy_last_loss:.4g}", "lr": f"{optimizer.param_groups[0]['lr']:.1e}"})
+            losses = {"loss": loss.item(), **{f"{name}_loss": value for name, value in parts.items()},
+                      "copy_last_loss": copy_last_loss}
+            accelerator.log({**{f"train/{name}": value for name, value in losses.items()},
                              "train/lr": optimizer.param_groups[0]["lr"]}, step=step)
-            tracker.training_history.append({"step": step, "loss": loss.item(), "copy_last_loss": copy_last_loss})
+            tracker.training_history.append({"step": step, **losses})
             if step % eval_steps == 0 or step == max_steps:
                 validate(step)
                 model.train()
@@ -592,8 +698,9 @@ def finish(args, accelerator, model, cities, zero_shot, best_dir: Path, results:
                                    num_workers=args.dataloader_num_workers)
         results.setdefault("zero_shot", {})[city.name] = scores[city.name]
     if accelerator.is_main_process:
-        results["baselines"] = score_baselines(cities, zero_shot, test_samples.task_mode, seed=args.seed,
-                                               gbdt=args.gbdt_baseline, id_classifier_epochs=args.id_baseline_epochs)
+        results["baselines"] = score_baselines(cities, zero_shot, unwrapped.config, seed=args.seed,
+                                               gbdt=args.gbdt_baseline, id_classifier_epochs=args.id_baseline_epochs,
+                                               progress=accelerator.is_local_main_process)
         export(args, unwrapped, best_weights, cities, results)
     accelerator.wait_for_everyone()
 

@@ -57,7 +57,7 @@ def build_model(backbone: str):
 
     torch.manual_seed(0)
     if backbone == "smollm2-135m":
-        return NextLocLLMForCoordinateRegression.from_backbone("smollm2-135m")
+        return NextLocLLMForCoordinateRegression.from_backbone("smollm2-135m", recipe="paper")  # as measured
     # GPT-2-small shapes with random weights (no GPT-2 weights exist offline); SmolLM2's tokenizer gives the ids.
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("smollm2-135m"))
     config = NextLocLLMConfig(llm_config=GPT2Config().to_dict(), num_backbone_layers=6)
@@ -167,8 +167,8 @@ def ranker_worker(variant: str, batch_size: int, repeats: int) -> dict:
     from nextlocllm_hf.modeling.candidates_nextlocllm import build_candidates
 
     torch.manual_seed(0)
-    model = NextLocLLMForCoordinateRegression.from_backbone(
-        "smollm2-135m", task_mode="at_time", regression_target="offset_from_last",
+    model = NextLocLLMForCoordinateRegression.from_backbone(  # the 6-block model without history, as measured
+        "smollm2-135m", recipe="paper", task_mode="at_time", regression_target="offset_from_last",
         head_type="point_ranker" if variant == "ranker" else "point")
     rng = np.random.default_rng(0)
     index = np.arange(2_000)

@@ -148,8 +148,9 @@ def main(argv=None) -> None:
                 last_folder = folder
             if records == max(args.records) and args.train_steps:
                 output = scratch / "train-run"
+                # The paper's model, as measured: train.py's reading of the records, without a ranker's warm start.
                 run = measured([sys.executable, "train.py", "--dataset", str(last_folder), "--output_dir", str(output),
-                                "--num_backbone_layers", "2", "--per_device_batch_size", "32", "--max_steps",
+                                "--recipe", "paper", "--num_backbone_layers", "2", "--per_device_batch_size", "32", "--max_steps",
                                 str(args.train_steps), "--eval_steps", str(args.train_steps), "--max_eval_samples",
                                 "256"], env, stop_after=(f"step {args.train_steps}: validation", args.test_seconds))
                 train_row = {"records": rows_written, "seconds": run["seconds"], "tree_peak": run["tree_peak"],

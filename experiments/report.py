@@ -42,6 +42,7 @@ LABELS = {
     "point_ranker": "NextLocLLM, point + candidate ranker",
     "nextlocllm_ranker": "NextLocLLM, time-aware candidate ranker",
     "nextlocllm_ranker_no_time_features": "NextLocLLM ranker without time-conditioned features",
+    "nextlocllm_ranker_no_history": "NextLocLLM ranker without the user's earlier history",
     "nextlocllm_offset_head": "NextLocLLM, offset-from-last-point head",
     "nextlocllm_paper_head": "NextLocLLM, paper head (absolute point)",
     "gbdt_ranker": "gbdt_ranker (boosted trees, same features)",

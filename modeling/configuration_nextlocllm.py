@@ -11,6 +11,8 @@ from typing import ClassVar
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
+from .recipes_nextlocllm import RECIPE_NAMES
+
 # The paper's five POI classes and one-sentence descriptions (order matters: it is the POI vector's order).
 DEFAULT_POI_CLASS_NAMES = ("Entertainment", "Commercial", "Education", "Public Service", "Residential")
 DEFAULT_POI_CLASS_DESCRIPTIONS = (
@@ -122,6 +124,10 @@ class NextLocLLMConfig(PreTrainedConfig):
             next to its standardized value (0: standardized only).
         candidate_loss_weight (`float`, 1.0): weight of the listwise loss (with the paper's head, whose loss is in
             metres, a weight of the order of 1000 balances the two).
+        recipe (`str`, optional): the recipe the model was built from (`recipes_nextlocllm.RECIPES`: `ranker`, the
+            recommended one, or `paper`), whose values any explicit one overrode; set by `from_backbone` and
+            `train.py`. None: built by hand, or saved before recipes existed. The class defaults above are the
+            `paper` recipe's.
     """
 
     model_type = "nextlocllm"
@@ -168,6 +174,7 @@ class NextLocLLMConfig(PreTrainedConfig):
     candidate_ranker_width: int = 256
     candidate_feature_bins: int = 8
     candidate_loss_weight: float = 1.0
+    recipe: str | None = None
 
     def __post_init__(self, **kwargs):
         legacy_ranker = kwargs.pop("use_candidate_ranker", None)
@@ -224,6 +231,8 @@ class NextLocLLMConfig(PreTrainedConfig):
         require(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "a value in [0, 1)")
         require(self.duration_loss_weight >= 0.0, "duration_loss_weight", "a value >= 0")
         require(self.head_type in HEAD_TYPES, "head_type", f"one of {HEAD_TYPES}")
+        require(self.recipe is None or (isinstance(self.recipe, str) and self.recipe in RECIPE_NAMES), "recipe",
+                f"None or one of {RECIPE_NAMES}")
         require(
             isinstance(self.num_mixture_components, int) and not isinstance(self.num_mixture_components, bool)
             and self.num_mixture_components >= 1,

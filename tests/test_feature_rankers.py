@@ -1,6 +1,8 @@
 """The learned rankers without a language model (gbdt_ranker, feature_mlp_ranker) on hand-made samples whose next cell
 is decided by the query time: they must learn it, select on validation only, and rank a city they never saw."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -107,3 +109,92 @@ def test_ranker_errors_name_the_problem(cities):
     no_target = {**rows, "target_cell": rows["target_cell"] + 500}
     with pytest.raises(ValueError, match="no training or validation sample has its true cell"):
         GBDTRanker("at_time").fit(no_target, no_target, city)
+
+
+@pytest.fixture
+def bars(monkeypatch) -> list:
+    """Every progress bar the feature rankers open, rendered nowhere but counted."""
+    from tqdm import tqdm
+
+    from nextlocllm_hf.baselines import feature_rankers
+
+    opened = []
+
+    def recording(*args, **kwargs):
+        opened.append(tqdm(*args, **{**kwargs, "file": io.StringIO()}))
+        return opened[-1]
+
+    monkeypatch.setattr(feature_rankers, "tqdm", recording)
+    return opened
+
+
+def test_feature_mlp_training_is_bounded_by_epochs_patience_and_max_steps(cities, bars):
+    """train.py's warm start is this ranker: every bound is an option, and its bar's total is the epochs it may run
+    (saying so when it stops early)."""
+    city, _ = cities
+    train, validation = routine_samples(city, 300, 11), routine_samples(city, 100, 12)
+    settings = dict(width=8, batch_size=128, learning_rate=1e-2)
+    by_epochs = FeatureMLPRanker("at_time", epochs=3, patience=10, **settings).fit(train, validation, city)
+    assert (by_epochs.epochs_run, by_epochs.stopped, len(by_epochs.validation_hit_at_1)) == (3, "epochs", 3)
+    assert (bars[-1].n, bars[-1].total) == (3, 3)
+
+    # Nothing learns at a learning rate of 0: no epoch beats the first, so it stops `patience` epochs after it.
+    frozen = FeatureMLPRanker("at_time", epochs=30, patience=2, width=8, batch_size=128, learning_rate=0.0)
+    frozen.fit(train, validation, city)
+    assert (frozen.epochs_run, frozen.stopped, frozen.best_epoch) == (3, "patience", 1)
+    assert (bars[-1].n, bars[-1].total) == (3, 3)  # the bar ends full where training ended, and says why
+    assert "stopped early: no better validation Hit@1 in 2 epochs" in bars[-1].postfix
+
+    steps_per_epoch = -(-int(frozen.table(train, city).hits.any(axis=1).sum()) // 128)
+    assert steps_per_epoch >= 2  # so that the bound below ends an epoch midway
+    bounded = FeatureMLPRanker("at_time", epochs=30, patience=30, max_steps=steps_per_epoch + 1, **settings)
+    bounded.fit(train, validation, city)
+    assert (bounded.steps_run, bounded.epochs_run, bounded.stopped) == (steps_per_epoch + 1, 2, "max_steps")
+    assert (bars[-1].n, bars[-1].total) == (2, 2)  # the two epochs that max_steps leaves, not 30
+
+    for field, value in (("epochs", 0), ("patience", True), ("max_steps", 0)):
+        with pytest.raises(ValueError, match=f"feature_mlp_ranker: {field}={value!r}: expected a positive integer"):
+            FeatureMLPRanker("at_time", **{field: value})
+
+
+def test_gbdt_progress_counts_its_trees_and_changes_nothing(cities, bars, capsys):
+    city, new_city = cities
+    train, validation = routine_samples(city, 200, 13), routine_samples(city, 80, 14)
+    test = routine_samples(new_city, 50, 15)
+    settings = dict(max_iter=12, min_samples_leaf=5)
+    quiet = GBDTRanker("at_time", progress=False, **settings).fit(train, validation, city)
+    assert bars and all(bar.n == 0 for bar in bars)  # disabled bars count nothing
+    bars.clear()
+    shown = GBDTRanker("at_time", **settings).fit(train, validation, city)
+    assert capsys.readouterr().out == ""  # scikit-learn's log moves the bar; none of it is printed
+    counted = {bar.desc: (bar.n, bar.total) for bar in bars}
+    assert counted["gbdt_ranker: fit"] == counted["gbdt_ranker: choose the trees on validation"] == (12, 12)
+    np.testing.assert_array_equal(shown.rank(test, new_city, k=5), quiet.rank(test, new_city, k=5))
+    assert shown.validation_hit_at_1 == quiet.validation_hit_at_1
+
+
+def test_score_baselines_fits_the_boosted_ranker_on_the_models_candidates(tmp_path, monkeypatch):
+    """train.py's gbdt_ranker row ranks the candidates the model ranks, from the same features (history included)."""
+    from conftest import build_synthetic_city
+
+    from nextlocllm_hf import NextLocLLMConfig
+    from nextlocllm_hf.baselines import scoring
+    from nextlocllm_hf.data import load_cities
+
+    built = []
+
+    class Recorded(GBDTRanker):
+        def __init__(self, task_mode, **settings):
+            super().__init__(task_mode, **{**settings, "max_iter": 5, "min_samples_leaf": 5})
+            built.append(self)
+
+    monkeypatch.setattr(scoring, "GBDTRanker", Recorded)
+    cities = load_cities([build_synthetic_city(tmp_path / "city", "city", seed=3)])
+    config = NextLocLLMConfig(task_mode="at_time", head_type="point_ranker", candidate_history=True,
+                              max_past_records=100, max_candidates=40, candidate_neighbors=4,
+                              candidate_time_features=False)
+    rows = scoring.score_baselines(cities, [], config, gbdt=True, progress=False)
+    (ranker,) = built
+    assert (ranker.task_mode, ranker.history, ranker.max_past_records, ranker.max_candidates, ranker.neighbors,
+            ranker.time_features) == ("at_time", True, 100, 40, 4, False)
+    assert {"gbdt_ranker / city", "hour_frequency / city"} <= set(rows)

@@ -140,3 +140,20 @@ def test_every_configurable_head_type_has_a_registry_entry():
     from nextlocllm_hf.modeling import configuration_nextlocllm, heads_nextlocllm
 
     assert tuple(heads_nextlocllm.HEAD_TYPES) == configuration_nextlocllm.HEAD_TYPES
+
+
+def test_the_loss_is_the_sum_of_its_parts_each_returned_apart(tiny_backbone, city):
+    """Metres and a weighted listwise loss differ by orders of magnitude: the output gives each part (train.py shows
+    them apart), appended after the older fields so that `to_tuple()` keeps their positions."""
+    model = build_model(tiny_backbone, head_type="point_ranker", regression_target="offset_from_last",
+                        candidate_loss_weight=100.0, use_duration_head=True, max_candidates=16).eval()
+    model.add_city(city)
+    batch = make_batch(model.config, city, batch_size=4)
+    batch["duration_labels"] = torch.rand(4) * 3
+    out = model(**batch, city="nyc")
+    assert out.position_loss > 0 and out.duration_loss >= 0 and out.ranking_loss > 0
+    torch.testing.assert_close(out.loss, out.position_loss + out.duration_loss + out.ranking_loss)
+    tuple_out = out.to_tuple()
+    assert tuple_out[0] is out.loss and tuple_out[-3:] == (out.position_loss, out.duration_loss, out.ranking_loss)
+    without_labels = model(**{k: v for k, v in batch.items() if k not in ("labels", "duration_labels")}, city="nyc")
+    assert (without_labels.loss, without_labels.position_loss, without_labels.ranking_loss) == (None, None, None)

@@ -89,7 +89,7 @@ def test_best_checkpoint_is_the_best_validation_score_and_is_exported(workspace)
     )
     history = results["validation_history"]
     errors = [entry["mean_error_m"] for entry in history]
-    assert len(history) == 6
+    assert [entry["step"] for entry in history] == list(range(7))  # the default recipe's warm start is step 0
     assert results["best_step"] == history[errors.index(min(errors))]["step"]  # lower error is better; first on ties
     exported = AutoModel.from_pretrained(output / "model")
     best = load_file(output / "best" / "model.safetensors")
@@ -101,12 +101,10 @@ def test_best_checkpoint_is_the_best_validation_score_and_is_exported(workspace)
     assert "model-index" in card and f"{results['test']['city-a']['hit@1']:.6f}".rstrip("0") in card
 
 
-def test_at_time_ranker_starts_from_the_features_only_ranker(workspace):
+def test_the_default_recipe_trains_the_ranker_from_its_features_only_warm_start(workspace):
     output = workspace["root"] / "ranker"
     results = train_script.main(arguments(
         workspace, output, "--max_steps", "4", "--eval_steps", "2", "--task_mode", "at_time",
-        "--regression_target", "offset_from_last", "--head_type", "point_ranker",
-        "--ranker_feature_path_learning_rate", "1e-4",
         "--gbdt_baseline", "--zero_shot_dataset", workspace["other_city"],
     ))
     assert results["task_mode"] == "at_time"
@@ -117,16 +115,37 @@ def test_at_time_ranker_starts_from_the_features_only_ranker(workspace):
     assert {"gbdt_ranker / city-a", "gbdt_ranker / city-b (zero-shot)", "hour_frequency / city-a"} <= set(
         results["baselines"])
     exported = AutoModel.from_pretrained(output / "model")
-    assert exported.config.task_mode == "at_time" and exported.config.head_type == "point_ranker"
+    config = exported.config
+    assert (config.recipe, config.task_mode, config.head_type, config.candidate_history) == (
+        "ranker", "at_time", "point_ranker", True)
     assert float(exported.candidate_scorer.feature_scale.min()) > 0  # scaling fitted on training candidates
-    assert len(results["training_history"]) == 4 and "copy_last_loss" in results["training_history"][0]
+    # The loss is shown and kept in its parts: the head's metres and the weighted listwise loss, which sum to it.
+    assert len(results["training_history"]) == 4
+    for entry in results["training_history"]:
+        assert {"position_loss", "listwise_loss", "copy_last_loss"} <= set(entry)
+        assert entry["loss"] == pytest.approx(entry["position_loss"] + entry["listwise_loss"], rel=1e-5)
+        assert entry["listwise_loss"] > entry["position_loss"]  # weighted 10,000 by the recipe
+
+
+def test_the_warm_start_is_bounded_by_its_epochs_and_by_max_steps(workspace):
+    """The features-only warm start runs at most --warm_start_epochs, and --max_steps bounds its steps too (here one
+    step is one epoch: the city has fewer training samples than the warm start's batch)."""
+    root = workspace["root"]
+    by_steps = train_script.main(arguments(workspace, root / "warm-steps", "--max_steps", "1",
+                                           "--warm_start_epochs", "30", "--warm_start_patience", "30"))
+    warm = by_steps["ranker_warm_start"]
+    assert (warm["steps"], warm["epochs_run"], warm["stopped"]) == (1, 1, "max_steps")
+    by_epochs = train_script.main(arguments(workspace, root / "warm-epochs", "--epochs", "1",
+                                            "--warm_start_epochs", "2", "--warm_start_patience", "30"))
+    warm = by_epochs["ranker_warm_start"]
+    assert (warm["epochs_run"], warm["stopped"], len(warm["validation_hit@1"])) == (2, "epochs", 2)
 
 
 def test_a_lora_run_exports_a_peft_adapter_that_predicts_as_the_whole_model(workspace, capsys):
     from peft import PeftModel
 
-    from nextlocllm_hf.batching import CitySamples
     from nextlocllm_hf.data import load_city_splits
+    from nextlocllm_hf.evaluate import model_samples
 
     output = workspace["root"] / "lora"
     train_script.main(arguments(workspace, output, "--max_steps", "2", "--eval_steps", "2", "--adaptation", "lora",
@@ -137,7 +156,7 @@ def test_a_lora_run_exports_a_peft_adapter_that_predicts_as_the_whole_model(work
     assert config["base_model_name_or_path"] == str((output / "adapter_base").resolve())
     adapted = PeftModel.from_pretrained(AutoModel.from_pretrained(output / "adapter_base"), output / "adapter")
     city = load_city_splits(workspace["city"])
-    batch = CitySamples(city.splits["test"], {city.name: city.retriever})[:16]
+    batch = model_samples(whole, city.splits["test"], {city.name: city.retriever})[:16]
     expected, got = whole.predict(batch, city=city.name, k=5), adapted.predict(batch, city=city.name, k=5)
     assert torch.equal(got.coordinates, expected.coordinates) and torch.equal(got.top_k_cells, expected.top_k_cells)
     # The adapter holds the backbone's LoRA weights and the model's own layers, none of the frozen backbone's.
@@ -292,9 +311,9 @@ def test_a_tensorboard_run_writes_train_and_validation_scalars(workspace):
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend(accumulator.Scalars(tag))
-    assert [event.step for event in scalars["train/loss"]] == [1, 2, 3, 4]
-    assert [event.step for event in scalars["train/lr"]] == [1, 2, 3, 4]
-    assert [event.step for event in scalars["validation/hit@1"]] == [2, 4]
+    for tag in ("train/loss", "train/position_loss", "train/listwise_loss", "train/lr"):
+        assert [event.step for event in scalars[tag]] == [1, 2, 3, 4], tag
+    assert [event.step for event in scalars["validation/hit@1"]] == [0, 2, 4]  # 0: the ranker's warm start
     assert all(0.0 <= event.value <= 1.0 for event in scalars["validation/hit@1"])
     assert all(torch.isfinite(torch.tensor(event.value)) for events in scalars.values() for event in events)
 

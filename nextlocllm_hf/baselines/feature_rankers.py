@@ -283,7 +283,7 @@ class FeatureMLPRanker(CandidateFeatureRanker):
                     best, best_state, waited = score, copy.deepcopy(self.scorer.state_dict()), 0
                     continue
                 waited += 1
-                if waited >= self.patience and bar.n < total:
+                if waited >= self.patience and len(self.validation_hit_at_1) < total:
                     self.stopped = "patience"
                     bar.set_postfix_str(f"stopped early: no better validation Hit@1 in {self.patience} epochs")
                     bar.total = bar.n  # the bar ends full where training ended
