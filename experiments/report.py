@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study import REPO_ROOT, RESULTS_DIR, Study  # noqa: E402
+from study import RANKER_CANDIDATES, REPO_ROOT, RESULTS_DIR, Study  # noqa: E402
 
 DOCS = REPO_ROOT / "docs"
 FIGURES = DOCS / "figures"
@@ -46,6 +46,7 @@ LABELS = {
     "nextlocllm_offset_head": "NextLocLLM, offset-from-last-point head",
     "nextlocllm_paper_head": "NextLocLLM, paper head (absolute point)",
     "gbdt_ranker": "gbdt_ranker (boosted trees, same features)",
+    "gbdt_ranker_no_history": "gbdt_ranker on the 45-record window only",
     "feature_mlp_ranker": "ranker without the LLM (same scorer, features only)",
     "hour_frequency": "hour frequency (±2 h of the reference hour)",
     "geometric_median": "geometric median of the inputs (point)",
@@ -299,7 +300,7 @@ def plot_trajectory_map(study: Study, path: Path, k: int = 10) -> str:
     order = np.argsort(counts, kind="stable")
     index = int(first[order[len(order) // 2]])
     prediction = study.model_predictions("nextlocllm_ranker/at_time", 0, "nyc")
-    gbdt = study.feature_ranker_predictions("gbdt_ranker", "at_time", "nyc")
+    gbdt = study.feature_ranker_predictions("gbdt_ranker", "at_time", "nyc", **RANKER_CANDIDATES)
     rules = study.rule_predictions("nyc", task_mode="at_time")
     retriever = study.city("nyc").retriever
 

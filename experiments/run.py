@@ -27,6 +27,7 @@ from study import (  # noqa: E402  (the experiments folder is not a package)
     HEADS,
     ID_CLASSIFIER_EPOCHS,
     MODES,
+    RANKER_CANDIDATES,
     REPO_ROOT,
     VARIANTS,
     Study,
@@ -176,11 +177,13 @@ def ranking(study: Study, reuse: Sequence[str] = ()) -> None:
     to spend one machine's hours on what did. The payload lists them."""
     previous = json.loads(RANKING_RESULTS.read_text()) if reuse else {}
     for variant in reuse:
-        if variant not in MODES or previous.get("model_flags", {}).get(variant) != MODES[variant]:
-            raise SystemExit(f"--reuse {variant}: not a ranking variant with the same flags in {RANKING_RESULTS}")
+        if variant not in MODES or variant not in previous.get("training", {}):
+            raise SystemExit(f"--reuse {variant}: not a ranking variant of {RANKING_RESULTS}")
     payload: dict = {"table": "task modes: NextLocLLM heads vs the boosted ranker and the rules (seed 0)",
                      "methods": {}, "paired_differences": {}, "rows": {}, "strongest_baseline": {},
-                     "model_flags": MODES, "reused_from_previous_run": list(reuse)}
+                     "model_flags": MODES, "candidate_settings": RANKER_CANDIDATES,
+                     # a reused row keeps the flags it was trained with (equivalent recipes may be spelled differently)
+                     "reused_from_previous_run": {variant: previous["model_flags"][variant] for variant in reuse}}
     for city in ("nyc", "calgary"):
         targets = study.targets(city)
         split = "test" if city == "nyc" else "all"
@@ -191,8 +194,10 @@ def ranking(study: Study, reuse: Sequence[str] = ()) -> None:
             baselines = {
                 **{name: [p] for name, p in rules.items()},
                 "geometric_median": [study.geometric_median_predictions(city)],
-                "gbdt_ranker": [study.feature_ranker_predictions("gbdt_ranker", mode, city)],
-                "feature_mlp_ranker": [study.feature_ranker_predictions("feature_mlp_ranker", mode, city)],
+                "gbdt_ranker": [study.feature_ranker_predictions("gbdt_ranker", mode, city, **RANKER_CANDIDATES)],
+                "gbdt_ranker_no_history": [study.feature_ranker_predictions("gbdt_ranker", mode, city)],
+                "feature_mlp_ranker": [study.feature_ranker_predictions("feature_mlp_ranker", mode, city,
+                                                                        **RANKER_CANDIDATES)],
             }
             models = {variant.split("/")[0]: [study.model_predictions(variant, 0, city)]
                       for variant in MODES if variant.endswith(f"/{mode}") and variant not in reuse}

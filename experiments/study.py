@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from nextlocllm_hf.data.city_dataset import SPLITS
+from nextlocllm_hf.modeling.recipes_nextlocllm import get_recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
@@ -76,6 +77,11 @@ MODES: dict[str, list[str]] = {
     "nextlocllm_ranker_no_time_features/at_time": [*RANKER, "--task_mode", "at_time", "--no_candidate_time_features"],
     "nextlocllm_ranker_no_history/at_time": [*RANKER, "--task_mode", "at_time", "--no_candidate_history"],
 }
+
+# The learned baselines see the candidates and features of the recommended recipe's ranker (`gbdt_ranker_no_history`
+# in the ranking table is the boosted ranker on the 45-record window alone).
+RANKER_CANDIDATES = {"history": get_recipe("ranker").config["candidate_history"],
+                     "max_candidates": get_recipe("ranker").config["max_candidates"]}
 
 ID_CLASSIFIER_EPOCHS = 15
 
