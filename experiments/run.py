@@ -215,6 +215,12 @@ def ranking(study: Study, reuse: Sequence[str] = ()) -> None:
                         if other != name:
                             payload["paired_differences"][f"{name} - {other} ({key}, {metric})"] = paired_gap(
                                 methods[name], methods[other], targets, k)
+                # what the user's earlier history adds, to the model and to the boosted trees
+                for name, other in (("nextlocllm_ranker", "nextlocllm_ranker_no_history"),
+                                    ("gbdt_ranker", "gbdt_ranker_no_history")):
+                    if name in methods and other in methods:
+                        payload["paired_differences"][f"{name} - {other} ({key}, {metric})"] = paired_gap(
+                            methods[name], methods[other], targets, k)
     for variant in reuse:
         name = variant.split("/")[0]
         payload["methods"][name] = previous["methods"][name]
