@@ -130,22 +130,22 @@ def history_columns(
 
     num_records = real.sum(axis=1)
     counts = per_candidate()
-    distance = hour_distance
-    in_window = real & (distance <= window_hours)
+    in_window = real & (hour_distance <= window_hours)
     same_daytype = real & ((past["day"] >= 5) == (query_day[:, None] >= 5))
     same_weekday = real & (past["day"] == query_day[:, None])
     hours_ago = np.where(real, past["hours_ago"], 0.0)
     span_days = hours_ago.max(axis=1) / 24.0
 
-    nearest_hour = _reduce(np.minimum, index, distance[matched], 12.0, size).reshape(batch_size, width) / 12.0
+    nearest_hour = _reduce(np.minimum, index, hour_distance[matched], 12.0, size).reshape(batch_size, width) / 12.0
     last_seen = _reduce(np.minimum, index, hours_ago[matched], np.inf, size).reshape(batch_size, width) / 24.0
     first_seen = _reduce(np.maximum, index, hours_ago[matched], -np.inf, size).reshape(batch_size, width) / 24.0
     visited = counts > 0
     last_seen = np.where(visited, last_seen, span_days[:, None] + 1.0)
     first_seen = np.where(visited, first_seen, 0.0)
     day_bin = np.floor(hours_ago / 24.0).astype(np.int64)[matched]
-    pairs = np.unique(index * (int(day_bin.max(initial=0)) + 1) + day_bin)
-    days_visited = np.bincount(pairs // (int(day_bin.max(initial=0)) + 1), minlength=size).reshape(batch_size, width)
+    day_span = int(day_bin.max(initial=0)) + 1
+    pairs = np.unique(index * day_span + day_bin)
+    days_visited = np.bincount(pairs // day_span, minlength=size).reshape(batch_size, width)
 
     # Lifetime Markov: earlier visits to the last record's cell (the last past record), and the cell that followed.
     last_row = past_rows[:, -1]

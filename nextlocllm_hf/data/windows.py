@@ -193,8 +193,10 @@ class CityRecords:
         past_length = 0
         if any(name in PAST_FIELDS for name in fields):
             ends = starts + self.history_length + self.current_length  # one past the last input record
-            firsts = np.array([self.offsets[shard] + self._shards[shard]["user_first"][start - self.offsets[shard]]
-                               for shard, start in zip(shard_of, starts)], dtype=np.int64).reshape(-1)
+            firsts = np.empty(len(starts), dtype=np.int64)
+            for shard in np.unique(shard_of):  # per shard, not per window: this runs for every batch
+                rows, offset = shard_of == shard, self.offsets[shard]
+                firsts[rows] = offset + self._shards[shard]["user_first"][starts[rows] - offset]
             past_length = int(np.minimum(ends - firsts, max_past_records).max())
         out: dict[str, np.ndarray] = {}
         for shard in np.unique(shard_of):
